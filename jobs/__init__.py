@@ -1,0 +1,73 @@
+"""RQ jobs: functions that take ids, never objects, and run inside an app context.
+
+`job(...)` is the one decorator every job uses. It fixes the queue, the timeout and how
+long a failed job is kept, and gives the function an ``enqueue`` method that uses the
+current app's Redis. Enqueue only after the transaction that made the work has committed.
+
+The worker (`flask --app wsgi worker`) is an RQ SimpleWorker holding one app for the
+life of the process; every job runs in a fresh app context of that app, so it gets its
+own database session, closed when the job ends. Called inside an app context (tests,
+the CLI), a job uses that app.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, current_app, has_app_context
+from rq import Retry
+from rq.job import Job
+
+from roombridge.queue import queue as named_queue
+
+DEFAULT_TIMEOUT = 300
+FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay a week for admins to see and retry
+RESULT_TTL = 3600
+
+_worker_app: Flask | None = None
+
+
+def set_worker_app(app: Flask) -> None:
+    global _worker_app
+    _worker_app = app
+
+
+def _app_for_job() -> Flask:
+    global _worker_app
+    if has_app_context():
+        return current_app._get_current_object()
+    if _worker_app is None:
+        from webapp import create_app
+
+        _worker_app = create_app()
+    return _worker_app
+
+
+def job(
+    queue: str,
+    *,
+    timeout: int = DEFAULT_TIMEOUT,
+    failure_ttl: int = FAILURE_TTL,
+    retry: Retry | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with _app_for_job().app_context():
+                return fn(*args, **kwargs)
+
+        def enqueue(*args: Any, job_id: str | None = None, **options: Any) -> Job:
+            options.setdefault("job_timeout", timeout)
+            options.setdefault("failure_ttl", failure_ttl)
+            options.setdefault("result_ttl", RESULT_TTL)
+            if retry is not None:
+                options.setdefault("retry", retry)
+            return named_queue(queue).enqueue(run, *args, job_id=job_id, **options)
+
+        run.enqueue = enqueue  # type: ignore[attr-defined]
+        run.queue_name = queue  # type: ignore[attr-defined]
+        return run
+
+    return decorate

@@ -1,0 +1,106 @@
+"""The periodic schedule, as data, and the one scheduler process that runs it.
+
+RQ's own cron has no leader lock, so two scheduler processes would enqueue everything
+twice. Ours takes a Redis lock (SET NX PX with a random value, renewed every tick): only
+the holder enqueues; a second scheduler waits and takes over within one lock timeout if
+the leader dies. Each periodic job is enqueued under a stable job id per time slot, so
+even a brief double leadership cannot enqueue one slot twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from flask import Flask
+
+from roombridge.queue import redis
+
+log = logging.getLogger(__name__)
+
+LEADER_KEY = "roombridge:scheduler:leader"
+
+
+@dataclass(frozen=True)
+class Periodic:
+    id: str  # stable: the job id of each run derives from it
+    func: str  # "module:function", a job made with jobs.job
+    every_setting: str  # the Config field that holds the interval in seconds
+
+
+# Filled in by the features that need a heartbeat (safety-net sync, channel renewal).
+PERIODIC: list[Periodic] = []
+
+
+def _resolve(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def enqueue_due(app: Flask, now: float | None = None) -> list[str]:
+    """Enqueue every periodic job whose slot has come; returns the job ids enqueued."""
+    now = time.time() if now is None else now
+    conn = redis(app)
+    enqueued = []
+    for periodic in PERIODIC:
+        every = float(getattr(app.config["ROOMBRIDGE"], periodic.every_setting))
+        slot = int(now // every)
+        # SET NX per slot: a slot is enqueued once, whoever the leader is.
+        if conn.set(f"roombridge:schedule:{periodic.id}:{slot}", 1, nx=True, ex=int(every) * 2 + 60):
+            job_id = f"periodic-{periodic.id}-{slot}"
+            with app.app_context():
+                _resolve(periodic.func).enqueue(job_id=job_id)
+            enqueued.append(job_id)
+    return enqueued
+
+
+class LeaderLock:
+    def __init__(self, app: Flask, ttl_seconds: float):
+        self.conn = redis(app)
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self.value = secrets.token_hex(16)
+
+    def acquire_or_renew(self) -> bool:
+        # Renew only if we still hold it (compare-and-set in Lua), else try to take it.
+        renewed = self.conn.eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then "
+            "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
+            1, LEADER_KEY, self.value, self.ttl_ms,
+        )
+        if renewed:
+            return True
+        return bool(self.conn.set(LEADER_KEY, self.value, nx=True, px=self.ttl_ms))
+
+    def release(self) -> None:
+        self.conn.eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+            "else return 0 end",
+            1, LEADER_KEY, self.value,
+        )
+
+
+def run_scheduler(app: Flask, *, max_ticks: int | None = None) -> None:
+    tick = float(app.config["ROOMBRIDGE"].SCHEDULER_TICK_SECONDS)
+    lock = LeaderLock(app, ttl_seconds=max(tick * 3, 10))
+    ticks = 0
+    try:
+        while max_ticks is None or ticks < max_ticks:
+            ticks += 1
+            try:
+                if lock.acquire_or_renew():
+                    for job_id in enqueue_due(app):
+                        log.info("scheduler enqueued %s", job_id)
+                else:
+                    log.debug("another scheduler leads; standing by")
+            except Exception:  # Redis down: keep the process, try again next tick
+                log.exception("scheduler tick failed")
+            if max_ticks is None or ticks < max_ticks:
+                time.sleep(tick)
+    finally:
+        try:
+            lock.release()
+        except Exception:
+            log.warning("could not release the scheduler lock; it expires by itself")

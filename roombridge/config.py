@@ -1,0 +1,121 @@
+"""Configuration, read from the environment once, when the app is created.
+
+Never read at import time (Flask's docs/config.rst): tests and the worker build apps
+with different settings in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+GOOGLE_CALENDAR_API_URL = "https://www.googleapis.com/calendar/v3/"
+CALENDAR_EVENTS_SCOPE = "https://www.googleapis.com/auth/calendar.events"
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a runnable app."""
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _emails(value: str) -> frozenset[str]:
+    return frozenset(e.strip().lower() for e in value.split(",") if e.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting the app understands; the names are the environment variables."""
+
+    ENV: str = "development"  # development | production | test
+    SECRET_KEY: str = ""
+    DATABASE_URL: str = ""  # empty: SQLite under instance/
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    GOOGLE_SERVICE_ACCOUNT_FILE: str = ""
+    GOOGLE_CALENDAR_API_URL: str = GOOGLE_CALENDAR_API_URL
+    GOOGLE_DELEGATED_USER: str = ""  # set: delegated mode; empty: room mode
+    WEBHOOK_BASE_URL: str = "http://127.0.0.1:5000"
+    AUTH_MODE: str = "dev"  # dev | oidc
+    OIDC_ISSUER: str = "https://accounts.google.com"
+    OIDC_CLIENT_ID: str = ""
+    OIDC_CLIENT_SECRET: str = ""
+    ADMIN_EMAILS: frozenset[str] = field(default_factory=frozenset)
+    SMTP_URL: str = ""  # smtp://host:port; empty: invitations are logged, not sent
+    MAIL_FROM: str = "roombridge@localhost"
+    # Booking policy defaults; rooms may override them.
+    BOOKABLE_HOURS: str = "07:00-20:00"
+    MAX_DURATION_MINUTES: int = 480
+    MAX_DAYS_AHEAD: int = 180
+    MIN_NOTICE_MINUTES: int = 0
+    MAX_OCCURRENCES: int = 52
+    # Sync and channels.
+    SYNC_WINDOW_DAYS_BACK: int = 30
+    SYNC_WINDOW_DAYS_AHEAD: int = 365
+    SYNC_MIN_INTERVAL_SECONDS: float = 1.0
+    CHANNEL_TTL_SECONDS: int = 604800
+    CHANNEL_RENEW_WITHIN_SECONDS: int = 86400
+    SAFETY_SYNC_INTERVAL_SECONDS: int = 900
+    SCHEDULER_TICK_SECONDS: float = 30.0
+
+    @property
+    def delegated_mode(self) -> bool:
+        return bool(self.GOOGLE_DELEGATED_USER)
+
+    @property
+    def production(self) -> bool:
+        return self.ENV == "production"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Config:
+        """Build from `environ` (default os.environ); `overrides` win, for tests."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name in overrides:
+                values[f.name] = overrides.pop(f.name)
+                continue
+            raw = environ.get(f.name) or environ.get("ROOMBRIDGE_" + f.name)
+            if raw is None or raw == "":
+                continue
+            if f.type == "int":
+                values[f.name] = int(raw)
+            elif f.type == "float":
+                values[f.name] = float(raw)
+            elif f.type == "bool":
+                values[f.name] = _bool(raw)
+            elif f.name == "ADMIN_EMAILS":
+                values[f.name] = _emails(raw)
+            else:
+                values[f.name] = raw
+        if overrides:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(overrides))}")
+        if isinstance(values.get("ADMIN_EMAILS"), (list, tuple, set)):
+            values["ADMIN_EMAILS"] = frozenset(e.lower() for e in values["ADMIN_EMAILS"])
+        config = cls(**values)
+        return config.validated()
+
+    def validated(self) -> Config:
+        if self.ENV not in {"development", "production", "test"}:
+            raise ConfigError(f"ENV must be development, production or test, not {self.ENV!r}")
+        if self.AUTH_MODE not in {"dev", "oidc"}:
+            raise ConfigError(f"AUTH_MODE must be dev or oidc, not {self.AUTH_MODE!r}")
+        if self.production:
+            if not self.SECRET_KEY:
+                raise ConfigError("SECRET_KEY must be set in production")
+            if self.AUTH_MODE == "dev":
+                raise ConfigError("AUTH_MODE=dev lets anyone pick an account; refused in production")
+        return self
+
+    def database_url(self, instance_path: str) -> str:
+        if self.DATABASE_URL:
+            return self.DATABASE_URL
+        Path(instance_path).mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{Path(instance_path) / 'roombridge.sqlite3'}"
+
+    def secret_key(self) -> str:
+        # Development without a key gets a random one: sessions end with the process.
+        return self.SECRET_KEY or secrets.token_hex(32)

@@ -1,0 +1,210 @@
+"""The data model: rooms, reservations, watch channels, sync state, API tokens, audit log.
+
+Instants are aware UTC datetimes (`UTCDateTime`); a room's time zone is only for showing
+and for policies such as bookable hours.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from roombridge.db import Base, UTCDateTime, utcnow
+
+
+class ReservationStatus(enum.StrEnum):
+    PENDING = "pending"  # stored here, not yet written to Google
+    CONFIRMED = "confirmed"  # on the room's Google calendar
+    FAILED = "failed"  # Google refused it permanently; kept, with the reason
+    CANCELLED = "cancelled"
+    CONFLICT = "conflict"  # made in Google over a live reservation: kept for admins, holds nothing
+
+
+# Statuses that hold the room: the no-overlap rule applies among these only.
+LIVE_STATUSES = (ReservationStatus.PENDING, ReservationStatus.CONFIRMED, ReservationStatus.FAILED)
+
+
+class ReservationSource(enum.StrEnum):
+    WEB = "web"
+    API = "api"
+    GOOGLE = "google"
+
+
+def _enum(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
+    # Stored as plain strings with a CHECK, so adding a value is an ordinary migration.
+    return sa.Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Room(TimestampMixin, Base):
+    __tablename__ = "rooms"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    calendar_id: Mapped[str] = mapped_column(sa.String(254), unique=True)  # resource calendar email
+    name: Mapped[str] = mapped_column(sa.String(200))
+    capacity: Mapped[int | None]
+    building: Mapped[str | None] = mapped_column(sa.String(200))
+    floor: Mapped[str | None] = mapped_column(sa.String(50))
+    features: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    time_zone: Mapped[str] = mapped_column(sa.String(64), default="UTC")
+    in_scope: Mapped[bool] = mapped_column(default=True, index=True)
+    # Per-room booking policy; None means the global default from Config.
+    bookable_hours: Mapped[str | None] = mapped_column(sa.String(11))  # "HH:MM-HH:MM"
+    max_duration_minutes: Mapped[int | None]
+    max_days_ahead: Mapped[int | None]
+    min_notice_minutes: Mapped[int | None]
+    # Integration health, as last seen: the access role Google granted, and why it is unhealthy.
+    access_role: Mapped[str | None] = mapped_column(sa.String(32))
+    health_error: Mapped[str | None] = mapped_column(sa.Text)
+
+    reservations: Mapped[list[Reservation]] = relationship(back_populates="room")
+    channels: Mapped[list[WatchChannel]] = relationship(back_populates="room")
+    sync_state: Mapped[RoomSyncState | None] = relationship(back_populates="room")
+
+    def __repr__(self) -> str:
+        return f"<Room {self.id} {self.calendar_id}>"
+
+
+class Reservation(TimestampMixin, Base):
+    __tablename__ = "reservations"
+    __table_args__ = (
+        sa.CheckConstraint("start_at < end_at", name="ck_reservations_start_before_end"),
+        sa.Index("ix_reservations_room_start", "room_id", "start_at"),
+        sa.Index("ix_reservations_room_event", "room_id", "google_event_id", unique=True),
+        sa.Index("ix_reservations_organiser", "organiser_email"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"))
+    organiser_email: Mapped[str] = mapped_column(sa.String(254))
+    title: Mapped[str] = mapped_column(sa.String(200))
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    all_day: Mapped[bool] = mapped_column(default=False)
+    attendees: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    status: Mapped[ReservationStatus] = mapped_column(
+        _enum(ReservationStatus, "reservation_status"), default=ReservationStatus.PENDING
+    )
+    status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    source: Mapped[ReservationSource] = mapped_column(_enum(ReservationSource, "reservation_source"))
+    # Recurring bookings made here share a series id; instances from Google carry the series' event id.
+    series_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    # The Google side. The event id is deterministic for our own reservations (see gcal);
+    # the revision grows when an event must be re-created, since Google never reuses a deleted id.
+    google_event_id: Mapped[str | None] = mapped_column(sa.String(1024))
+    google_revision: Mapped[int] = mapped_column(default=0)
+    google_etag: Mapped[str | None] = mapped_column(sa.String(128))
+    google_recurring_event_id: Mapped[str | None] = mapped_column(sa.String(1024))
+    google_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    room_response: Mapped[str | None] = mapped_column(sa.String(16))  # accepted, declined, ...
+    conflict_with_id: Mapped[int | None] = mapped_column(sa.ForeignKey("reservations.id"))
+    version: Mapped[int] = mapped_column(default=1)
+
+    room: Mapped[Room] = relationship(back_populates="reservations")
+
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+    def __repr__(self) -> str:
+        return f"<Reservation {self.id} room={self.room_id} {self.start_at:%Y-%m-%d %H:%M}Z {self.status}>"
+
+
+class WatchChannel(Base):
+    """One events.watch push channel on a room calendar."""
+
+    __tablename__ = "watch_channels"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # our channel id
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), index=True)
+    resource_id: Mapped[str | None] = mapped_column(sa.String(256))
+    token: Mapped[str] = mapped_column(sa.String(256))
+    address: Mapped[str] = mapped_column(sa.String(1024))
+    expiration: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Google's channels.stop can fail; the stop is retried and never blocks the new channel.
+    stop_pending: Mapped[bool] = mapped_column(default=False)
+    stop_error: Mapped[str | None] = mapped_column(sa.Text)
+    sync_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_push_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_message_number: Mapped[int | None] = mapped_column(sa.BigInteger)
+    push_count: Mapped[int] = mapped_column(default=0)
+
+    room: Mapped[Room] = relationship(back_populates="channels")
+
+    def is_live(self, now: datetime) -> bool:
+        return self.stopped_at is None and (self.expiration is None or self.expiration > now)
+
+
+class RoomSyncState(Base):
+    __tablename__ = "room_sync_states"
+
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
+    sync_token: Mapped[str | None] = mapped_column(sa.Text)
+    last_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_full_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sync_count: Mapped[int] = mapped_column(default=0)
+
+    room: Mapped[Room] = relationship(back_populates="sync_state")
+
+
+class ApiToken(Base):
+    """A bearer token for the JSON API. Only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_email: Mapped[str] = mapped_column(sa.String(254), index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(12))  # shown to the owner to tell tokens apart
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """Who changed what, and when: every change to a reservation, room or channel."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(sa.String(254))  # an e-mail, "google" or "system"
+    action: Mapped[str] = mapped_column(sa.String(64))
+    entity: Mapped[str] = mapped_column(sa.String(32))
+    entity_id: Mapped[str] = mapped_column(sa.String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+
+
+def audit(session, actor: str, action: str, entity: object, **details: Any) -> AuditEntry:
+    """Record a change in the session's transaction, so the log and the change commit together."""
+    entry = AuditEntry(
+        actor=actor,
+        action=action,
+        entity=type(entity).__name__.lower(),
+        entity_id=str(getattr(entity, "id", entity)),
+        details=details,
+    )
+    session.add(entry)
+    return entry
