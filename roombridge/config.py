@@ -52,6 +52,10 @@ class Config:
     MAX_DAYS_AHEAD: int = 180
     MIN_NOTICE_MINUTES: int = 0
     MAX_OCCURRENCES: int = 52
+    # Google calls: retries inside one call for rate limits and 5xx, with jittered backoff.
+    GOOGLE_MAX_ATTEMPTS: int = 4
+    GOOGLE_RETRY_BASE_SECONDS: float = 0.5
+    GOOGLE_TIMEOUT_SECONDS: float = 30.0
     # Sync and channels.
     SYNC_WINDOW_DAYS_BACK: int = 30
     SYNC_WINDOW_DAYS_AHEAD: int = 365

@@ -119,3 +119,49 @@ def test_concurrent_overlapping_bookings_store_exactly_one(app):
     assert sorted(outcomes) == ["refused"] * 11 + ["stored"]
     with factory() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Reservation)) == 1
+
+
+def test_read_then_write_units_serialise_instead_of_failing(app):
+    """The booking pattern: look for a clash, then insert. Under begin_write no thread sees
+    'database is locked'; each either stores or finds the clash that the winner made."""
+    with app.app_context():
+        room_id = make_room(db.session()).id
+        db.session().commit()
+
+    factory = db.session_factory(app)
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def book(i: int) -> None:
+        with factory() as s:
+            s.scalar(sa.select(sa.func.count()).select_from(Reservation))  # an earlier read
+            barrier.wait()
+            db.begin_write(s)
+            clash = s.scalar(
+                sa.select(Reservation.id).where(
+                    Reservation.room_id == room_id, Reservation.start_at < T0 + timedelta(minutes=60)
+                )
+            )
+            if clash:
+                outcomes.append("clash seen")
+                return
+            s.add(
+                Reservation(
+                    room_id=room_id, organiser_email="a@example.com", title="t", start_at=T0,
+                    end_at=T0 + timedelta(minutes=60), source=ReservationSource.API,
+                )
+            )
+            try:
+                s.commit()
+                outcomes.append("stored")
+            except IntegrityError:  # PostgreSQL: no lock, the constraint decides
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=book, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("stored") == 1 and len(outcomes) == 8
+    if app.config["ROOMBRIDGE"].DATABASE_URL.startswith("sqlite"):
+        assert outcomes.count("clash seen") == 7

@@ -1,0 +1,411 @@
+"""The one gateway to the Google Calendar API.
+
+Every Calendar call of the app goes through `CalendarGateway`, which:
+
+- authenticates as the service account in GOOGLE_SERVICE_ACCOUNT_FILE (the key's own
+  ``token_uri`` is honoured, so the local emulator can stand in for Google) with the
+  narrowest scope that does the job, ``calendar.events``; in delegated mode
+  (GOOGLE_DELEGATED_USER set) it acts as that one booking user;
+- refuses, before any request is made, every calendar id that is not an in-scope room,
+  and logs the refusal: least privilege in code, beyond what Google's sharing enforces;
+- retries what can recover (429, 403 rate limits, 5xx, network) a few times with
+  truncated exponential backoff and full jitter, then raises `RetriableGoogleError` for
+  the job queue to retry later; raises `PermanentGoogleError` with Google's reason for
+  what will not get better by waiting (not shared, forbidden, quota exceeded);
+- makes inserts idempotent: our event ids are deterministic, so a retried insert that
+  Google already stored answers 409 ``duplicate`` and we read the event back;
+- pages through events.list to the end and hands back the new sync token.
+
+It talks through the real google-api-python-client over HTTP, to Google or to the
+emulator (GOOGLE_CALENDAR_API_URL).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httplib2
+import sqlalchemy as sa
+from flask import Flask, current_app
+from google.oauth2 import service_account
+from google_auth_httplib2 import AuthorizedHttp
+from googleapiclient import discovery
+from googleapiclient.errors import HttpError
+
+from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
+
+log = logging.getLogger(__name__)
+
+RESERVATION_PROPERTY = "roombridgeReservationId"
+ROOM_CALENDAR_SUFFIX = "@resource.calendar.google.com"
+RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
+RETRIABLE_STATUSES = {429, 500, 502, 503, 504}
+WRITE_ROLES = {"writer", "owner"}
+
+
+class GoogleError(Exception):
+    """A Calendar call that did not succeed; `reason` is Google's (or ours, before a call)."""
+
+    retriable = False
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"{self.status} {self.reason}" if self.status else (self.reason or "error")
+        return f"Google Calendar: {where}: {self.message}"
+
+
+class RetriableGoogleError(GoogleError):
+    """Rate limited, Google failing, or the network: worth trying again later."""
+
+    retriable = True
+
+
+class PermanentGoogleError(GoogleError):
+    """Waiting will not help: the calendar is not shared, the call is forbidden, quota is gone..."""
+
+
+class CalendarNotInScope(PermanentGoogleError):
+    """Refused by us before any request: the calendar is not an in-scope room."""
+
+
+class EventNotFound(PermanentGoogleError):
+    """The event does not exist (or the calendar is not visible to us)."""
+
+
+class EventIdTaken(PermanentGoogleError):
+    """Our deterministic id is used by a deleted or foreign event; insert under a new revision."""
+
+
+class SyncTokenInvalid(GoogleError):
+    """410 fullSyncRequired: drop the sync token and run a full sync."""
+
+
+def event_id_for(reservation_id: int, revision: int = 0) -> str:
+    """The deterministic Google event id of our reservation: base32hex (a-v, 0-9), 5+ chars.
+
+    The revision is part of it because Google never lets a deleted id be used again.
+    """
+    raw = f"roombridge:{reservation_id}:{revision}".encode()
+    return base64.b32hexencode(raw).decode().rstrip("=").lower()
+
+
+def reservation_id_of(event: dict) -> int | None:
+    """Our reservation id if the event is one of ours (private property), else None."""
+    value = (event.get("extendedProperties") or {}).get("private", {}).get(RESERVATION_PROPERTY)
+    return int(value) if value and str(value).isdigit() else None
+
+
+def is_room_calendar(calendar_id: str) -> bool:
+    return calendar_id.endswith(ROOM_CALENDAR_SUFFIX)
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    id: str
+    resource_id: str
+    expiration: datetime
+
+
+@dataclass(frozen=True)
+class AccessCheck:
+    ok: bool
+    role: str | None
+    problem: str | None
+
+
+def _parse_error(err: HttpError) -> tuple[int, str | None, str]:
+    status = int(err.resp.status)
+    reason, message = None, err.reason or ""
+    try:
+        error = json.loads(err.content.decode("utf-8", "replace"))["error"]
+        message = error.get("message", message)
+        items = error.get("errors") or []
+        if items:
+            reason = items[0].get("reason")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return status, reason, message
+
+
+def classify(err: HttpError) -> GoogleError:
+    """Turn Google's answer into one of our errors, by the rules in DESIGN.md."""
+    status, reason, message = _parse_error(err)
+    if status == 410 and reason == "fullSyncRequired":
+        return SyncTokenInvalid(message, status=status, reason=reason)
+    if status in RETRIABLE_STATUSES or (status == 403 and reason in RATE_LIMIT_REASONS):
+        return RetriableGoogleError(message, status=status, reason=reason)
+    if status in (404, 410):
+        return EventNotFound(message, status=status, reason=reason or "notFound")
+    return PermanentGoogleError(message, status=status, reason=reason)
+
+
+@functools.cache
+def discovery_cache_doc() -> str:
+    """Calendar v3's discovery document, shipped with the client: no network, read once."""
+    from googleapiclient import discovery_cache
+
+    return discovery_cache.get_static_doc("calendar", "v3")
+
+
+class CalendarGateway:
+    def __init__(
+        self,
+        credentials,
+        api_url: str,
+        *,
+        in_scope: Callable[[str], bool],
+        delegated: bool = False,
+        max_attempts: int = 4,
+        retry_base: float = 0.5,
+        timeout: float = 30.0,
+    ):
+        self.credentials = credentials
+        self.delegated = delegated
+        self._in_scope = in_scope
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        http = AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
+        self.service = discovery.build_from_document(
+            discovery_cache_doc(),
+            http=http,
+            client_options={"api_endpoint": api_url},
+        )
+
+    @classmethod
+    def for_app(cls, app: Flask | None = None) -> CalendarGateway:
+        """The gateway of the current app; the allowlist is the in-scope rooms in its database."""
+        from roombridge import db
+        from roombridge.models import Room
+
+        app = app or current_app._get_current_object()
+        config: Config = app.config["ROOMBRIDGE"]
+
+        def in_scope(calendar_id: str) -> bool:
+            found = db.session().scalar(
+                sa.select(Room.id).where(Room.calendar_id == calendar_id, Room.in_scope.is_(True))
+            )
+            return found is not None
+
+        return cls(
+            _credentials(app, config),
+            config.GOOGLE_CALENDAR_API_URL,
+            in_scope=in_scope,
+            delegated=config.delegated_mode,
+            max_attempts=config.GOOGLE_MAX_ATTEMPTS,
+            retry_base=config.GOOGLE_RETRY_BASE_SECONDS,
+            timeout=config.GOOGLE_TIMEOUT_SECONDS,
+        )
+
+    # --- the allowlist and the retry loop -------------------------------------------------
+
+    def _require_in_scope(self, calendar_id: str) -> None:
+        if not is_room_calendar(calendar_id) or not self._in_scope(calendar_id):
+            log.warning("refused a Calendar call for %s: not an in-scope room calendar", calendar_id)
+            raise CalendarNotInScope(
+                f"{calendar_id} is not an in-scope room calendar", reason="notInScope"
+            )
+
+    def _execute(self, request, what: str) -> dict:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return request.execute(num_retries=0)
+            except HttpError as err:
+                error = classify(err)
+            except (OSError, httplib2.HttpLib2Error) as err:  # refused, reset, timed out
+                error = RetriableGoogleError(f"{type(err).__name__}: {err}", reason="network")
+            if not error.retriable or attempt >= self.max_attempts:
+                log.info("%s failed after %d attempt(s): %s", what, attempt, error)
+                raise error
+            # Truncated exponential backoff with full jitter (Google's advice for rate limits).
+            delay = random.uniform(0, min(32.0, self.retry_base * 2 ** (attempt - 1)))
+            log.info("%s: %s; retrying in %.2fs", what, error, delay)
+            time.sleep(delay)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def insert_event(self, calendar_id: str, event_id: str, body: dict, send_updates: str = "none") -> dict:
+        """Insert under our deterministic id; a retry that finds it already stored returns it."""
+        self._require_in_scope(calendar_id)
+        request = self.service.events().insert(
+            calendarId=calendar_id, body={**body, "id": event_id}, sendUpdates=send_updates
+        )
+        try:
+            return self._execute(request, f"insert {event_id} on {calendar_id}")
+        except PermanentGoogleError as error:
+            if error.status != 409:
+                raise
+        existing = self.get_event(calendar_id, event_id)
+        if existing.get("status") == "cancelled" or reservation_id_of(existing) != reservation_id_of(body):
+            raise EventIdTaken(
+                f"event id {event_id} is used by a deleted or foreign event", status=409, reason="duplicate"
+            )
+        return existing
+
+    def get_event(self, calendar_id: str, event_id: str) -> dict:
+        self._require_in_scope(calendar_id)
+        request = self.service.events().get(calendarId=calendar_id, eventId=event_id)
+        return self._execute(request, f"get {event_id} on {calendar_id}")
+
+    def patch_event(self, calendar_id: str, event_id: str, body: dict, send_updates: str = "none") -> dict:
+        self._require_in_scope(calendar_id)
+        request = self.service.events().patch(
+            calendarId=calendar_id, eventId=event_id, body=body, sendUpdates=send_updates
+        )
+        return self._execute(request, f"patch {event_id} on {calendar_id}")
+
+    def delete_event(self, calendar_id: str, event_id: str, send_updates: str = "none") -> bool:
+        """Delete; False when Google no longer had it (already deleted is as good as deleted)."""
+        self._require_in_scope(calendar_id)
+        request = self.service.events().delete(calendarId=calendar_id, eventId=event_id, sendUpdates=send_updates)
+        try:
+            self._execute(request, f"delete {event_id} on {calendar_id}")
+        except EventNotFound:
+            return False
+        return True
+
+    def list_events(
+        self,
+        calendar_id: str,
+        *,
+        sync_token: str | None = None,
+        time_min: datetime | None = None,
+        time_max: datetime | None = None,
+        page_size: int = 250,
+    ) -> EventListing:
+        """Changes since `sync_token`, or with none, every event in [time_min, time_max)."""
+        self._require_in_scope(calendar_id)
+        query: dict = {"calendarId": calendar_id, "singleEvents": True, "maxResults": page_size}
+        if sync_token:
+            # Google answers 400 to a sync token combined with a time window (DESIGN.md).
+            query["syncToken"] = sync_token
+        else:
+            if time_min:
+                query["timeMin"] = _rfc3339(time_min)
+            if time_max:
+                query["timeMax"] = _rfc3339(time_max)
+        return EventListing(self, query)
+
+    # --- channels ----------------------------------------------------------------------------
+
+    def watch(
+        self, calendar_id: str, *, channel_id: str, address: str, token: str, ttl_seconds: int | None = None
+    ) -> WatchResult:
+        self._require_in_scope(calendar_id)
+        body = {"id": channel_id, "type": "web_hook", "address": address, "token": token}
+        if ttl_seconds:
+            body["params"] = {"ttl": str(int(ttl_seconds))}
+        request = self.service.events().watch(calendarId=calendar_id, body=body)
+        answer = self._execute(request, f"watch {calendar_id}")
+        return WatchResult(
+            id=answer["id"],
+            resource_id=answer["resourceId"],
+            expiration=datetime.fromtimestamp(int(answer["expiration"]) / 1000, UTC),
+        )
+
+    def stop_channel(self, channel_id: str, resource_id: str) -> bool:
+        """Stop a channel; False when Google no longer knew it (expired or already stopped)."""
+        request = self.service.channels().stop(body={"id": channel_id, "resourceId": resource_id})
+        try:
+            self._execute(request, f"stop channel {channel_id}")
+        except EventNotFound:
+            return False
+        return True
+
+    # --- access --------------------------------------------------------------------------------
+
+    def check_access(self, calendar_id: str) -> AccessCheck:
+        """What the service account may do on a room calendar that is not (yet) in scope.
+
+        Only room calendars are ever checked, never a person's. events.list with one result
+        is the cheapest call the calendar.events scope allows; its accessRole says the role.
+        """
+        if not is_room_calendar(calendar_id):
+            return AccessCheck(False, None, f"{calendar_id} is not a room (resource) calendar address")
+        request = self.service.events().list(calendarId=calendar_id, maxResults=1, singleEvents=True)
+        who = getattr(self.credentials, "service_account_email", "the service account")
+        try:
+            answer = self._execute(request, f"check access to {calendar_id}")
+        except EventNotFound:
+            return AccessCheck(
+                False, None, f"{calendar_id} is not shared with {who} (or does not exist)"
+            )
+        except PermanentGoogleError as error:
+            return AccessCheck(False, None, f"Google refused access: {error.message}")
+        role = answer.get("accessRole")
+        if role not in WRITE_ROLES:
+            return AccessCheck(
+                False,
+                role,
+                f"{who} has only '{role}' access; share the calendar with "
+                "'Make changes to events' so bookings can be written",
+            )
+        return AccessCheck(True, role, None)
+
+
+class EventListing:
+    """The pages of one events.list query, fetched lazily; `next_sync_token` once done."""
+
+    def __init__(self, gateway: CalendarGateway, query: dict):
+        self._gateway = gateway
+        self._query = query
+        self.next_sync_token: str | None = None
+        self.page_count = 0
+
+    def pages(self) -> Iterator[list[dict]]:
+        page_token = None
+        while True:
+            query = dict(self._query, pageToken=page_token) if page_token else self._query
+            request = self._gateway.service.events().list(**query)
+            answer = self._gateway._execute(request, f"list {self._query['calendarId']}")
+            self.page_count += 1
+            yield answer.get("items", [])
+            page_token = answer.get("nextPageToken")
+            if not page_token:
+                # Google puts nextSyncToken on the last page only.
+                self.next_sync_token = answer.get("nextSyncToken")
+                return
+
+    def events(self) -> Iterator[dict]:
+        for page in self.pages():
+            yield from page
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_credentials_lock = threading.Lock()
+
+
+def _credentials(app: Flask, config: Config):
+    """One credentials object per app: its access token is reused until it expires."""
+    with _credentials_lock:
+        cached = app.extensions.get("roombridge.google_credentials")
+        if cached is None:
+            if not config.GOOGLE_SERVICE_ACCOUNT_FILE:
+                raise PermanentGoogleError(
+                    "GOOGLE_SERVICE_ACCOUNT_FILE is not set", reason="notConfigured"
+                )
+            cached = service_account.Credentials.from_service_account_file(
+                config.GOOGLE_SERVICE_ACCOUNT_FILE, scopes=[CALENDAR_EVENTS_SCOPE]
+            )
+            if config.GOOGLE_DELEGATED_USER:
+                cached = cached.with_subject(config.GOOGLE_DELEGATED_USER)
+            app.extensions["roombridge.google_credentials"] = cached
+        return cached
