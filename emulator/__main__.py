@@ -1,0 +1,40 @@
+"""python -m emulator: run the Google Calendar emulator in the foreground."""
+
+import argparse
+import logging
+
+from .demo import seed_demo
+from .server import EmulatorServer
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m emulator",
+                                     description="Local Google Calendar emulator.")
+    parser.add_argument("--port", type=int, default=8085)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--seed", choices=["demo"], help="load demo rooms, people and account")
+    parser.add_argument("--max-channel-ttl", type=int, default=604800, metavar="SECONDS")
+    parser.add_argument("--push-delay", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--key-out", metavar="PATH",
+                        help="write the demo service-account key JSON here (with --seed demo)")
+    args = parser.parse_args(argv)
+    if args.key_out and not args.seed:
+        parser.error("--key-out needs --seed demo")
+
+    logging.basicConfig(level=logging.INFO)
+    server = EmulatorServer(port=args.port, host=args.host,
+                            max_channel_ttl=args.max_channel_ttl, push_delay=args.push_delay,
+                            log_requests=True)
+    server.bind()
+    if args.seed == "demo":
+        seed_demo(server, key_out=args.key_out)
+    print(f"Google Calendar emulator on {server.url} (API {server.calendar_api_url})",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
