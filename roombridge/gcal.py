@@ -194,10 +194,14 @@ class CalendarGateway:
         app = app or current_app._get_current_object()
         config: Config = app.config["ROOMBRIDGE"]
 
+        sessions = db.session_factory(app)
+
         def in_scope(calendar_id: str) -> bool:
-            found = db.session().scalar(
-                sa.select(Room.id).where(Room.calendar_id == calendar_id, Room.in_scope.is_(True))
-            )
+            # Its own short transaction: the caller's must not stay open across the HTTP call.
+            with sessions() as session:
+                found = session.scalar(
+                    sa.select(Room.id).where(Room.calendar_id == calendar_id, Room.in_scope.is_(True))
+                )
             return found is not None
 
         return cls(

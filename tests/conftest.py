@@ -22,7 +22,8 @@ from webapp import create_app
 
 REDIS_URL = os.environ.get("ROOMBRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_SERVER = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432")
-POSTGRES_DB = "roombridge_test"
+# Overridable so that several test runs on one server do not drop each other's database.
+POSTGRES_DB = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_DB", "roombridge_test")
 DATABASES = [d for d in os.environ.get("ROOMBRIDGE_TEST_DATABASES", "sqlite,postgresql").split(",") if d]
 
 TEST_SETTINGS = dict(ENV="test", SECRET_KEY="test-secret", ADMIN_EMAILS=frozenset({"admin@example.com"}))
@@ -43,7 +44,7 @@ def sqlite_template(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_url():
     admin = sa.create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {POSTGRES_DB} WITH (FORCE)"))
@@ -51,7 +52,11 @@ def postgres_url() -> str:
     admin.dispose()
     url = f"{POSTGRES_SERVER}/{POSTGRES_DB}"
     _migrated_app(url)
-    return url
+    yield url
+    admin = sa.create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {POSTGRES_DB} WITH (FORCE)"))
+    admin.dispose()
 
 
 @pytest.fixture(params=DATABASES)
@@ -204,3 +209,94 @@ def run_jobs(app, queues=("push", "sync", "channels", "default"), max_jobs: int 
         worker = SimpleWorker([queue(q) for q in queues], connection=redis())
         worker.work(burst=True, max_jobs=max_jobs)
         return worker.successful_job_count + worker.failed_job_count
+
+
+# --- Mail: a real local SMTP server whose inbox tests read ----------------------------------------
+
+
+class SmtpInbox:
+    """What a local aiosmtpd server received: (envelope recipients, parsed message) pairs."""
+
+    def __init__(self):
+        self.messages: list = []
+        self.url = ""
+
+    async def handle_DATA(self, server, session, envelope):
+        import email
+        import email.policy
+
+        parsed = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        self.messages.append((list(envelope.rcpt_tos), parsed))
+        return "250 OK"
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list:
+        """Poll until `count` messages arrived (SMTP hands over asynchronously), or fail."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.messages) >= count, f"expected {count} messages, got {len(self.messages)}"
+        return self.messages
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on a free local port; `.url` is its SMTP_URL, `.messages` its inbox."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    inbox = SmtpInbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    inbox.url = f"smtp://127.0.0.1:{port}"
+    yield inbox
+    controller.stop()
+
+
+# --- a Redis server of a test's own (moved here from tests/webapp/test_health.py for reuse) -------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def own_redis():
+    """(url, stop, restart) of a redis-server of this test's own, so stopping it disturbs nobody else."""
+    import socket
+    import subprocess
+    import time
+
+    port = _free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start():
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return proc
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    server = {"proc": start()}
+
+    def stop():
+        server["proc"].terminate()
+        server["proc"].wait(10)
+
+    def restart():
+        server["proc"] = start()
+
+    yield f"redis://127.0.0.1:{port}/0", stop, restart
+    if server["proc"].poll() is None:
+        stop()
