@@ -32,7 +32,14 @@ class Periodic:
 
 
 # Filled in by the features that need a heartbeat (safety-net sync, channel renewal).
-PERIODIC: list[Periodic] = []
+PERIODIC: list[Periodic] = [
+    # Every tick: cheap when nothing is due; renewal moments are spread (roombridge/channels.py).
+    Periodic("renew-channels", "jobs.channels:renew_channels", "SCHEDULER_TICK_SECONDS"),
+    # Every tick: one indexed query; re-queues Google writes lost to a Redis outage (jobs/reservations.py).
+    Periodic("requeue-stale-pending", "jobs.reservations:requeue_stale_pending", "SCHEDULER_TICK_SECONDS"),
+    # Google drops a small share of pushes: an incremental sync of every room now and then (jobs/sync.py).
+    Periodic("safety-net-sync", "jobs.sync:safety_net_sync", "SAFETY_SYNC_INTERVAL_SECONDS"),
+]
 
 
 def _resolve(path: str):

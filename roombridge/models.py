@@ -109,6 +109,9 @@ class Reservation(TimestampMixin, Base):
     # the revision grows when an event must be re-created, since Google never reuses a deleted id.
     google_event_id: Mapped[str | None] = mapped_column(sa.String(1024))
     google_revision: Mapped[int] = mapped_column(default=0)
+    # The room calendar that holds our event now (None: nothing written, or deleted). It differs
+    # from the room's calendar after a move to another room, until the push job has moved it.
+    google_calendar_id: Mapped[str | None] = mapped_column(sa.String(254))
     google_etag: Mapped[str | None] = mapped_column(sa.String(128))
     google_recurring_event_id: Mapped[str | None] = mapped_column(sa.String(1024))
     google_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -74,7 +74,7 @@ def main() -> int:
         AUTH_MODE=os.environ.get("AUTH_MODE", "dev"),
         OIDC_ISSUER=emulator_url,
         OIDC_CLIENT_ID="roombridge-dev",
-        OIDC_CLIENT_SECRET="dev-secret",
+        OIDC_CLIENT_SECRET="dev-secret",  # noqa: S106 (the emulator's demo client, not a secret)
         ADMIN_EMAILS=os.environ.get("ADMIN_EMAILS", "admin@example.com"),
         PYTHONUNBUFFERED="1",
     )

@@ -22,8 +22,8 @@ from webapp import create_app
 
 REDIS_URL = os.environ.get("ROOMBRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_SERVER = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432")
-# Overridable so that several test runs on one server do not drop each other's database.
-POSTGRES_DB = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_DB", "roombridge_test")
+# One database per test process (overridable), so two runs on one server never drop each other's.
+POSTGRES_DB = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_DB", f"roombridge_test_{os.getpid()}")
 DATABASES = [d for d in os.environ.get("ROOMBRIDGE_TEST_DATABASES", "sqlite,postgresql").split(",") if d]
 
 TEST_SETTINGS = dict(ENV="test", SECRET_KEY="test-secret", ADMIN_EMAILS=frozenset({"admin@example.com"}))
@@ -200,7 +200,10 @@ def live_server_factory():
 
 
 def run_jobs(app, queues=("push", "sync", "channels", "default"), max_jobs: int | None = None) -> int:
-    """Run queued jobs in this process with a real RQ worker until the queues are empty."""
+    """Run queued jobs in this process with a real RQ worker until the queues are empty.
+
+    Returns how many jobs ran (rq 3 keeps the counts in Redis, not on the worker object).
+    """
     from rq import SimpleWorker
 
     from roombridge.queue import queue, redis
@@ -208,6 +211,7 @@ def run_jobs(app, queues=("push", "sync", "channels", "default"), max_jobs: int 
     with app.app_context():
         worker = SimpleWorker([queue(q) for q in queues], connection=redis())
         worker.work(burst=True, max_jobs=max_jobs)
+        worker.refresh()
         return worker.successful_job_count + worker.failed_job_count
 
 

@@ -34,4 +34,14 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks_bp)
     cli.init_app(app)
+    from webapp import auth, pages
+
+    app.register_blueprint(pages.bp)
+    from webapp import api
+
+    app.register_blueprint(api.bp)
+    from webapp import admin
+
+    app.register_blueprint(admin.bp)
+    auth.init_app(app)  # last: it exempts the webhook and API blueprints from CSRF
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from roombridge import migrate
 
@@ -57,7 +57,228 @@ def scheduler_command() -> None:
     run_scheduler(current_app._get_current_object())
 
 
+tokens_cli = AppGroup("tokens", help="API tokens for the JSON API (stored hashed).")
+
+
+@tokens_cli.command("create")
+@click.argument("email")
+def tokens_create(email: str) -> None:
+    """Make an API token for EMAIL and print it: it is shown this once only."""
+    from roombridge import api_tokens, db
+
+    try:
+        new = api_tokens.create(db.session(), email, actor="cli")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="EMAIL") from exc
+    click.echo(new.token)
+
+
+@tokens_cli.command("revoke")
+@click.argument("token_or_prefix")
+@click.option("--email", help="Only the tokens of this user.")
+def tokens_revoke(token_or_prefix: str, email: str | None) -> None:
+    """Revoke a token, given whole or by the prefix `tokens list` shows."""
+    from roombridge import api_tokens, db
+
+    count = api_tokens.revoke(db.session(), token_or_prefix, email=email, actor="cli")
+    if not count:
+        raise click.ClickException(f"no live token matches {token_or_prefix!r}")
+    click.echo(f"revoked {count} token(s)")
+
+
+@tokens_cli.command("list")
+@click.option("--email", help="Only the tokens of this user.")
+def tokens_list(email: str | None) -> None:
+    """Every token: owner, prefix, created, last used, revoked."""
+    from roombridge import api_tokens, db
+
+    for t in api_tokens.list_tokens(db.session(), email):
+        used = f"{t.last_used_at:%Y-%m-%d %H:%M}Z" if t.last_used_at else "never used"
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}Z" if t.revoked_at else "live"
+        click.echo(f"{t.user_email}\t{t.prefix}\tcreated {t.created_at:%Y-%m-%d %H:%M}Z\t{used}\t{state}")
+
+
+# --- rooms, channels and sync (issue #7): the admin console's verbs for the command line ---------
+
+rooms_cli = AppGroup("rooms", help="Rooms in scope: add, list, remove.")
+channels_cli = AppGroup("channels", help="Google push channels: list, renew.")
+
+
+def _google():
+    """The session, the Calendar gateway and the settings, or a clean CLI error when Google is not set up."""
+    from roombridge import db
+    from roombridge.gcal import CalendarGateway, GoogleError
+
+    try:
+        gateway = CalendarGateway.for_app()
+    except GoogleError as error:
+        raise click.ClickException(str(error)) from error
+    return db.session(), gateway, current_app.config["ROOMBRIDGE"]
+
+
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
+
+
+def _room_or_fail(session, email: str, in_scope: bool = True):
+    from roombridge.rooms import find_room
+
+    room = find_room(session, email)
+    if room is None or (in_scope and not room.in_scope):
+        raise click.ClickException(f"{email} is not a room in scope (see `rooms list`)")
+    return room
+
+
+@rooms_cli.command("add")
+@click.argument("email")
+@click.option("--name", required=True, help="What people call the room.")
+@click.option("--capacity", type=int)
+@click.option("--building")
+@click.option("--floor")
+@click.option("--features", help="Comma-separated, e.g. projector,whiteboard")
+@click.option("--time-zone", default="UTC", show_default=True, help="IANA name, e.g. Europe/London")
+def rooms_add(email, name, capacity, building, floor, features, time_zone) -> None:
+    """Bring the room calendar EMAIL into scope, once Google confirms we may write to it."""
+    from roombridge import rooms
+    from roombridge.db import utcnow
+    from roombridge.gcal import GoogleError
+
+    session, gateway, config = _google()
+    try:
+        added = rooms.add_room(session, gateway, config, email, name=name, capacity=capacity, building=building,
+                               floor=floor, features=features, time_zone=time_zone, now=utcnow(), actor="cli")
+    except rooms.RoomRefused as refused:
+        raise click.ClickException(str(refused)) from refused
+    except GoogleError as error:
+        raise click.ClickException(str(error)) from error
+    room = added.room
+    click.echo(f"added {room.calendar_id} ({room.name}); Google grants '{room.access_role}'")
+    if added.channel:
+        click.echo(f"channel {added.channel.id} expires {_when(added.channel.expiration)}")
+    else:
+        click.echo(f"no channel yet ({added.channel_problem}); the renewal job keeps trying", err=True)
+    click.echo("first full sync requested")
+
+
+@rooms_cli.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include rooms taken out of scope.")
+def rooms_list(show_all: bool) -> None:
+    """Rooms with their access, channel and health."""
+    import sqlalchemy as sa
+
+    from roombridge import channels, db
+    from roombridge.db import utcnow
+    from roombridge.models import Room
+
+    session, now = db.session(), utcnow()
+    query = sa.select(Room).order_by(Room.calendar_id)
+    if not show_all:
+        query = query.where(Room.in_scope.is_(True))
+    found = list(session.scalars(query))
+    if not found:
+        click.echo("no rooms in scope; add one with `rooms add EMAIL --name NAME`")
+        return
+    for room in found:
+        channel = channels.current_channel(session, room, now)
+        expiry = _when(channel.expiration) if channel else "none"
+        scope = "" if room.in_scope else " [out of scope]"
+        click.echo(f"{room.calendar_id}\t{room.name}\tcapacity {room.capacity or '-'}\trole {room.access_role or '-'}"
+                   f"\tchannel expires {expiry}\t{room.health_error or 'healthy'}{scope}")
+
+
+@rooms_cli.command("remove")
+@click.argument("email")
+def rooms_remove(email: str) -> None:
+    """Take the room EMAIL out of scope: its channels are stopped and it is no longer synced."""
+    from roombridge import rooms
+    from roombridge.db import utcnow
+
+    session, gateway, _config = _google()
+    room = _room_or_fail(session, email)
+    pending = rooms.remove_room(session, gateway, room, utcnow(), actor="cli")
+    click.echo(f"removed {room.calendar_id} from scope")
+    for channel in pending:
+        click.echo(f"stopping channel {channel.id} failed ({channel.stop_error}); it will be retried", err=True)
+
+
+@channels_cli.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include stopped channels.")
+def channels_list(show_all: bool) -> None:
+    """Watch channels: room, expiry, state, last push."""
+    import sqlalchemy as sa
+
+    from roombridge import db
+    from roombridge.db import utcnow
+    from roombridge.models import WatchChannel
+
+    session, now = db.session(), utcnow()
+    query = sa.select(WatchChannel).order_by(WatchChannel.room_id, WatchChannel.created_at)
+    if not show_all:
+        query = query.where(WatchChannel.stopped_at.is_(None))
+    for channel in session.scalars(query):
+        if channel.stopped_at:
+            state = "stopped"
+        elif channel.stop_pending:
+            state = f"stop pending ({channel.stop_error})"
+        else:
+            state = "live" if channel.is_live(now) else "expired"
+        click.echo(f"{channel.id}\t{channel.room.calendar_id}\texpires {_when(channel.expiration)}\t{state}"
+                   f"\tlast push {_when(channel.last_push_at)}\tpushes {channel.push_count}")
+
+
+@channels_cli.command("renew")
+@click.option("--room", "room_email", help="Only this room's channel.")
+@click.option("--due-only", is_flag=True, help="Only what the periodic job would renew now.")
+def channels_renew(room_email: str | None, due_only: bool) -> None:
+    """Replace channels now: a new channel first, then the old one stopped."""
+    from roombridge import channels
+    from roombridge.db import utcnow
+    from roombridge.gcal import GoogleError
+    from roombridge.rooms import rooms_in_scope
+
+    session, gateway, config = _google()
+    if due_only and not room_email:
+        report = channels.renew_due(session, gateway, config, utcnow())
+        click.echo(f"renewal pass: {report.as_dict() or 'nothing due'}")
+        return
+    targets = [_room_or_fail(session, room_email)] if room_email else rooms_in_scope(session)
+    failures = 0
+    for room in targets:
+        try:
+            channel = channels.renew_room(session, gateway, room, config, utcnow(), actor="cli")
+        except (channels.ChannelRefused, GoogleError) as error:
+            session.rollback()
+            failures += 1
+            click.echo(f"{room.calendar_id}: {error}", err=True)
+            continue
+        click.echo(f"{room.calendar_id}: channel {channel.id} expires {_when(channel.expiration)}")
+    if failures:
+        raise click.ClickException(f"{failures} channel(s) could not be renewed")
+
+
+@click.command("sync")
+@with_appcontext
+@click.argument("room_email")
+@click.option("--full", is_flag=True, help="Drop the sync token and read the whole window again.")
+def sync_command(room_email: str, full: bool) -> None:
+    """Mirror ROOM_EMAIL from Google now, in this process."""
+    from roombridge.gcal import GoogleError
+    from roombridge.sync import sync_room_now
+
+    session, gateway, config = _google()
+    room = _room_or_fail(session, room_email)
+    try:
+        report = sync_room_now(session, gateway, room, config, full=full)
+    except GoogleError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"synced {room.calendar_id} ({'full' if full else 'incremental'}): {report}")
+
+
 def init_app(app: Flask) -> None:
+    app.cli.add_command(tokens_cli)
     app.cli.add_command(db_cli)
     app.cli.add_command(worker_command)
     app.cli.add_command(scheduler_command)
+    app.cli.add_command(rooms_cli)
+    app.cli.add_command(channels_cli)
+    app.cli.add_command(sync_command)

@@ -90,6 +90,7 @@ def upgrade() -> None:
     sa.Column('series_id', sa.String(length=64), nullable=True),
     sa.Column('google_event_id', sa.String(length=1024), nullable=True),
     sa.Column('google_revision', sa.Integer(), nullable=False),
+    sa.Column('google_calendar_id', sa.String(length=254), nullable=True),
     sa.Column('google_etag', sa.String(length=128), nullable=True),
     sa.Column('google_recurring_event_id', sa.String(length=1024), nullable=True),
     sa.Column('google_updated_at', roombridge.db.UTCDateTime(timezone=True), nullable=True),

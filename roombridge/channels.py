@@ -1,0 +1,321 @@
+"""Watch channels: one live events.watch channel per in-scope room, replaced before it lapses.
+
+Google has no renewal call: a channel is replaced by a new one with a new id, then the old
+one is stopped (channels.stop). The new channel is saved before the old one is stopped, so
+there is a short overlap in which a change is reported twice (the sync is idempotent), and
+never a gap in which it is not reported at all. A stop that fails is kept as `stop_pending`
+and retried by the periodic job; it never blocks the new channel.
+
+Renewal is driven by each channel's real expiration, as Google answered it (it may cap the
+ttl we ask for). Each channel renews at its own moment inside its renewal window, chosen by
+hashing its id, so that thousands of rooms whose channels were made in the same minute do not
+all renew in the same minute again. Every moment lies at least a safety margin before expiry,
+several scheduler ticks, so a missed tick or a slow worker still renews in time.
+
+Functions here take the session, the gateway and `now`; they never read the clock, so tests
+(and the hour of simulated time) drive them with the emulator's clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
+from roombridge.gcal import CalendarGateway, CalendarNotInScope, GoogleError, PermanentGoogleError
+from roombridge.models import Room, WatchChannel, audit
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhooks/google/calendar"
+# A channel whose stop keeps failing is given up on after this long past its expiry: Google
+# no longer delivers on an expired channel, so there is nothing left to stop.
+GIVE_UP_STOPPING_AFTER = timedelta(days=1)
+PUSH_BUCKET_KEY = "roombridge:pushes:{minute}"
+PUSH_BUCKET_TTL_SECONDS = 2 * 3600
+
+
+class ChannelRefused(Exception):
+    """Google refused to create a channel on a room calendar; the room is marked unhealthy."""
+
+
+def webhook_address(config: Config) -> str:
+    return config.WEBHOOK_BASE_URL.rstrip("/") + WEBHOOK_PATH
+
+
+# --- renewal decisions (pure) ---------------------------------------------------------------
+
+
+def renewal_window(channel: WatchChannel, config: Config) -> tuple[datetime, datetime]:
+    """[earliest, latest] moment at which this channel should be replaced.
+
+    The window is CHANNEL_RENEW_WITHIN_SECONDS before expiry, but never more than half the
+    channel's lifetime (a channel capped to a few minutes must live a while before renewal).
+    The latest moment keeps a margin of three scheduler ticks before expiry, capped to half
+    the window, so that a renewal run missed or delayed still leaves time for the next one.
+    """
+    expiration = channel.expiration
+    born = channel.created_at or expiration - timedelta(seconds=config.CHANNEL_TTL_SECONDS)
+    lifetime = max(expiration - born, timedelta(0))
+    window = min(timedelta(seconds=config.CHANNEL_RENEW_WITHIN_SECONDS), lifetime / 2)
+    margin = min(timedelta(seconds=3 * config.SCHEDULER_TICK_SECONDS), window / 2)
+    return expiration - window, expiration - margin
+
+
+def renewal_moment(channel: WatchChannel, config: Config) -> datetime:
+    """The channel's own moment in its window, fixed by a hash of its id: spread, yet stable."""
+    earliest, latest = renewal_window(channel, config)
+    fraction = int.from_bytes(hashlib.sha256(channel.id.encode()).digest()[:8], "big") / 2**64
+    return earliest + (latest - earliest) * fraction
+
+
+def is_due(channel: WatchChannel, now: datetime, config: Config) -> bool:
+    if channel.expiration is None:
+        return True  # we never learnt Google's expiry: replace it rather than guess
+    return now >= renewal_moment(channel, config)
+
+
+# --- queries -------------------------------------------------------------------------------
+
+
+def open_channels(session: Session, room_id: int | None = None) -> list[WatchChannel]:
+    """Channels not yet stopped, newest first (expired ones included: they still need a stop)."""
+    query = sa.select(WatchChannel).where(WatchChannel.stopped_at.is_(None))
+    if room_id is not None:
+        query = query.where(WatchChannel.room_id == room_id)
+    return list(session.scalars(query.order_by(WatchChannel.created_at.desc(), WatchChannel.id)))
+
+
+def current_channel(session: Session, room: Room, now: datetime) -> WatchChannel | None:
+    """The room's live channel that expires last: the one the next renewal replaces."""
+    live = [c for c in open_channels(session, room.id) if c.is_live(now)]
+    return max(live, key=lambda c: c.expiration or now, default=None)
+
+
+@dataclass
+class RenewalReport:
+    created: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    stop_failed: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # room calendar id -> reason
+    retry_later: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+# --- lifecycle -----------------------------------------------------------------------------
+
+
+def create_channel(session: Session, gateway: CalendarGateway, room: Room, config: Config, now: datetime,
+                   actor: str = "system") -> WatchChannel:
+    """Open a new channel on the room's calendar and save it with Google's own expiration.
+
+    Commits. A permanent refusal (calendar no longer shared, ...) marks the room unhealthy
+    with Google's reason and raises ChannelRefused; a retriable error propagates unchanged.
+    """
+    # Saved before the watch call: Google sends the "sync" handshake at once, possibly before
+    # its answer reaches us, and the webhook must know the channel (and its token) by then.
+    channel = WatchChannel(id=str(uuid.uuid4()), room_id=room.id, token=secrets.token_urlsafe(32),
+                           address=webhook_address(config), created_at=now)
+    session.add(channel)
+    session.commit()
+    try:
+        result = gateway.watch(room.calendar_id, channel_id=channel.id, address=channel.address,
+                               token=channel.token, ttl_seconds=config.CHANNEL_TTL_SECONDS)
+    except BaseException as error:
+        session.rollback()
+        session.delete(channel)  # never opened at Google: nothing to stop
+        if isinstance(error, PermanentGoogleError) and not isinstance(error, CalendarNotInScope):
+            room.health_error = f"Google refused a push channel: {error}"
+            audit(session, actor, "channel.refused", room, reason=error.reason, status=error.status)
+            session.commit()
+            log.warning("watch refused for %s: %s", room.calendar_id, error)
+            raise ChannelRefused(room.health_error) from error
+        session.commit()
+        raise
+    channel.resource_id, channel.expiration = result.resource_id, result.expiration
+    if room.health_error and room.health_error.startswith("Google refused a push channel"):
+        room.health_error = None
+    audit(session, actor, "channel.created", channel, room=room.calendar_id,
+          expiration=result.expiration.isoformat())
+    session.commit()
+    return channel
+
+
+def stop_channel(session: Session, gateway: CalendarGateway, channel: WatchChannel, now: datetime,
+                 actor: str = "system") -> bool:
+    """channels.stop; True once stopped (or unknown to Google). Failure: stop_pending, retried later. Commits."""
+    try:
+        gateway.stop_channel(channel.id, channel.resource_id or "")
+    except GoogleError as error:
+        if channel.expiration is not None and now > channel.expiration + GIVE_UP_STOPPING_AFTER:
+            # Long expired: Google delivers nothing on it any more, so there is nothing to stop.
+            channel.stopped_at, channel.stop_pending = now, False
+            channel.stop_error = f"gave up stopping after expiry: {error}"
+            session.commit()
+            return True
+        channel.stop_pending, channel.stop_error = True, str(error)
+        session.commit()
+        log.info("stopping channel %s failed, will retry: %s", channel.id, error)
+        return False
+    channel.stopped_at, channel.stop_pending, channel.stop_error = now, False, None
+    audit(session, actor, "channel.stopped", channel, room_id=channel.room_id)
+    session.commit()
+    return True
+
+
+def replace_channel(session: Session, gateway: CalendarGateway, channel: WatchChannel, config: Config,
+                    now: datetime, actor: str = "system", report: RenewalReport | None = None) -> WatchChannel:
+    """New channel saved first, then the old one stopped; a failed stop does not undo the new one."""
+    report = report if report is not None else RenewalReport()
+    new = create_channel(session, gateway, channel.room, config, now, actor=actor)
+    report.replaced.append(channel.id)
+    report.created.append(new.id)
+    (report.stopped if stop_channel(session, gateway, channel, now, actor) else report.stop_failed).append(channel.id)
+    return new
+
+
+def ensure_channel(session: Session, gateway: CalendarGateway, room: Room, config: Config, now: datetime,
+                   actor: str = "system") -> WatchChannel | None:
+    """The room's live channel, creating one if it has none; None for a room out of scope."""
+    if not room.in_scope:
+        return None
+    channel = current_channel(session, room, now)
+    return channel if channel is not None else create_channel(session, gateway, room, config, now, actor)
+
+
+def renew_room(session: Session, gateway: CalendarGateway, room: Room, config: Config, now: datetime,
+               actor: str = "system") -> WatchChannel:
+    """Replace the room's channel now, whatever its expiry (the admin's "renew" button)."""
+    channel = current_channel(session, room, now)
+    if channel is None:
+        return create_channel(session, gateway, room, config, now, actor)
+    new = replace_channel(session, gateway, channel, config, now, actor)
+    # Older channels still open (a stop that failed earlier) are superseded too.
+    for old in open_channels(session, room.id):
+        if old.id != new.id and not old.stop_pending:
+            stop_channel(session, gateway, old, now, actor)
+    return new
+
+
+def stop_room_channels(session: Session, gateway: CalendarGateway, room: Room, now: datetime,
+                       actor: str = "system") -> list[WatchChannel]:
+    """Stop every open channel of the room; returns those whose stop must be retried."""
+    return [c for c in open_channels(session, room.id) if not stop_channel(session, gateway, c, now, actor)]
+
+
+def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: datetime) -> RenewalReport:
+    """One renewal pass: the work of the periodic job.
+
+    - every in-scope room gets a channel if it has no live one (first channel, lapsed, refused before);
+    - a room whose newest channel has reached its renewal moment gets a replacement;
+    - superseded channels, channels of rooms out of scope and stops that failed are stopped.
+    A failure on one room is recorded and the pass goes on with the others.
+    """
+    report = RenewalReport()
+    rooms = list(session.scalars(sa.select(Room).where(Room.in_scope.is_(True)).order_by(Room.id)))
+    current: dict[int, str] = {}
+    for room in rooms:
+        try:
+            channel = current_channel(session, room, now)
+            if channel is None:
+                channel = create_channel(session, gateway, room, config, now)
+                report.created.append(channel.id)
+            elif is_due(channel, now, config):
+                channel = replace_channel(session, gateway, channel, config, now, report=report)
+            current[room.id] = channel.id
+        except ChannelRefused as refused:
+            report.refused[room.calendar_id] = str(refused)
+        except CalendarNotInScope:
+            session.rollback()  # removed from scope meanwhile: its channels are stopped below
+        except GoogleError as error:
+            session.rollback()
+            report.retry_later[room.calendar_id] = str(error)
+            log.warning("channel renewal for %s will be retried: %s", room.calendar_id, error)
+    in_scope = {room.id for room in rooms}
+    for channel in open_channels(session):
+        if channel.id in current.values() or channel.id in report.replaced:
+            continue
+        superseded = channel.room_id in current or channel.room_id not in in_scope or channel.stop_pending
+        expired = channel.expiration is not None and channel.expiration <= now
+        if superseded or expired:
+            (report.stopped if stop_channel(session, gateway, channel, now) else report.stop_failed).append(channel.id)
+    return report
+
+
+# --- pushes per minute, for "pushes in the last hour" ------------------------------------------
+
+
+def _minute(now: datetime) -> int:
+    return int(now.timestamp() // 60)
+
+
+def record_push(redis, now: datetime) -> None:
+    """Count one push notification in its minute's bucket (called by the webhook; cheap, O(1))."""
+    key = PUSH_BUCKET_KEY.format(minute=_minute(now))
+    pipe = redis.pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, PUSH_BUCKET_TTL_SECONDS)
+    pipe.execute()
+
+
+def pushes_in_last_hour(redis, now: datetime) -> int:
+    last = _minute(now)
+    keys = [PUSH_BUCKET_KEY.format(minute=m) for m in range(last - 59, last + 1)]
+    return sum(int(v) for v in redis.mget(keys) if v is not None)
+
+
+# --- the health summary at the top of the admin console -------------------------------------
+
+
+@dataclass(frozen=True)
+class IntegrationHealth:
+    rooms_in_scope: int
+    rooms_unhealthy: int
+    rooms_without_channel: int
+    channels_expiring_soon: int
+    stops_pending: int
+    pushes_last_hour: int
+    mode: str  # "room" or "delegated"
+    delegated_user: str | None
+    scope: str
+
+    @property
+    def ok(self) -> bool:
+        return not (self.rooms_unhealthy or self.rooms_without_channel)
+
+
+def integration_health(session: Session, redis, config: Config, now: datetime) -> IntegrationHealth:
+    rooms = list(session.scalars(sa.select(Room).where(Room.in_scope.is_(True))))
+    open_ = [c for c in open_channels(session) if c.is_live(now)]
+    watched = {c.room_id for c in open_}
+    soon = now + timedelta(seconds=config.CHANNEL_RENEW_WITHIN_SECONDS)
+    try:
+        pushes = pushes_in_last_hour(redis, now)
+    except Exception:  # Redis down: the console still shows what the database knows
+        log.warning("could not read push counters", exc_info=True)
+        pushes = -1
+    stops_pending = session.scalar(
+        sa.select(sa.func.count()).select_from(WatchChannel).where(WatchChannel.stop_pending.is_(True))
+    )
+    return IntegrationHealth(
+        rooms_in_scope=len(rooms),
+        rooms_unhealthy=sum(1 for r in rooms if r.health_error),
+        rooms_without_channel=sum(1 for r in rooms if r.id not in watched),
+        channels_expiring_soon=sum(1 for c in open_ if c.room_id in {r.id for r in rooms}
+                                   and c.expiration is not None and c.expiration <= soon),
+        stops_pending=stops_pending or 0,
+        pushes_last_hour=pushes,
+        mode="delegated" if config.delegated_mode else "room",
+        delegated_user=config.GOOGLE_DELEGATED_USER or None,
+        scope=CALENDAR_EVENTS_SCOPE,
+    )

@@ -1,0 +1,164 @@
+"""Meeting invitations by e-mail in room mode: iCalendar over e-mail (iMIP, RFC 6047).
+
+In room mode the event on the room calendar has no Google attendees (Google refuses them
+from a service account without delegation), so the app itself tells people: a METHOD
+REQUEST when a booking is made or changed, a METHOD CANCEL when it goes away. The UID is
+the Google event's iCalUID (``<eventId>@google.com``) so calendar clients file the
+invitation and its updates as one meeting; the room is the ORGANIZER, since it holds the
+event; SEQUENCE grows with every change, as RFC 5546 requires for updates to supersede.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from urllib.parse import unquote, urlsplit
+
+from icalendar import Calendar, Event, vCalAddress, vText
+
+from roombridge.booking import room_zone
+from roombridge.models import Reservation
+
+log = logging.getLogger(__name__)
+
+PRODID = "-//Roombridge//Room reservations//EN"
+METHODS = ("REQUEST", "CANCEL")
+
+
+def ical_uid(event_id: str) -> str:
+    """The iCalUID Google gives an event created under `event_id`."""
+    return f"{event_id}@google.com"
+
+
+@dataclass(frozen=True)
+class Invitation:
+    method: str
+    uid: str
+    recipients: list[str]
+    subject: str
+    text: str
+    ics: bytes
+
+
+def recipients_of(reservation: Reservation) -> list[str]:
+    """The booker first, then every attendee, once each."""
+    people = [reservation.organiser_email]
+    for address in reservation.attendees or []:
+        if address not in people:
+            people.append(address)
+    return people
+
+
+def build_invitation(
+    reservation: Reservation,
+    method: str,
+    *,
+    event_id: str | None = None,
+    recipients: list[str] | None = None,
+    now: datetime | None = None,
+) -> Invitation:
+    """The iCalendar object and the words around it, for `method` REQUEST or CANCEL."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    event_id = event_id or reservation.google_event_id
+    if not event_id:
+        raise ValueError(f"reservation {reservation.id} has no Google event yet; its UID is unknown")
+    room = reservation.room
+    uid = ical_uid(event_id)
+    now = now or datetime.now(UTC)
+
+    calendar = Calendar()
+    calendar.add("prodid", PRODID)
+    calendar.add("version", "2.0")
+    calendar.add("method", method)
+    event = Event()
+    event.add("uid", uid)
+    event.add("dtstamp", now.astimezone(UTC))
+    event.add("dtstart", reservation.start_at.astimezone(UTC))
+    event.add("dtend", reservation.end_at.astimezone(UTC))
+    event.add("summary", reservation.title)
+    if reservation.description:
+        event.add("description", reservation.description)
+    event.add("location", room.name)
+    # The row version grows on every change to the reservation, so it serves as SEQUENCE.
+    event.add("sequence", reservation.version)
+    event.add("status", "CANCELLED" if method == "CANCEL" else "CONFIRMED")
+    organizer = vCalAddress(f"mailto:{room.calendar_id}")
+    organizer.params["cn"] = vText(room.name)
+    event.add("organizer", organizer)
+    for address in recipients_of(reservation):
+        attendee = vCalAddress(f"mailto:{address}")
+        attendee.params["role"] = vText("CHAIR" if address == reservation.organiser_email else "REQ-PARTICIPANT")
+        attendee.params["partstat"] = vText("ACCEPTED" if address == reservation.organiser_email else "NEEDS-ACTION")
+        # Replies would go to the room calendar, which nobody reads: ask for none.
+        attendee.params["rsvp"] = vText("FALSE")
+        event.add("attendee", attendee, encode=True)
+    calendar.add_component(event)
+
+    zone = room_zone(room)
+    local_start, local_end = reservation.start_at.astimezone(zone), reservation.end_at.astimezone(zone)
+    when = f"{local_start:%a %d %b %Y, %H:%M}-{local_end:%H:%M} ({room.time_zone})"
+    if method == "CANCEL":
+        subject = f"Cancelled: {reservation.title} @ {local_start:%d %b %H:%M} in {room.name}"
+        text = f"{reservation.title}\n{when}\n{room.name}\n\nThis booking was cancelled.\n"
+    else:
+        subject = f"Invitation: {reservation.title} @ {local_start:%d %b %H:%M} in {room.name}"
+        text = (
+            f"{reservation.title}\n{when}\n{room.name}\n\nBooked by {reservation.organiser_email}.\n"
+            + (f"\n{reservation.description}\n" if reservation.description else "")
+        )
+    return Invitation(
+        method=method,
+        uid=uid,
+        recipients=list(recipients) if recipients is not None else recipients_of(reservation),
+        subject=subject,
+        text=text,
+        ics=calendar.to_ical(),
+    )
+
+
+def to_email(invitation: Invitation, sender: str) -> EmailMessage:
+    """multipart/alternative: text/plain for people, text/calendar; method=... for their calendars."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = ", ".join(invitation.recipients)
+    message["Subject"] = invitation.subject
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "localhost")
+    message.set_content(invitation.text)
+    message.add_alternative(
+        invitation.ics.decode("utf-8"),
+        subtype="calendar",
+        params={"method": invitation.method},
+    )
+    return message
+
+
+def send(message: EmailMessage, smtp_url: str, timeout: float = 10.0) -> bool:
+    """Send through SMTP_URL (smtp://[user:password@]host[:port], or smtps://). False if none is set.
+
+    Connection and protocol errors propagate (OSError, smtplib.SMTPException), so the
+    mail job can retry them.
+    """
+    if not smtp_url:
+        log.info("SMTP_URL is not set; not sending %r to %s", message["Subject"], message["To"])
+        return False
+    parts = urlsplit(smtp_url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"SMTP_URL must start with smtp:// or smtps://, not {parts.scheme!r}")
+    host = parts.hostname or "localhost"
+    if parts.scheme == "smtps":
+        client: smtplib.SMTP = smtplib.SMTP_SSL(host, parts.port or 465, timeout=timeout)
+    else:
+        client = smtplib.SMTP(host, parts.port or 25, timeout=timeout)
+    with client:
+        if parts.username:
+            if parts.scheme == "smtp" and client.has_extn("starttls"):
+                client.starttls()
+            client.login(unquote(parts.username), unquote(parts.password or ""))
+        client.send_message(message)
+    return True

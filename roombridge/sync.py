@@ -1,0 +1,487 @@
+"""The sync engine: mirror a room's Google calendar into reservations, one room at a time.
+
+Three parts:
+
+`sync_room_now(session, gateway, room, config, full=False)` is the engine. It lists the
+changes since the room's stored sync token (events.list, singleEvents=true, every page),
+or with no token, or when Google answers 410, every event of a window (SYNC_WINDOW_DAYS_BACK
+to SYNC_WINDOW_DAYS_AHEAD). It reads every page first, with no database transaction open,
+so SQLite bookings are not blocked while Google answers; then it applies each event through
+the mirroring rules (roombridge/mirror.py) and stores the new token in ONE transaction. A
+crash before that commit leaves the old token, and the next run repeats the work safely:
+applying is idempotent (one reservation per (room, event id); echoes change nothing). After
+a full listing, Google reservations in the window that Google no longer has are cancelled.
+
+`request_sync(room_id, full=False)` is how everything else (webhook, safety net, admin,
+CLI, channel creation) asks for a sync. Coalescing, with Redis keys per room:
+
+- ``queued``: ``SET NX``; only the request that sets it enqueues `jobs.sync.sync_room`.
+  Many pushes while a job waits in the queue enqueue nothing more.
+- ``full``: a separate flag, so a full-sync request is never swallowed by an incremental
+  job already queued; the job reads and clears it.
+- The job takes the room's ``lock`` (below), then waits until SYNC_MIN_INTERVAL_SECONDS have
+  passed since the previous sync of the room *started*, then deletes ``queued``, then lists.
+  A push after that delete enqueues exactly one follow-up, and a push before it is covered
+  by the listing that follows. So a burst of pushes gives at most one sync per interval,
+  and no change is missed.
+
+`RoomLock`: one sync of a room at a time across any number of workers. ``SET NX PX`` with
+a random value, renewed by a heartbeat thread while the sync runs, released by a
+compare-and-delete in Lua; if the worker dies, the lock expires after LOCK_TTL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from redis import Redis
+from sqlalchemy.orm import Session
+
+from roombridge import db
+from roombridge.config import Config
+from roombridge.db import utcnow
+from roombridge.gcal import CalendarGateway, PermanentGoogleError, SyncTokenInvalid, event_id_for
+from roombridge.mirror import Action, Change, GoogleEvent, decide, read_event
+from roombridge.models import (
+    LIVE_STATUSES,
+    Reservation,
+    ReservationSource,
+    ReservationStatus,
+    Room,
+    RoomSyncState,
+    audit,
+)
+from roombridge.queue import redis
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "roombridge:sync"
+# A queued marker outlives any sane queue wait; if its job is lost it expires and the next
+# request enqueues again (the safety net makes one such request per interval).
+QUEUED_TTL_SECONDS = 600
+LOCK_TTL_SECONDS = 6.0  # how soon a dead worker's lock frees the room
+LOCK_WAIT_SECONDS = 30.0  # how long a job waits for another worker's sync of the room
+LOCK_POLL_SECONDS = 0.05
+PAGE_SIZE = 250
+ACTOR = "google"
+
+
+def _key(kind: str, room_id: int) -> str:
+    return f"{KEY_PREFIX}:{kind}:{room_id}"
+
+
+# --- asking for a sync ----------------------------------------------------------------------------
+
+
+def request_sync(room_id: int, full: bool = False) -> bool:
+    """Ask for a sync of the room; True if a job was enqueued, False if one already waits.
+
+    Raises redis errors when Redis is unreachable (the webhook answers 503 then).
+    """
+    from jobs.sync import sync_room
+
+    conn = redis()
+    if full:
+        conn.set(_key("full", room_id), 1, ex=QUEUED_TTL_SECONDS)
+    if not conn.set(_key("queued", room_id), 1, nx=True, ex=QUEUED_TTL_SECONDS):
+        return False
+    try:
+        sync_room.enqueue(room_id)
+    except Exception:
+        # Not enqueued: let the next request try again instead of waiting for the marker to expire.
+        try:
+            conn.delete(_key("queued", room_id))
+        except Exception:
+            log.warning("could not clear the queued marker of room %s; it expires by itself", room_id)
+        raise
+    return True
+
+
+# --- the per-room lock ------------------------------------------------------------------------------
+
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+class RoomLock:
+    """The right to sync one room; expires LOCK_TTL_SECONDS after its holder stops renewing."""
+
+    def __init__(self, conn: Redis, room_id: int, ttl_seconds: float = LOCK_TTL_SECONDS):
+        self.conn = conn
+        self.key = _key("lock", room_id)
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self.value = secrets.token_hex(16)
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, wait_seconds: float = 0.0) -> bool:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            if self.conn.set(self.key, self.value, nx=True, px=self.ttl_ms):
+                self._start_heartbeat()
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL_SECONDS)
+
+    def renew(self) -> bool:
+        renewed = bool(self.conn.eval(_RENEW, 1, self.key, self.value, self.ttl_ms))
+        if not renewed:
+            self.lost = True
+        return renewed
+
+    def _start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(self.ttl_ms / 3000):
+                try:
+                    if not self.renew():
+                        log.warning("lost the sync lock %s", self.key)
+                        return
+                except Exception:  # Redis blip: try again next beat; the lock outlives two misses
+                    log.warning("could not renew the sync lock %s", self.key, exc_info=True)
+
+        self._thread = threading.Thread(target=beat, name=f"renew {self.key}", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            self.conn.eval(_RELEASE, 1, self.key, self.value)
+        except Exception:
+            log.warning("could not release the sync lock %s; it expires by itself", self.key)
+
+
+# --- the job body: lock, pace, sync ------------------------------------------------------------------
+
+
+def _redis_now(conn: Redis) -> float:
+    # Redis' clock, not this host's: workers on several hosts agree on it.
+    seconds, micros = conn.time()
+    return seconds + micros / 1e6
+
+
+def _wait_for_turn(conn: Redis, room_id: int, min_interval: float) -> None:
+    """Sleep until `min_interval` has passed since the previous sync of the room started."""
+    started = conn.get(_key("started", room_id))
+    if started is not None:
+        delay = float(started) + min_interval - _redis_now(conn)
+        if delay > 0:
+            time.sleep(delay)
+    conn.set(_key("started", room_id), repr(_redis_now(conn)), ex=max(60, int(min_interval * 10)))
+
+
+def run_sync_job(room_id: int, full: bool = False) -> SyncReport | None:
+    """What `jobs.sync.sync_room` does; returns None when the room was not synced now."""
+    from jobs.sync import sync_room
+
+    app = current_app._get_current_object()
+    config: Config = app.config["ROOMBRIDGE"]
+    conn = redis()
+    lock = RoomLock(conn, room_id)
+    if not lock.acquire(wait_seconds=LOCK_WAIT_SECONDS):
+        # Another worker has been syncing this room for long; try again later. The queued
+        # marker is still set, so requests meanwhile do not pile up more jobs.
+        log.info("room %s is being synced elsewhere; re-queued", room_id)
+        sync_room.enqueue(room_id, full)
+        return None
+    try:
+        _wait_for_turn(conn, room_id, float(config.SYNC_MIN_INTERVAL_SECONDS))
+        # From here on, any request enqueues one follow-up: its change may be after our listing.
+        conn.delete(_key("queued", room_id))
+        full = bool(conn.getdel(_key("full", room_id))) or full
+        session = db.session()
+        room = session.get(Room, room_id)
+        if room is None or not room.in_scope:
+            log.info("room %s is gone or out of scope; not synced", room_id)
+            return None
+        try:
+            return sync_room_now(session, CalendarGateway.for_app(app), room, config, full=full)
+        except PermanentGoogleError as error:
+            # Waiting will not help (unshared, forbidden, quota): keep the reason for admins.
+            session.rollback()
+            record_failure(session, room_id, error)
+            log.warning("sync of room %s failed permanently: %s", room_id, error)
+            return None
+        except Exception as error:
+            session.rollback()
+            if full:
+                # The retry must still be a full sync.
+                conn.set(_key("full", room_id), 1, ex=QUEUED_TTL_SECONDS)
+            try:
+                record_failure(session, room_id, error)
+            except Exception:
+                log.warning("could not record the sync failure of room %s", room_id, exc_info=True)
+            raise
+    finally:
+        lock.release()
+
+
+def record_failure(session: Session, room_id: int, error: Exception) -> None:
+    db.begin_write(session)
+    state = session.get(RoomSyncState, room_id) or RoomSyncState(room_id=room_id, sync_count=0)
+    state.last_error = str(error)[:2000]
+    state.last_error_at = utcnow()
+    session.add(state)
+    session.commit()
+
+
+# --- the engine ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncReport:
+    changes: int = 0  # reservations created, updated or cancelled
+    pages: int = 0
+    full: bool = False
+    events: int = 0  # events Google listed
+    actions: dict[str, int] = field(default_factory=dict)
+    # (reservation id, iMIP method, event id): organisers told of a change made in Google.
+    notices: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def count(self, action: Action) -> None:
+        self.changes += 1
+        self.actions[action.value] = self.actions.get(action.value, 0) + 1
+
+
+def sync_window(config: Config, now: datetime) -> tuple[datetime, datetime]:
+    return (
+        now - timedelta(days=config.SYNC_WINDOW_DAYS_BACK),
+        now + timedelta(days=config.SYNC_WINDOW_DAYS_AHEAD),
+    )
+
+
+@dataclass
+class _Listing:
+    events: list[dict]
+    next_sync_token: str | None
+    pages: int
+    window: tuple[datetime, datetime] | None  # set for a full listing
+    started_at: datetime | None = None  # when the full listing began
+
+
+def _list(session: Session, gateway: CalendarGateway, calendar_id: str, sync_token: str | None,
+          config: Config, page_size: int) -> _Listing:
+    if sync_token:
+        listing = gateway.list_events(calendar_id, sync_token=sync_token, page_size=page_size)
+        # The gateway's scope check read the database; end that transaction before talking to
+        # Google, so SQLite writers are not held up while pages arrive.
+        session.commit()
+        events: list[dict] = []
+        try:
+            for page in listing.pages():
+                events.extend(page)
+            return _Listing(events, listing.next_sync_token, listing.page_count, None)
+        except SyncTokenInvalid:
+            log.info("sync token of %s is no longer valid; running a full sync", calendar_id)
+    started_at = utcnow()
+    window = sync_window(config, started_at)
+    listing = gateway.list_events(calendar_id, time_min=window[0], time_max=window[1], page_size=page_size)
+    session.commit()
+    events = []
+    for page in listing.pages():
+        events.extend(page)
+    return _Listing(events, listing.next_sync_token, listing.page_count, window, started_at)
+
+
+def sync_room_now(session: Session, gateway: CalendarGateway, room: Room, config: Config,
+                  full: bool = False, *, page_size: int = PAGE_SIZE) -> SyncReport:
+    """Sync one room now, in this process; the caller makes sure no other sync of it runs."""
+    room_id, calendar_id, time_zone = room.id, room.calendar_id, room.time_zone
+    state = session.get(RoomSyncState, room_id)
+    token = None if full or state is None else state.sync_token
+    listing = _list(session, gateway, calendar_id, token, config, page_size)
+    report = SyncReport(pages=listing.pages, full=listing.window is not None, events=len(listing.events))
+
+    # One write transaction from here: every change, then the new token, then commit.
+    db.begin_write(session)
+    seen: set[str] = set()
+    for raw in listing.events:
+        event = read_event(raw, calendar_id, time_zone)
+        seen.add(event.event_id)
+        apply_event(session, room_id, event, report)
+    if listing.window is not None:
+        cancel_vanished(session, room_id, calendar_id, listing.window, listing.started_at, seen, report)
+
+    state = session.get(RoomSyncState, room_id) or RoomSyncState(room_id=room_id, sync_count=0)
+    now = utcnow()
+    state.sync_token = listing.next_sync_token
+    state.last_sync_at = now
+    if report.full:
+        state.last_full_sync_at = now
+    state.sync_count = (state.sync_count or 0) + 1
+    state.last_error = None
+    state.last_error_at = None
+    session.add(state)
+    session.commit()
+    log.info("synced room %s: %d event(s), %d change(s), %d page(s)%s", room_id, report.events,
+             report.changes, report.pages, " (full)" if report.full else "")
+    _tell_organisers(report.notices, config)
+    return report
+
+
+def _own_id_in_event_id(event_id: str) -> tuple[int, int] | None:
+    """(reservation id, revision) if the event id is one of our deterministic ids."""
+    try:
+        raw = base64.b32hexdecode(event_id.upper() + "=" * (-len(event_id) % 8)).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    prefix, _, rest = raw.partition(":")
+    rid, _, rev = rest.partition(":")
+    if prefix != "roombridge" or not rid.isdigit() or not rev.isdigit():
+        return None
+    if event_id_for(int(rid), int(rev)) != event_id:
+        return None
+    return int(rid), int(rev)
+
+
+def find_mirror(session: Session, room_id: int, event: GoogleEvent) -> Reservation | None:
+    """The reservation mirroring this event: by stored event id, else ours by property or id."""
+    found = session.scalar(
+        sa.select(Reservation).where(Reservation.room_id == room_id, Reservation.google_event_id == event.event_id)
+    )
+    if found is not None:
+        return found
+    candidates = []
+    if event.own_reservation_id is not None:
+        candidates.append(event.own_reservation_id)
+    own = _own_id_in_event_id(event.event_id)
+    if own is not None:
+        candidates.append(own[0])
+    for reservation_id in candidates:
+        reservation = session.get(Reservation, reservation_id)
+        if (
+            reservation is not None
+            and reservation.room_id == room_id
+            and reservation.source != ReservationSource.GOOGLE
+            and reservation.google_event_id in (None, event.event_id)
+        ):
+            return reservation
+    return None
+
+
+def live_clashes(session: Session, room_id: int, event: GoogleEvent, exclude_id: int | None) -> list[Reservation]:
+    query = sa.select(Reservation).where(
+        Reservation.room_id == room_id,
+        Reservation.status.in_(LIVE_STATUSES),
+        Reservation.start_at < event.end_at,
+        Reservation.end_at > event.start_at,
+    )
+    if exclude_id is not None:
+        query = query.where(Reservation.id != exclude_id)
+    return list(session.scalars(query))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "value"):
+        return value.value
+    return value
+
+
+def apply_event(session: Session, room_id: int, event: GoogleEvent, report: SyncReport) -> Change:
+    current = find_mirror(session, room_id, event)
+    clashes = live_clashes(session, room_id, event, current.id if current else None) if event.is_booking else []
+    change = decide(event, current, clashes)
+    if change.is_noop:
+        return change
+    if change.action is Action.CREATE:
+        reservation = Reservation(room_id=room_id, **change.fields)
+        session.add(reservation)
+        session.flush()
+        audit(session, ACTOR, "reservation.imported", reservation, event_id=event.event_id, reason=change.reason,
+              status=reservation.status.value)
+    else:
+        assert current is not None
+        before = {name: _jsonable(getattr(current, name)) for name in change.fields}
+        for name, value in change.fields.items():
+            setattr(current, name, value)
+        if current.google_event_id is None:
+            current.google_event_id = event.event_id
+        session.flush()
+        after = {name: _jsonable(value) for name, value in change.fields.items()}
+        changed = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
+        cancelled = change.action is Action.CANCEL
+        action = "reservation.cancelled_in_google" if cancelled else "reservation.changed_in_google"
+        audit(session, ACTOR, action, current, event_id=event.event_id, reason=change.reason, changes=changed)
+        if change.notify_organiser:
+            if change.action is Action.CANCEL:
+                report.notices.append((current.id, "CANCEL", event.event_id))
+            elif current.status == ReservationStatus.CONFIRMED:
+                report.notices.append((current.id, "REQUEST", event.event_id))
+    report.count(change.action)
+    return change
+
+
+def cancel_vanished(session: Session, room_id: int, calendar_id: str, window: tuple[datetime, datetime],
+                    listed_at: datetime, seen: Iterable[str], report: SyncReport) -> None:
+    """After a full listing, cancel what Google no longer has in the window.
+
+    Google bookings: cancelled. Ours: a confirmed reservation whose event we last saw
+    before the listing began was deleted in Google (a full listing leaves deleted events
+    out), so it is cancelled and the organiser told. One written after the listing began
+    may simply be too new to be listed, and is left alone.
+    """
+    seen = set(seen)
+    query = sa.select(Reservation).where(
+        Reservation.room_id == room_id,
+        Reservation.google_event_id.is_not(None),
+        Reservation.status.in_([*LIVE_STATUSES, ReservationStatus.CONFLICT]),
+        Reservation.end_at > window[0],
+        Reservation.start_at < window[1],
+    )
+    for reservation in session.scalars(query):
+        if reservation.google_event_id in seen:
+            continue
+        own = reservation.source != ReservationSource.GOOGLE
+        if own and not (
+            reservation.status == ReservationStatus.CONFIRMED
+            and reservation.google_calendar_id == calendar_id
+            and reservation.google_updated_at is not None
+            and reservation.google_updated_at < listed_at
+        ):
+            continue
+        reservation.status = ReservationStatus.CANCELLED
+        reservation.status_reason = "deleted in Google" if own else "no longer in Google"
+        reservation.conflict_with_id = None
+        session.flush()
+        audit(session, ACTOR, "reservation.cancelled_in_google", reservation,
+              event_id=reservation.google_event_id, reason="no longer in Google (full sync)")
+        if own:
+            report.notices.append((reservation.id, "CANCEL", reservation.google_event_id))
+        report.count(Action.CANCEL)
+
+
+def _tell_organisers(notices: list[tuple[int, str, str]], config: Config) -> None:
+    """Mail the organiser (and attendees) the booking as Google now has it; after commit.
+
+    Room mode only: in delegated mode the people are Google attendees and Google tells them.
+    A change that left our reservation in CONFLICT gets no update mail (the audit log and
+    the admin page carry it): the invitation would announce a slot the room does not hold.
+    """
+    if not notices or config.delegated_mode:
+        return
+    from jobs.reservations import send_invitations
+
+    for reservation_id, method, event_id in notices:
+        try:
+            send_invitations.enqueue(reservation_id, method, None, event_id if method == "CANCEL" else None)
+        except Exception:
+            # The change is committed and audit-logged; a lost e-mail must not undo or repeat it.
+            log.warning("could not queue the %s notice of reservation %s", method, reservation_id, exc_info=True)

@@ -1,0 +1,152 @@
+"""Channel jobs run by a real RQ worker against the emulator, and an hour of renewals in simulated time."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+import jobs.channels
+from jobs import schedule
+from roombridge import db
+from roombridge.models import Room, WatchChannel
+from tests.conftest import run_jobs
+from tests.factories import make_room
+
+SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
+ATLAS = "atlas@resource.calendar.google.com"
+STOP_PATH = "/calendar/v3/channels/stop"
+
+
+@pytest.fixture
+def watched_app(make_app, emulator, service_account_file):
+    emulator.state.add_calendar(ATLAS, "Atlas", kind="room")
+    emulator.state.share(ATLAS, SERVICE_ACCOUNT, "writer")
+
+    def build(**settings):
+        app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file,
+                       GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url, GOOGLE_MAX_ATTEMPTS=1, **settings)
+        with app.app_context():
+            make_room(db.session(), calendar_id=ATLAS, name="Atlas")
+            db.session().commit()
+        return app
+
+    return build
+
+
+def channel_rows(app) -> list[WatchChannel]:
+    with app.app_context():
+        return list(db.session().scalars(sa.select(WatchChannel).order_by(WatchChannel.created_at)))
+
+
+def test_the_scheduler_runs_the_renewal_pass_on_the_channels_queue(watched_app, emulator):
+    app = watched_app(WEBHOOK_BASE_URL="http://127.0.0.1:9")
+    enqueued = schedule.enqueue_due(app, time.time())
+    assert any(job_id.startswith("periodic-renew-channels-") for job_id in enqueued)
+    run_jobs(app, queues=("channels",))
+    [channel] = channel_rows(app)
+    assert [c["id"] for c in emulator.state.channels_info()] == [channel.id]
+
+
+def test_ensure_and_stop_jobs(watched_app, emulator):
+    app = watched_app(WEBHOOK_BASE_URL="http://127.0.0.1:9")
+    with app.app_context():
+        room_id = db.session().scalar(sa.select(Room.id))
+        jobs.channels.ensure_channel.enqueue(room_id)
+        jobs.channels.ensure_channel.enqueue(room_id)  # a second ask finds the live channel
+    run_jobs(app, queues=("channels",))
+    [channel] = channel_rows(app)
+    with app.app_context():
+        jobs.channels.stop_channel.enqueue(channel.id)
+    run_jobs(app, queues=("channels",))
+    assert channel_rows(app)[0].stopped_at is not None
+    assert emulator.state.channels_info()[0]["stopped"] is True
+
+
+def describe(emulator) -> str:
+    pushes = [(p["channel_id"][:4], p["state"], p["status"], p["outcome"], p["time"]) for p in emulator.state.pushes()]
+    known = [(c["id"][:4], c["stopped"], c["expiration"]) for c in emulator.state.channels_info()]
+    dispatcher = emulator.state.dispatcher
+    alive = dispatcher._thread is not None and dispatcher._thread.is_alive()
+    heads = [(round(due - time.monotonic(), 2), d.resource_state, d.attempts) for due, _, d in list(dispatcher._queue)]
+    return f"pushes {pushes[-8:]}, channels {known[-3:]}, dispatcher alive {alive} queue {heads}"
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # one database is enough here
+def test_channels_never_lapse_over_an_hour_of_short_lived_channels(watched_app, emulator, live_server_factory,
+                                                                   monkeypatch):
+    ttl, step, hour = 300, 60, 3600
+    emulator.state.update_settings(max_channel_ttl=ttl)
+    app = watched_app(SCHEDULER_TICK_SECONDS=30)
+    server = live_server_factory(app)
+    app.config["ROOMBRIDGE"] = dataclasses.replace(app.config["ROOMBRIDGE"], WEBHOOK_BASE_URL=server.url)
+    # The job reads the emulator's clock, which the test moves an hour forward in a minute steps.
+    monkeypatch.setattr(jobs.channels, "utcnow", emulator.state.clock.now)
+    start = emulator.state.clock.now()
+
+    for i in range(hour // step + 1):
+        if i:
+            emulator.state.advance_clock(step)
+        now = emulator.state.clock.now()
+        enqueued = schedule.enqueue_due(app, now.timestamp())
+        assert any(j.startswith("periodic-renew-channels-") for j in enqueued), (i, now, enqueued)
+        run_jobs(app, queues=("channels",))
+
+        live = [c for c in emulator.state.channels_info()
+                if not c["stopped"] and int(c["expiration"]) / 1000 > now.timestamp()]
+        assert 1 <= len(live) <= 2, f"step {i}: {len(live)} live channels at Google"
+
+        # A change made in Google now is pushed on a live channel and reaches our webhook.
+        seen = {(p["channel_id"], p["message_number"]) for p in emulator.state.pushes()}
+        slot = datetime(2030, 1, 7, 8, 0, tzinfo=UTC) + timedelta(hours=i)
+        emulator.state.book("alice@example.com", ATLAS, f"Stand-up {i}", slot.isoformat(),
+                            (slot + timedelta(minutes=30)).isoformat())
+        live_ids = {c["id"] for c in live}
+        wait_for(lambda live_ids=live_ids, seen=seen: [
+                     p for p in emulator.state.pushes() if p["state"] == "exists" and p["status"] == 200
+                     and p["channel_id"] in live_ids and (p["channel_id"], p["message_number"]) not in seen],
+                 what=f"step {i}: a push on {live_ids} ({describe(emulator)}, now {now})")
+        with app.app_context():
+            recorded = db.session().scalar(
+                sa.select(sa.func.max(WatchChannel.last_push_at)).where(WatchChannel.id.in_(live_ids)))
+            assert recorded is not None
+
+    rows = channel_rows(app)
+    end = emulator.state.clock.now()
+    # Renewed again and again: with five-minute channels, a dozen or more in the hour.
+    assert len(rows) >= hour // ttl
+    # Coverage with no gap: each channel is opened before the one it replaces stops or expires.
+    assert rows[0].created_at - start < timedelta(seconds=5)  # watched from the first tick
+    covered_until = rows[0].created_at
+    for row in rows:
+        assert row.created_at <= covered_until, f"gap before {row.id}: {covered_until} .. {row.created_at}" + str(
+            [(r.id[:4], r.created_at.strftime("%H:%M:%S.%f"), r.expiration.strftime("%H:%M:%S.%f"),
+              r.stopped_at and r.stopped_at.strftime("%H:%M:%S.%f")) for r in rows])
+        covered_until = max(covered_until, min(row.expiration, row.stopped_at or row.expiration))
+    assert covered_until > end
+    # Every replaced channel was stopped at Google; only the current one is still open.
+    google = {c["id"]: c for c in emulator.state.channels_info()}
+    open_rows = [r for r in rows if r.stopped_at is None]
+    assert len(open_rows) == 1 and not google[open_rows[0].id]["stopped"]
+    stopped_ids = {r.id for r in rows} - {open_rows[0].id}
+    assert all(google[cid]["stopped"] for cid in stopped_ids)
+    stops = [r for r in emulator.state.requests(method="POST") if r["path"] == STOP_PATH and r["status"] == 204]
+    assert len(stops) == len(stopped_ids)
+    # None of them was left to lapse: each was stopped before its expiry.
+    assert all(r.stopped_at < r.expiration for r in rows if r.stopped_at)
+    # The handshake of each channel reached the webhook, which knew the channel by then.
+    assert all(r.sync_received_at is not None for r in rows)

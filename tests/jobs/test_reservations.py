@@ -1,0 +1,264 @@
+"""The Google write of reservations, against the emulator through the real client, and the mail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from icalendar import Calendar
+
+from jobs.reservations import push_reservation, requeue_stale_pending
+from roombridge import booking, db
+from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
+from roombridge.models import Reservation, ReservationStatus
+from roombridge.queue import queue
+from tests.conftest import run_jobs
+from tests.factories import make_reservation, make_room
+
+SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
+ROOM = "room-orion@resource.calendar.google.com"
+OTHER_ROOM = "room-vega@resource.calendar.google.com"
+LONDON = ZoneInfo("Europe/London")
+
+
+def slot(days: int = 3, hour: int = 10, minutes: int = 60) -> tuple[datetime, datetime]:
+    day = datetime.now(LONDON).date() + timedelta(days=days)
+    start = datetime.combine(day, time(hour), LONDON)
+    return start, start + timedelta(minutes=minutes)
+
+
+@pytest.fixture
+def google(make_app, emulator, service_account_file, smtp_server):
+    """App in room mode on the emulator, with two shared room calendars and mail to a local SMTP server."""
+    for calendar_id, name in ((ROOM, "Orion"), (OTHER_ROOM, "Vega")):
+        emulator.state.add_calendar(calendar_id, name, kind="room", time_zone="Europe/London")
+        emulator.state.share(calendar_id, SERVICE_ACCOUNT, "writer")
+    app = make_app(
+        GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file,
+        GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
+        GOOGLE_RETRY_BASE_SECONDS=0.01,
+        SMTP_URL=smtp_server.url,
+    )
+    with app.app_context():
+        session = db.session()
+        rooms = [make_room(session, calendar_id=ROOM, name="Orion"), make_room(session, calendar_id=OTHER_ROOM,
+                                                                               name="Vega")]
+        session.commit()
+        room_ids = [r.id for r in rooms]
+    return app, room_ids
+
+
+def book(app, room_id, start, end, **fields):
+    with app.app_context():
+        result = booking.book(db.session(), app.config["ROOMBRIDGE"], booking.BookingRequest(
+            room_id=room_id, organiser_email=fields.pop("organiser_email", "alice@example.com"),
+            title=fields.pop("title", "Planning"), start=start, end=end, **fields))
+        return result.reservations[0].id
+
+
+def load(app, reservation_id) -> Reservation:
+    with app.app_context():
+        return db.session().get(Reservation, reservation_id)
+
+
+def live_events(emulator, calendar_id):
+    return [e for e in emulator.state.raw_events(calendar_id) if e.get("status") != "cancelled"]
+
+
+def calendar_of(message) -> Calendar:
+    [part] = [p for p in message.walk() if p.get_content_type() == "text/calendar"]
+    assert part.get_param("method") in ("REQUEST", "CANCEL")
+    return Calendar.from_ical(part.get_content())
+
+
+def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_server):
+    app, (room_id, other_room_id) = google
+    start, end = slot()
+    rid = book(app, room_id, start, end, attendees=["bob@example.com", "carol@example.com"])
+    run_jobs(app, queues=("push", "default"))
+
+    reservation = load(app, rid)
+    assert reservation.status == ReservationStatus.CONFIRMED
+    [event] = live_events(emulator, ROOM)
+    assert event["id"] == event_id_for(rid, 0) == reservation.google_event_id
+    assert event["extendedProperties"]["private"][RESERVATION_PROPERTY] == str(rid)
+    assert "attendees" not in event  # room mode: Google forbids them for the service account
+    assert "bob@example.com" in event["description"]  # the room calendar shows who is invited
+    # ... and the sync engine gets the reservation's own description back from it, unchanged.
+    assert booking.description_from_event(event["description"]) == reservation.description == ""
+    assert datetime.fromisoformat(event["start"]["dateTime"]) == start
+
+    [(rcpts, message)] = smtp_server.wait_for(1)
+    assert sorted(rcpts) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    invite = calendar_of(message)
+    assert invite["METHOD"] == "REQUEST"
+    [vevent] = invite.walk("VEVENT")
+    assert str(vevent["UID"]) == f"{event['id']}@google.com" == event.get("iCalUID", f"{event['id']}@google.com")
+    assert str(vevent["ORGANIZER"]) == f"mailto:{ROOM}"
+    assert sorted(str(a) for a in vevent["ATTENDEE"]) == [
+        "mailto:alice@example.com", "mailto:bob@example.com", "mailto:carol@example.com"]
+    assert vevent.decoded("DTSTART") == start.astimezone(UTC)
+    first_sequence = int(vevent["SEQUENCE"])
+
+    # An edit moves the event.
+    with app.app_context():
+        booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
+                     actor_is_admin=False, start=start + timedelta(hours=2), end=end + timedelta(hours=2))
+    run_jobs(app, queues=("push", "default"))
+    [event] = live_events(emulator, ROOM)
+    assert datetime.fromisoformat(event["start"]["dateTime"]) == start + timedelta(hours=2)
+    [_, (_, update)] = smtp_server.wait_for(2)
+    [vevent] = calendar_of(update).walk("VEVENT")
+    assert int(vevent["SEQUENCE"]) > first_sequence
+    assert vevent.decoded("DTSTART") == (start + timedelta(hours=2)).astimezone(UTC)
+
+    # Cancelling removes it and mails a CANCEL with the same UID.
+    with app.app_context():
+        booking.cancel(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
+                       actor_is_admin=False)
+    run_jobs(app, queues=("push", "default"))
+    assert live_events(emulator, ROOM) == []
+    [*_, (rcpts, cancel)] = smtp_server.wait_for(3)
+    assert sorted(rcpts) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    cancelled = calendar_of(cancel)
+    assert cancelled["METHOD"] == "CANCEL"
+    [vevent] = cancelled.walk("VEVENT")
+    assert (str(vevent["UID"]), str(vevent["STATUS"])) == (f"{event['id']}@google.com", "CANCELLED")
+    assert len(emulator.state.requests(calendar=ROOM, method="DELETE")) == 1
+
+
+def test_a_move_to_another_room_deletes_there_and_inserts_here(google, emulator):
+    app, (room_id, other_room_id) = google
+    start, end = slot()
+    rid = book(app, room_id, start, end)
+    run_jobs(app, queues=("push",))
+    with app.app_context():
+        booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
+                     actor_is_admin=False, room_id=other_room_id)
+    run_jobs(app, queues=("push",))
+    assert live_events(emulator, ROOM) == []
+    [moved] = live_events(emulator, OTHER_ROOM)
+    reservation = load(app, rid)
+    assert moved["id"] == event_id_for(rid, 1) == reservation.google_event_id
+    assert (reservation.status, reservation.google_calendar_id) == (ReservationStatus.CONFIRMED, OTHER_ROOM)
+
+
+def test_delegated_mode_puts_booker_and_attendees_on_the_event(make_app, emulator, service_account_file):
+    emulator.state.set_delegation(SERVICE_ACCOUNT, True)
+    emulator.state.add_user("booker@example.com")
+    emulator.state.add_calendar(ROOM, "Orion", kind="room")
+    emulator.state.share(ROOM, "booker@example.com", "writer")
+    app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file, GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
+                   GOOGLE_DELEGATED_USER="booker@example.com")
+    with app.app_context():
+        room_id = make_room(db.session(), calendar_id=ROOM).id
+        db.session().commit()
+    rid = book(app, room_id, *slot(), attendees=["bob@example.com"])
+    run_jobs(app, queues=("push",))
+    assert load(app, rid).status == ReservationStatus.CONFIRMED
+    [event] = live_events(emulator, ROOM)
+    assert {a["email"] for a in event["attendees"]} >= {"alice@example.com", "bob@example.com"}
+    [insert] = emulator.state.requests(calendar=ROOM, method="POST")
+    assert insert["send_updates"] == "all"
+    with app.app_context():
+        assert queue("default").count == 0  # Google invites; we send no mail
+
+
+def test_a_retried_job_after_a_500_creates_exactly_one_event(google, emulator):
+    app, (room_id, _) = google
+    # More 500s than the gateway retries within one call: the job fails and RQ retries it.
+    emulator.state.add_fault(500, times=4, method="POST", calendar=ROOM)
+    rid = book(app, room_id, *slot())
+    run_jobs(app, queues=("push",))
+    assert load(app, rid).status == ReservationStatus.PENDING
+    with app.app_context():
+        [job_id] = queue("push").scheduled_job_registry.get_job_ids()
+        job = queue("push").fetch_job(job_id)
+        assert job.retries_left == 4
+        queue("push").scheduled_job_registry.remove(job)
+        queue("push").enqueue_job(job)  # its backoff has passed, as far as this test cares
+    run_jobs(app, queues=("push",))
+    assert load(app, rid).status == ReservationStatus.CONFIRMED
+    assert [e["id"] for e in live_events(emulator, ROOM)] == [event_id_for(rid, 0)]
+
+
+def test_insert_is_idempotent_when_google_stored_it_but_we_did_not_hear(google, emulator):
+    app, (room_id, _) = google
+    rid = book(app, room_id, *slot())
+    with app.app_context():
+        push_reservation(rid)
+        # As if the answer was lost: run the job again from "pending, nothing recorded".
+        reservation = db.session().get(Reservation, rid)
+        reservation.status, reservation.google_calendar_id = ReservationStatus.PENDING, None
+        db.session().commit()
+        assert push_reservation(rid) == "inserted"
+    assert len(live_events(emulator, ROOM)) == 1
+    assert load(app, rid).status == ReservationStatus.CONFIRMED
+
+
+def test_a_permanent_403_leaves_the_reservation_failed_with_its_reason(google, emulator):
+    app, (room_id, _) = google
+    emulator.state.add_fault(403, times=1, method="POST", calendar=ROOM, reason="forbiddenForServiceAccounts",
+                             message="Service accounts cannot invite attendees")
+    rid = book(app, room_id, *slot())
+    run_jobs(app, queues=("push",))
+    reservation = load(app, rid)
+    assert reservation.status == ReservationStatus.FAILED
+    assert reservation.status_reason.startswith("forbiddenForServiceAccounts")
+    assert live_events(emulator, ROOM) == []
+    with app.app_context():  # an admin retries once the cause is fixed
+        booking.retry_push(db.session(), rid, actor_email="admin@example.com", actor_is_admin=True)
+    run_jobs(app, queues=("push",))
+    assert load(app, rid).status == ReservationStatus.CONFIRMED
+
+
+def test_requeue_stale_pending_recovers_a_lost_job(google, emulator):
+    app, (room_id, _) = google
+    with app.app_context():
+        session = db.session()
+        room = session.get(booking.Room, room_id)
+        start, _ = slot()
+        lost = make_reservation(session, room, start.astimezone(UTC))
+        fresh = make_reservation(session, room, start.astimezone(UTC) + timedelta(hours=2))
+        session.commit()
+        later = datetime.now(UTC) + timedelta(minutes=10)
+        fresh.updated_at = later  # touched "just now" as seen from `later`: its job may still be running
+        session.commit()
+        assert requeue_stale_pending(now=later) == [lost.id]
+        assert requeue_stale_pending(now=later) == []  # not again within the guard period
+    run_jobs(app, queues=("push",))
+    assert load(app, lost.id).status == ReservationStatus.CONFIRMED
+    assert load(app, fresh.id).status == ReservationStatus.PENDING
+
+
+def test_attendees_dropped_by_an_edit_get_a_cancel(google, emulator, smtp_server):
+    app, (room_id, _) = google
+    rid = book(app, room_id, *slot(), attendees=["bob@example.com", "carol@example.com"])
+    run_jobs(app, queues=("push", "default"))
+    smtp_server.wait_for(1)
+    with app.app_context():
+        booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
+                     actor_is_admin=False, attendees=["bob@example.com"])
+    run_jobs(app, queues=("push", "default"))
+    messages = smtp_server.wait_for(3)
+    by_method = {calendar_of(m)["METHOD"]: sorted(r) for r, m in messages[1:]}
+    assert by_method == {"CANCEL": ["carol@example.com"], "REQUEST": ["alice@example.com", "bob@example.com"]}
+
+
+def test_the_requeue_runs_on_the_schedule(app, monkeypatch):
+    from jobs import schedule
+
+    [periodic] = [p for p in schedule.PERIODIC if p.id == "requeue-stale-pending"]
+    monkeypatch.setattr(schedule, "PERIODIC", [periodic])  # the other heartbeats are not this test's business
+    with app.app_context():
+        session = db.session()
+        stale = make_reservation(session, make_room(session))
+        session.commit()
+        stale.updated_at = datetime.now(UTC) - timedelta(hours=1)  # its push was lost an hour ago
+        session.commit()
+    [job_id] = schedule.enqueue_due(app)
+    assert job_id.startswith("periodic-requeue-stale-pending-")
+    run_jobs(app, queues=("channels",))
+    with app.app_context():
+        assert [j.args for j in queue("push").jobs] == [(stale.id,)]

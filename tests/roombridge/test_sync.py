@@ -1,0 +1,216 @@
+"""The sync engine against the emulator, and the Redis coalescing and lock, without HTTP to the app."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+
+from roombridge import db
+from roombridge.gcal import RESERVATION_PROPERTY, CalendarGateway, event_id_for
+from roombridge.models import AuditEntry, ReservationSource, ReservationStatus, Room, RoomSyncState
+from roombridge.queue import queue, redis
+from roombridge.sync import RoomLock, request_sync, sync_room_now
+from tests.factories import make_reservation
+from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
+
+
+@pytest.fixture
+def room_id(emulator, google_app):
+    return add_room(emulator, google_app)
+
+
+def sync(app, room_id, full=False, **kwargs):
+    with app.app_context():
+        session = db.session()
+        room = session.get(Room, room_id)
+        return sync_room_now(session, CalendarGateway.for_app(), room, app.config["ROOMBRIDGE"], full=full, **kwargs)
+
+
+def test_google_booking_is_mirrored_then_moved_then_cancelled(emulator, google_app, room_id):
+    start = soon()
+    event = emulator.state.book("bob@example.com", ROOM, "Design review", rfc(start), rfc(start + timedelta(hours=1)),
+                                attendees=["carol@example.com"])
+    report = sync(google_app, room_id)
+    assert report.full and report.actions == {"create": 1}
+    [mirror] = reservations(google_app, room_id)
+    assert (mirror.source, mirror.status) == (ReservationSource.GOOGLE, ReservationStatus.CONFIRMED)
+    assert (mirror.start_at, mirror.end_at) == (start, start + timedelta(hours=1))
+    assert mirror.organiser_email == "bob@example.com" and mirror.attendees == ["carol@example.com"]
+    assert mirror.room_response == "accepted" and mirror.google_event_id == event["id"]
+
+    emulator.state.patch_person_event("bob@example.com", event["id"], {"start": rfc(start + timedelta(hours=2)),
+                                                                        "end": rfc(start + timedelta(hours=3))})
+    report = sync(google_app, room_id)
+    assert not report.full and report.actions == {"update": 1}
+    [mirror] = reservations(google_app, room_id)
+    assert mirror.start_at == start + timedelta(hours=2)
+
+    emulator.state.delete_person_event("bob@example.com", event["id"])
+    assert sync(google_app, room_id).actions == {"cancel": 1}
+    [mirror] = reservations(google_app, room_id)
+    assert mirror.status == ReservationStatus.CANCELLED
+    # Nothing changed since: an incremental sync lists nothing and changes nothing.
+    assert sync(google_app, room_id).changes == 0
+
+
+def test_weekly_series_gives_one_reservation_per_instance(emulator, google_app, room_id):
+    start = soon()
+    emulator.state.book("bob@example.com", ROOM, "Weekly", rfc(start), rfc(start + timedelta(minutes=30)),
+                        recurrence=["RRULE:FREQ=WEEKLY;COUNT=4"])
+    sync(google_app, room_id)
+    found = reservations(google_app, room_id)
+    assert [r.start_at for r in found] == [start + timedelta(weeks=n) for n in range(4)]
+    assert len({r.google_event_id for r in found}) == 4
+    assert {r.google_recurring_event_id for r in found} == {found[0].series_id}
+
+
+def test_our_own_reservation_is_not_imported_and_a_move_in_google_is_applied(emulator, google_app, room_id):
+    start = soon()
+    with google_app.app_context():
+        session = db.session()
+        mine = make_reservation(session, session.get(Room, room_id), start=start, status=ReservationStatus.CONFIRMED)
+        session.commit()
+        event = CalendarGateway.for_app().insert_event(ROOM, event_id_for(mine.id), {
+            "summary": "Planning", "start": {"dateTime": rfc(start)},
+            "end": {"dateTime": rfc(start + timedelta(hours=1))},
+            "extendedProperties": {"private": {RESERVATION_PROPERTY: str(mine.id)}}})
+        # As the push job leaves it: where the event is and which version we wrote.
+        mine.google_event_id, mine.google_calendar_id, mine.google_etag = event["id"], ROOM, event["etag"]
+        session.commit()
+        mine_id = mine.id
+
+    assert sync(google_app, room_id).changes == 0
+    assert [r.id for r in reservations(google_app, room_id)] == [mine_id]
+
+    emulator.state.admin_patch_event(ROOM, event["id"], {"end": rfc(start + timedelta(minutes=30))})
+    assert sync(google_app, room_id).actions == {"update": 1}
+    [moved] = reservations(google_app, room_id)
+    assert moved.id == mine_id and moved.source == ReservationSource.API
+    assert moved.end_at == start + timedelta(minutes=30) and moved.status == ReservationStatus.CONFIRMED
+    with google_app.app_context():
+        entries = db.session().query(AuditEntry).filter_by(actor="google", entity_id=str(mine_id)).all()
+        assert [e.action for e in entries] == ["reservation.changed_in_google"]
+    # The organiser is told (room mode: the app mails an iMIP update).
+    with google_app.app_context():
+        assert [j.args[:2] for j in queue("default").jobs] == [(mine_id, "REQUEST")]
+
+    emulator.state.admin_delete_event(ROOM, event["id"])
+    sync(google_app, room_id)
+    [gone] = reservations(google_app, room_id)
+    assert gone.status == ReservationStatus.CANCELLED and gone.status_reason == "deleted in Google"
+
+
+def test_booking_in_google_over_a_pending_reservation_is_kept_as_a_conflict(emulator, google_app, room_id):
+    start = soon()
+    with google_app.app_context():
+        session = db.session()
+        pending = make_reservation(session, session.get(Room, room_id), start=start)  # not yet in Google
+        session.commit()
+        pending_id = pending.id
+    emulator.state.book("bob@example.com", ROOM, "Sneaky", rfc(start + timedelta(minutes=30)),
+                        rfc(start + timedelta(minutes=90)))
+    sync(google_app, room_id)
+    statuses = {r.id: (r.status, r.conflict_with_id) for r in reservations(google_app, room_id)}
+    assert statuses.pop(pending_id) == (ReservationStatus.PENDING, None)
+    assert list(statuses.values()) == [(ReservationStatus.CONFLICT, pending_id)]
+
+
+def test_declined_and_all_day_events(emulator, google_app, room_id):
+    start = soon()
+    emulator.state.book("bob@example.com", ROOM, "First", rfc(start), rfc(start + timedelta(hours=1)))
+    emulator.state.book("eve@example.com", ROOM, "Clash", rfc(start), rfc(start + timedelta(hours=1)))  # declined
+    day = (start + timedelta(days=2)).date()
+    emulator.state.book("dan@example.com", ROOM, "Offsite", day.isoformat(), (day + timedelta(days=1)).isoformat())
+    sync(google_app, room_id)
+    found = reservations(google_app, room_id)
+    assert [r.title for r in found] == ["First", "Offsite"]
+    offsite = found[1]
+    assert offsite.all_day and (offsite.end_at - offsite.start_at) == timedelta(days=1)
+
+
+def test_forced_410_runs_a_full_sync_and_cancels_what_google_no_longer_has(emulator, google_app, room_id):
+    start = soon()
+    keep = emulator.state.book("bob@example.com", ROOM, "Keep", rfc(start), rfc(start + timedelta(hours=1)))
+    drop = emulator.state.book("bob@example.com", ROOM, "Drop", rfc(start + timedelta(hours=2)),
+                               rfc(start + timedelta(hours=3)))
+    sync(google_app, room_id)
+    emulator.state.delete_person_event("bob@example.com", drop["id"])
+    emulator.state.book("bob@example.com", ROOM, "New", rfc(start + timedelta(hours=4)),
+                        rfc(start + timedelta(hours=5)))
+    emulator.state.expire_sync_tokens(ROOM)
+
+    report = sync(google_app, room_id)
+    assert report.full
+    found = {r.title: r.status for r in reservations(google_app, room_id)}
+    assert found == {"Keep": ReservationStatus.CONFIRMED, "Drop": ReservationStatus.CANCELLED,
+                     "New": ReservationStatus.CONFIRMED}
+    assert [r.google_event_id for r in reservations(google_app, room_id) if r.title == "Keep"] == [keep["id"]]
+    with google_app.app_context():
+        state = db.session().get(RoomSyncState, room_id)
+        assert state.sync_token and state.last_full_sync_at is not None
+    assert sync(google_app, room_id).changes == 0
+
+
+def test_repeating_a_sync_from_the_old_token_is_harmless(emulator, google_app, room_id):
+    """What a crash before the commit amounts to: the same changes applied again."""
+    start = soon()
+    sync(google_app, room_id)
+    with google_app.app_context():
+        old_token = db.session().get(RoomSyncState, room_id).sync_token
+    for n in range(3):
+        emulator.state.book("bob@example.com", ROOM, f"B{n}", rfc(start + timedelta(hours=2 * n)),
+                            rfc(start + timedelta(hours=2 * n + 1)))
+    sync(google_app, room_id, page_size=1)
+    with google_app.app_context():
+        db.session().get(RoomSyncState, room_id).sync_token = old_token
+        db.session().commit()
+    report = sync(google_app, room_id, page_size=1)
+    assert report.pages >= 3 and report.changes == 0
+    assert [r.title for r in reservations(google_app, room_id)] == ["B0", "B1", "B2"]
+
+
+# --- coalescing and the lock (Redis only) -----------------------------------------------------------
+
+
+def test_requests_coalesce_into_one_queued_job(app):
+    with app.app_context():
+        assert request_sync(7) is True
+        assert [request_sync(7) for _ in range(20)] == [False] * 20
+        assert request_sync(8) is True
+        assert sorted(job.args[0] for job in queue("sync").jobs) == [7, 8]
+
+
+def test_a_full_request_is_not_swallowed_by_a_queued_incremental_one(app):
+    with app.app_context():
+        assert request_sync(7) is True
+        assert request_sync(7, full=True) is False
+        assert redis().get("roombridge:sync:full:7") == b"1"
+        assert len(queue("sync").jobs) == 1
+
+
+def test_room_lock_is_exclusive_and_expires_when_its_holder_dies(app):
+    with app.app_context():
+        holder = RoomLock(redis(), 7, ttl_seconds=0.3)
+        assert holder.acquire()
+        other = RoomLock(redis(), 7, ttl_seconds=0.3)
+        time.sleep(0.5)  # the heartbeat keeps it past its TTL
+        assert not other.acquire()
+        holder._stop.set()  # the holder "dies": no more renewals, no release
+        holder._thread.join()
+        started = time.monotonic()
+        assert other.acquire(wait_seconds=2)
+        assert time.monotonic() - started < 0.6
+        holder.release()  # a late release must not free the lock someone else now holds
+        assert redis().get("roombridge:sync:lock:7") == other.value.encode()
+        other.release()
+        assert redis().get("roombridge:sync:lock:7") is None
+
+
+def test_sync_runs_are_counted_from_the_emulator_log(emulator, google_app, room_id):
+    sync(google_app, room_id, page_size=1)
+    emulator.state.book("bob@example.com", ROOM, "X", rfc(soon()), rfc(soon() + timedelta(hours=1)))
+    emulator.state.book("bob@example.com", ROOM, "Y", rfc(soon(hour=14)), rfc(soon(hour=15)))
+    sync(google_app, room_id, page_size=1)
+    assert sync_runs(emulator) == 2

@@ -1,0 +1,67 @@
+"""Helpers shared by the sync, job and webhook tests: a room on both sides, and reading it back."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from roombridge import db
+from roombridge.models import Reservation, ReservationStatus
+from tests.factories import make_room
+
+SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
+ROOM = "atlas@resource.calendar.google.com"
+
+
+def soon(days: int = 3, hour: int = 10) -> datetime:
+    """A whole hour a few days ahead, inside the sync window."""
+    base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=days)
+    return base.replace(hour=hour)
+
+
+def rfc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def add_room(emulator, app, calendar_id: str = ROOM, name: str = "Atlas", time_zone: str = "Europe/London") -> int:
+    """The room calendar in the emulator, shared with the service account, and in scope in the app."""
+    emulator.state.add_calendar(calendar_id, name, kind="room", time_zone=time_zone)
+    emulator.state.share(calendar_id, SERVICE_ACCOUNT, "writer")
+    with app.app_context():
+        room = make_room(db.session(), calendar_id=calendar_id, name=name, time_zone=time_zone)
+        db.session().commit()
+        return room.id
+
+
+def reservations(app, room_id: int, *, live_only: bool = False) -> list[Reservation]:
+    with app.app_context():
+        query = sa.select(Reservation).where(Reservation.room_id == room_id).order_by(Reservation.start_at)
+        found = list(db.session().scalars(query))
+    if live_only:
+        found = [r for r in found if r.status in (ReservationStatus.CONFIRMED, ReservationStatus.CONFLICT,
+                                                  ReservationStatus.PENDING)]
+    return found
+
+
+def list_calls(emulator, calendar_id: str = ROOM) -> list[dict]:
+    """Every events.list page request on the calendar."""
+    return [r for r in emulator.state.requests(calendar=calendar_id, method="GET")
+            if r["path"].rstrip("/").endswith("/events")]
+
+
+def sync_runs(emulator, calendar_id: str = ROOM) -> int:
+    """How many listings (syncs) began: first pages only, as the emulator's request log has them."""
+    return sum(1 for r in list_calls(emulator, calendar_id) if "pageToken" not in r["query"])
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)

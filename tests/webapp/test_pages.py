@@ -1,0 +1,268 @@
+"""The booking pages through the Flask test client: finder, form errors, ownership, CSRF, query counts."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from roombridge import booking, db
+from roombridge.models import Reservation, ReservationSource, ReservationStatus
+from tests.factories import make_reservation, make_room
+from tests.webapp.signin import csrf_token, sign_in
+from webapp.pages import day_segments
+
+LONDON = ZoneInfo("Europe/London")
+DAY = date.today() + timedelta(days=3)
+
+
+def at(hour: int, minute: int = 0, day: date = DAY) -> datetime:
+    return datetime.combine(day, time(hour, minute), LONDON).astimezone(UTC)
+
+
+@pytest.fixture
+def rooms(app):
+    with app.app_context():
+        session = db.session()
+        atlas = make_room(session, name="Atlas", capacity=12, building="HQ", floor="1", features=["display"])
+        cygnus = make_room(session, name="Cygnus", capacity=4, building="HQ", floor="2", features=["whiteboard"])
+        session.commit()
+        return {"atlas": atlas.id, "cygnus": cygnus.id}
+
+
+def _add(app, room_id, start, end, **fields):
+    with app.app_context():
+        session = db.session()
+        room = session.get(booking.Room, room_id)
+        reservation = make_reservation(session, room, start=start, end_at=end, **fields)
+        session.commit()
+        return reservation.id
+
+
+def _book_form(room_id, **overrides):
+    return {"room_id": str(room_id), "title": "Design review", "date": DAY.isoformat(), "start": "10:00",
+            "end": "11:00", "attendees": "bob@example.com", "description": "", "repeat": "none", **overrides}
+
+
+def _error_of(html: str, field: str) -> str:
+    match = re.search(rf'<div class="field-error" id="{field}-error">(.*?)</div>', html, re.S)
+    assert match, f"no error shown by {field}"
+    return re.sub(r"<[^>]+>", " ", match.group(1))
+
+
+# --- the room finder ---------------------------------------------------------------------------
+
+
+def test_finder_shows_free_and_busy_rooms_with_their_day(client, app, rooms):
+    _add(app, rooms["atlas"], at(10), at(11), title="Board meeting", source=ReservationSource.GOOGLE,
+         organiser_email="carol@example.com", status=ReservationStatus.CONFIRMED)
+    sign_in(client)
+    page = client.get(f"/?date={DAY.isoformat()}&start=10:30&end=11:30").get_data(as_text=True)
+    assert "1 of 2 rooms free" in page
+    assert "Busy: Board meeting (Google)" in page
+    assert "10:00–11:00" in page  # shown in the room's zone, whatever UTC says
+    assert f"/book?room_id={rooms['cygnus']}" in page
+    assert f"/book?room_id={rooms['atlas']}" not in page
+
+    filtered = client.get(f"/?date={DAY.isoformat()}&start=12:00&end=13:00&people=10").get_data(as_text=True)
+    assert "1 of 1 room free" in filtered and "Cygnus" not in filtered
+    by_feature = client.get(f"/?date={DAY.isoformat()}&start=12:00&end=13:00&features=whiteboard")
+    assert "Atlas" not in by_feature.get_data(as_text=True)
+
+
+def test_finder_reports_bad_input_by_its_field(client, rooms):
+    sign_in(client)
+    page = client.get("/?date=someday&start=10:00&end=09:00&people=-2").get_data(as_text=True)
+    assert "Enter a date as YYYY-MM-DD." in page
+    assert "Enter a number of people" in page
+
+
+def test_day_segments_cover_the_bookable_hours_and_keep_bookings_outside_them():
+    busy = [booking.Busy(at(6), at(7, 30), 1, "Early", ReservationSource.GOOGLE, "a@example.com"),
+            booking.Busy(at(12), at(13), 2, "Lunch", ReservationSource.WEB, "a@example.com")]
+    segments = day_segments(busy, DAY, LONDON, "07:00-20:00")
+    shown = [(s.start.strftime("%H:%M"), s.end.strftime("%H:%M"), s.busy.title if s.busy else None) for s in segments]
+    assert shown == [("06:00", "07:30", "Early"), ("07:30", "12:00", None), ("12:00", "13:00", "Lunch"),
+                     ("13:00", "20:00", None)]
+
+
+# --- booking -----------------------------------------------------------------------------------
+
+
+def test_booking_shows_its_state_and_the_status_poll(client, app, rooms):
+    sign_in(client)
+    response = client.post("/book", data={**_book_form(rooms["cygnus"]), "csrf_token": csrf_token(client, "/book")})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Waiting for Google" in page and "status.js" in page
+    reservation_id = int(response.headers["Location"].rsplit("/", 1)[1])
+    with app.app_context():
+        stored = db.session().get(Reservation, reservation_id)
+        assert stored.organiser_email == "alice@example.com" and stored.attendees == ["bob@example.com"]
+        assert stored.start_at == at(10) and stored.source == ReservationSource.WEB
+        stored.status, stored.status_reason = ReservationStatus.FAILED, "requiredAccessLevel"
+        db.session().commit()
+    status = client.get(f"/reservations/{reservation_id}/status.json").get_json()
+    assert status["status"] == "failed" and status["final"] is True
+    assert "requiredAccessLevel" in status["explanation"]
+
+
+def test_bad_input_is_shown_by_its_field_and_the_form_keeps_what_was_typed(client, rooms):
+    sign_in(client)
+    response = client.post("/book", data={
+        **_book_form(rooms["cygnus"], title="", end="09:00", attendees="bob@example.com, not-an-address"),
+        "csrf_token": csrf_token(client, "/book")})
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert "The end must be after the start." in _error_of(page, "end")
+    assert "Enter a title." in _error_of(page, "title")  # every message at once, not one per try
+    assert 'value="09:00"' in page and "not-an-address" in page
+
+    response = client.post("/book", data={**_book_form(rooms["cygnus"], title="", attendees="not-an-address"),
+                                          "csrf_token": csrf_token(client, "/book")})
+    page = response.get_data(as_text=True)
+    assert _error_of(page, "title").strip()
+    assert "not-an-address" in _error_of(page, "attendees")
+    assert 'aria-invalid="true"' in page and 'aria-describedby="title-error"' in page
+
+
+def test_a_clash_is_shown_by_the_start_field(client, app, rooms):
+    _add(app, rooms["cygnus"], at(10, 30), at(11, 30), title="Standup", status=ReservationStatus.CONFIRMED)
+    sign_in(client)
+    response = client.post("/book", data={**_book_form(rooms["cygnus"]), "csrf_token": csrf_token(client, "/book")})
+    assert response.status_code == 409
+    assert "already booked" in _error_of(response.get_data(as_text=True), "start")
+    assert "10:30–11:30" in _error_of(response.get_data(as_text=True), "start")
+
+
+def test_repeat_options_book_a_series(client, app, rooms):
+    sign_in(client)
+    response = client.post("/book", data={**_book_form(rooms["atlas"], repeat="daily", repeat_count="3"),
+                                          "csrf_token": csrf_token(client, "/book")})
+    assert response.status_code == 302
+    with app.app_context():
+        starts = db.session().scalars(sa.select(Reservation.start_at).order_by(Reservation.start_at)).all()
+    assert starts == [at(10, day=DAY + timedelta(days=n)) for n in range(3)]
+
+
+def test_forms_without_a_csrf_token_are_refused(client, app, rooms):
+    sign_in(client)
+    response = client.post("/book", data=_book_form(rooms["cygnus"]))
+    assert response.status_code == 400
+    reservation_id = _add(app, rooms["atlas"], at(14), at(15))
+    assert client.post(f"/reservations/{reservation_id}/cancel").status_code == 400
+    with app.app_context():
+        assert db.session().scalar(sa.select(sa.func.count()).select_from(Reservation)) == 1
+        assert db.session().get(Reservation, reservation_id).status == ReservationStatus.PENDING
+
+
+# --- ownership ---------------------------------------------------------------------------------
+
+
+def test_one_user_cannot_see_edit_or_cancel_anothers_reservation(client, app, rooms):
+    theirs = _add(app, rooms["atlas"], at(14), at(15), organiser_email="carol@example.com", title="Carol's")
+    sign_in(client, "alice@example.com")
+    token = csrf_token(client, "/")
+    assert client.get(f"/reservations/{theirs}").status_code == 404
+    assert client.get(f"/reservations/{theirs}/status.json").status_code == 404
+    assert client.get(f"/reservations/{theirs}/edit").status_code == 404
+    assert client.post(f"/reservations/{theirs}/edit", data={**_book_form(rooms["atlas"], title="Mine now"),
+                                                             "csrf_token": token}).status_code == 404
+    assert client.post(f"/reservations/{theirs}/cancel", data={"csrf_token": token}).status_code == 404
+    with app.app_context():
+        stored = db.session().get(Reservation, theirs)
+        assert stored.title == "Carol's" and stored.status == ReservationStatus.PENDING
+
+
+def test_an_attendee_may_see_but_not_change(client, app, rooms):
+    theirs = _add(app, rooms["atlas"], at(14), at(15), organiser_email="carol@example.com",
+                  attendees=["alice@example.com"])
+    sign_in(client, "alice@example.com")
+    token = csrf_token(client, "/")
+    assert client.get(f"/reservations/{theirs}").status_code == 200
+    assert client.post(f"/reservations/{theirs}/cancel", data={"csrf_token": token}).status_code == 403
+    assert client.post(f"/reservations/{theirs}/edit", data={**_book_form(rooms["atlas"]),
+                                                             "csrf_token": token}).status_code == 403
+
+
+def test_edit_and_cancel_own_reservation(client, app, rooms):
+    sign_in(client)
+    mine = _add(app, rooms["atlas"], at(14), at(15), source=ReservationSource.WEB)
+    edit_page = client.get(f"/reservations/{mine}/edit").get_data(as_text=True)
+    assert 'value="14:00"' in edit_page and 'value="Planning"' in edit_page
+    response = client.post(f"/reservations/{mine}/edit", data={
+        **_book_form(rooms["atlas"], title="Planning, longer", start="14:00", end="16:00"),
+        "csrf_token": csrf_token(client, "/")})
+    assert response.status_code == 302
+    confirm = client.get(f"/reservations/{mine}/cancel").get_data(as_text=True)
+    assert "Cancel this reservation?" in confirm
+    assert client.post(f"/reservations/{mine}/cancel", data={"csrf_token": csrf_token(client, "/")}).status_code == 302
+    with app.app_context():
+        stored = db.session().get(Reservation, mine)
+        assert stored.title == "Planning, longer" and stored.end_at == at(16)
+        assert stored.status == ReservationStatus.CANCELLED
+
+
+def test_my_reservations_lists_upcoming_past_and_google_ones(client, app, rooms):
+    _add(app, rooms["atlas"], at(9), at(10), title="Made here", source=ReservationSource.WEB)
+    _add(app, rooms["cygnus"], at(9), at(10), title="Made in Google", source=ReservationSource.GOOGLE,
+         status=ReservationStatus.CONFIRMED)
+    yesterday = date.today() - timedelta(days=2)
+    _add(app, rooms["atlas"], at(9, day=yesterday), at(10, day=yesterday), title="Long ago")
+    _add(app, rooms["atlas"], at(11), at(12), title="Someone else's", organiser_email="bob@example.com")
+    sign_in(client)
+    page = client.get("/reservations").get_data(as_text=True)
+    upcoming, past = page.split('id="past-heading"')
+    assert "Made here" in upcoming and "Made in Google" in upcoming and "Long ago" in past
+    assert "Someone else" not in page
+
+
+# --- no query per row ---------------------------------------------------------------------------
+
+
+@contextmanager
+def counting_statements(app):
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    engine = db.engine(app)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def _statements_for(client, app, path):
+    with counting_statements(app) as statements:
+        assert client.get(path).status_code == 200
+    return len(statements)
+
+
+def test_pages_make_a_fixed_number_of_queries(client, app):
+    sign_in(client)
+    with app.app_context():
+        session = db.session()
+        first = [make_room(session, name=f"Room {n}") for n in range(2)]
+        session.commit()
+    for n, room in enumerate(first):
+        _add(app, room.id, at(8 + n), at(9 + n), source=ReservationSource.WEB)
+    small = {path: _statements_for(client, app, path) for path in (f"/?date={DAY}", "/reservations")}
+
+    with app.app_context():
+        session = db.session()
+        more = [make_room(session, name=f"More {n}") for n in range(15)]
+        session.commit()
+    for n, room in enumerate(more):
+        _add(app, room.id, at(8 + n % 10), at(9 + n % 10), source=ReservationSource.WEB)
+        past_day = date.today() - timedelta(days=1 + n)
+        _add(app, room.id, at(8, day=past_day), at(9, day=past_day))
+    large = {path: _statements_for(client, app, path) for path in small}
+    assert large == small

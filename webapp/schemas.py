@@ -1,0 +1,177 @@
+"""Marshmallow schemas of the JSON API: what a request may carry, and how answers look.
+
+Loading is strict: unknown fields, wrong types, oversize strings, naive or absurd
+datetimes are refused with per-field messages (422) before the domain sees them. The
+domain (roombridge.booking) checks the rules that need the database and the room.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from roombridge.booking import MAX_ATTENDEES, MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH, room_zone
+from roombridge.models import Reservation, Room
+
+# Far enough for any booking, near enough that time-zone arithmetic never overflows.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+MAX_ID = 2**31 - 1  # the database's integer; larger ids cannot exist
+
+
+def _storable(value: str) -> None:
+    # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded at all.
+    if "\x00" in value:
+        raise ValidationError("Must not contain NUL characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError("Not valid Unicode text.") from exc
+
+
+def _in_range(value: datetime) -> None:
+    if not EARLIEST <= value < LATEST:
+        raise ValidationError(f"Must be between {EARLIEST:%Y} and {LATEST:%Y}.")
+
+
+def _date_in_range(value: date) -> None:
+    if not EARLIEST.date() <= value < LATEST.date():
+        raise ValidationError(f"Must be between {EARLIEST:%Y} and {LATEST:%Y}.")
+
+
+def Text(max_length: int, *, required: bool = False, min_length: int = 0, **kwargs) -> fields.String:
+    return fields.String(
+        required=required,
+        validate=[validate.Length(min=min_length, max=max_length), _storable],
+        **kwargs,
+    )
+
+
+def Instant(**kwargs) -> fields.AwareDateTime:
+    """RFC 3339 with an offset or Z; naive times are refused, not guessed."""
+    return fields.AwareDateTime(format="iso", validate=_in_range, **kwargs)
+
+
+def Email(**kwargs) -> fields.Email:
+    return fields.Email(validate=[validate.Length(max=254), _storable], **kwargs)
+
+
+def Id(**kwargs) -> fields.Integer:
+    return fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ID), **kwargs)
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class RecurrenceSchema(StrictSchema):
+    frequency = fields.String(required=True, validate=validate.OneOf(["daily", "weekly"]))
+    weekdays = fields.List(
+        fields.Integer(strict=True, validate=validate.Range(min=0, max=6)),
+        load_default=list,
+        validate=validate.Length(max=7),
+        metadata={"description": "0 = Monday ... 6 = Sunday; weekly only; default the start's weekday"},
+    )
+    count = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000), allow_none=True, load_default=None)
+    until = fields.Date(validate=_date_in_range, allow_none=True, load_default=None,
+                        metadata={"description": "last day (inclusive), in the room's time zone"})
+
+    @validates_schema
+    def _count_or_until(self, data, **kwargs):
+        if (data.get("count") is None) == (data.get("until") is None):
+            raise ValidationError("Give either count or until.", "count")
+
+
+class ReservationCreateSchema(StrictSchema):
+    room_id = Id(required=True)
+    title = Text(MAX_TITLE_LENGTH, required=True, min_length=1)
+    description = Text(MAX_DESCRIPTION_LENGTH, load_default="")
+    start = Instant(required=True)
+    end = Instant(required=True)
+    attendees = fields.List(Email(), load_default=list, validate=validate.Length(max=MAX_ATTENDEES))
+    recurrence = fields.Nested(RecurrenceSchema, allow_none=True, load_default=None)
+    skip_conflicts = fields.Boolean(
+        load_default=False,
+        metadata={"description": "store a series without its clashing occurrences instead of refusing it"},
+    )
+
+    @validates_schema
+    def _end_after_start(self, data, **kwargs):
+        if data.get("start") and data.get("end") and data["end"] <= data["start"]:
+            raise ValidationError("Must be after start.", "end")
+
+
+class ReservationPatchSchema(StrictSchema):
+    room_id = Id()
+    title = Text(MAX_TITLE_LENGTH, min_length=1)
+    description = Text(MAX_DESCRIPTION_LENGTH)
+    start = Instant()
+    end = Instant()
+    attendees = fields.List(Email(), validate=validate.Length(max=MAX_ATTENDEES))
+
+    @validates_schema
+    def _end_after_start(self, data, **kwargs):
+        if data.get("start") and data.get("end") and data["end"] <= data["start"]:
+            raise ValidationError("Must be after start.", "end")
+
+
+class ReservationQuerySchema(StrictSchema):
+    # Query strings are text: "7" is the room 7 here, unlike in a JSON body.
+    room = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))
+    start = Instant()
+    end = Instant()
+
+
+class AvailabilityQuerySchema(StrictSchema):
+    date = fields.Date(required=True, validate=_date_in_range)
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def reservation_json(reservation: Reservation, warnings: list[str] | None = None) -> dict:
+    zone = room_zone(reservation.room)
+    answer = {
+        "id": reservation.id,
+        "room_id": reservation.room_id,
+        "title": reservation.title,
+        "description": reservation.description,
+        "start": rfc3339(reservation.start_at),
+        "end": rfc3339(reservation.end_at),
+        "time_zone": reservation.room.time_zone,
+        "start_local": reservation.start_at.astimezone(zone).isoformat(timespec="seconds"),
+        "end_local": reservation.end_at.astimezone(zone).isoformat(timespec="seconds"),
+        "attendees": list(reservation.attendees or []),
+        "organiser": reservation.organiser_email,
+        "status": str(reservation.status),
+        "status_reason": reservation.status_reason,
+        "source": str(reservation.source),
+        "series_id": reservation.series_id,
+        "google_event_id": reservation.google_event_id,
+        "created_at": rfc3339(reservation.created_at),
+        "updated_at": rfc3339(reservation.updated_at),
+    }
+    if warnings:
+        answer["warnings"] = warnings
+    return answer
+
+
+def room_json(room: Room) -> dict:
+    return {
+        "id": room.id,
+        "name": room.name,
+        "calendar_id": room.calendar_id,
+        "capacity": room.capacity,
+        "building": room.building,
+        "floor": room.floor,
+        "features": list(room.features or []),
+        "time_zone": room.time_zone,
+    }
