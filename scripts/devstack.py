@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = ROOT / "instance"
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))  # run as a script: make the project's packages importable
 
 
 def log(message: str) -> None:

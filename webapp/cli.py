@@ -6,8 +6,6 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from roombridge import migrate
-
 db_cli = AppGroup("db", help="Create or upgrade the database schema.")
 
 
@@ -15,6 +13,8 @@ db_cli = AppGroup("db", help="Create or upgrade the database schema.")
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Create or upgrade the schema to REVISION (default: the newest)."""
+    from roombridge import migrate  # Alembic loads only for schema commands
+
     migrate.upgrade(current_app, revision)
     click.echo(f"database at {revision}")
 
@@ -22,6 +22,8 @@ def db_upgrade(revision: str) -> None:
 @db_cli.command("downgrade")
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
+    from roombridge import migrate  # Alembic loads only for schema commands
+
     migrate.downgrade(current_app, revision)
 
 
@@ -29,6 +31,8 @@ def db_downgrade(revision: str) -> None:
 @click.option("-m", "--message", required=True)
 def db_revision(message: str) -> None:
     """Write a new migration from the difference between the models and the database."""
+    from roombridge import migrate  # Alembic loads only for schema commands
+
     migrate.revision(current_app, message)
 
 
