@@ -86,7 +86,6 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # one database is enough here
 def test_channels_never_lapse_over_an_hour_of_short_lived_channels(watched_app, emulator, live_server_factory,
                                                                    monkeypatch):
     ttl, step, hour = 300, 60, 3600
