@@ -267,14 +267,21 @@ def channels_renew(room_email: str | None, due_only: bool) -> None:
 def sync_command(room_email: str, full: bool) -> None:
     """Mirror ROOM_EMAIL from Google now, in this process."""
     from roombridge.gcal import GoogleError
-    from roombridge.sync import sync_room_now
+    from roombridge.queue import redis
+    from roombridge.sync import LOCK_WAIT_SECONDS, RoomLock, sync_room_now
 
     session, gateway, config = _google()
     room = _room_or_fail(session, room_email)
+    # The same per-room lock as the workers: never two syncs of one room at once.
+    lock = RoomLock(redis(), room.id)
+    if not lock.acquire(wait_seconds=LOCK_WAIT_SECONDS):
+        raise click.ClickException(f"{room.calendar_id} is being synced by a worker; try again shortly")
     try:
         report = sync_room_now(session, gateway, room, config, full=full)
     except GoogleError as error:
         raise click.ClickException(str(error)) from error
+    finally:
+        lock.release()
     click.echo(f"synced {room.calendar_id} ({'full' if full else 'incremental'}): {report}")
 
 

@@ -62,6 +62,25 @@ def test_rooms_add_list_renew_sync_remove(cli, emulator):
     assert "[out of scope]" in invoke_ok(cli, ["rooms", "list", "--all"]).output
 
 
+def test_cli_sync_waits_for_a_workers_sync_of_the_room(cli, emulator, monkeypatch):
+    import roombridge.sync
+
+    invoke_ok(cli, ["rooms", "add", ATLAS, "--name", "Atlas"])
+    with cli.app.app_context():
+        room_id = db.session().scalar(sa.select(Room.id).where(Room.calendar_id == ATLAS))
+        worker_lock = roombridge.sync.RoomLock(redis(), room_id)
+        assert worker_lock.acquire()
+    monkeypatch.setattr(roombridge.sync, "LOCK_WAIT_SECONDS", 0.2)
+    emulator.state.clear_requests()
+    try:
+        busy = cli.invoke(args=["sync", ATLAS])
+    finally:
+        worker_lock.release()
+    assert busy.exit_code == 1 and "is being synced by a worker" in busy.output
+    assert not [r for r in emulator.state.requests() if r["method"] == "GET"]  # Google not asked
+    assert f"synced {ATLAS} (incremental)" in invoke_ok(cli, ["sync", ATLAS]).output
+
+
 def test_rooms_add_refuses_a_calendar_not_shared_with_the_service_account(cli, emulator):
     result = cli.invoke(args=["rooms", "add", BOREALIS, "--name", "Borealis"])
     assert result.exit_code == 1
