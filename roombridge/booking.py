@@ -722,6 +722,10 @@ def edit(
         enqueue_push([reservation.id])
         if removed and reservation.google_event_id:
             enqueue_cancel_notice(reservation.id, removed)
+        if {"start_at", "end_at", "room_id"} & changes.keys():
+            # The old slot may be free now for a Google booking kept as a conflict.
+            touched = {reservation.room_id, *changes.get("room_id", [])}
+            settle_conflicts(session, touched, actor=actor_email.strip().lower())
     return BookingResult(
         reservations=[reservation],
         warnings=_capacity_warning(room, reservation.organiser_email, new_attendees),
@@ -745,6 +749,7 @@ def cancel(session: Session, config: Config, reservation_id: int, *, actor_email
     audit(session, actor_email.strip().lower(), "reservation.cancel", reservation)
     session.commit()
     enqueue_push([reservation.id])
+    settle_conflicts(session, [reservation.room_id], actor=actor_email.strip().lower())
     return reservation
 
 
@@ -761,6 +766,45 @@ def retry_push(session: Session, reservation_id: int, *, actor_email: str, actor
         session.commit()
     enqueue_push([reservation.id])
     return reservation
+
+
+# --- conflicts: Google bookings kept over a live reservation ----------------------------------------
+
+
+def settle_conflicts(session: Session, room_ids: Iterable[int], *, actor: str = "system",
+                     now: datetime | None = None) -> list[int]:
+    """Let Google bookings kept as conflicts take their slot once nothing live holds it any more.
+
+    Called after a reservation is cancelled or moved (here, or in Google through the sync).
+    Each promotion runs in a savepoint, so the database's no-overlap rule decides: a booking
+    that still overlaps a live reservation stays a conflict. Commits; returns the promoted ids.
+    """
+    room_ids = sorted(set(room_ids))
+    if not room_ids:
+        return []
+    now = now or datetime.now(UTC)
+    begin_write(session)
+    waiting = session.scalars(
+        sa.select(Reservation)
+        .where(Reservation.room_id.in_(room_ids), Reservation.status == ReservationStatus.CONFLICT,
+               Reservation.end_at > now)
+        .order_by(Reservation.start_at, Reservation.id)
+    ).all()
+    promoted = []
+    for reservation in waiting:
+        try:
+            with session.begin_nested():
+                reservation.status = ReservationStatus.CONFIRMED
+                reservation.conflict_with_id = None
+                reservation.status_reason = None
+        except IntegrityError:
+            continue  # still overlaps something live: stays a conflict for admins
+        audit(session, actor, "reservation.conflict_settled", reservation)
+        promoted.append(reservation.id)
+    session.commit()
+    if promoted:
+        log.info("conflicts settled in room(s) %s: %s", room_ids, promoted)
+    return promoted
 
 
 # --- after commit: hand the Google write to the queue -------------------------------------------

@@ -49,6 +49,7 @@ from redis import Redis
 from sqlalchemy.orm import Session
 
 from roombridge import db
+from roombridge.booking import settle_conflicts
 from roombridge.config import Config
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, PermanentGoogleError, SyncTokenInvalid, event_id_for
@@ -332,6 +333,9 @@ def sync_room_now(session: Session, gateway: CalendarGateway, room: Room, config
     log.info("synced room %s: %d event(s), %d change(s), %d page(s)%s", room_id, report.events,
              report.changes, report.pages, " (full)" if report.full else "")
     _tell_organisers(report.notices, config)
+    if report.changes:
+        # A booking here cancelled or moved in Google may free a slot a conflict is waiting for.
+        settle_conflicts(session, [room_id], actor=ACTOR)
     return report
 
 

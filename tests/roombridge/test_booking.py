@@ -315,3 +315,47 @@ def test_the_event_footer_is_added_for_room_mode_and_stripped_back(session):
     assert booking.description_from_event("Typed in Google") == "Typed in Google"
     assert booking.description_from_event(None) == ""
     assert booking.event_description(reservation, delegated=True) == "Agenda:\n1. plans"
+
+
+def _google_conflict(session, room, over, start=None, minutes=60):
+    return make_reservation(session, room, start=start or over.start_at, minutes=minutes,
+                            source=ReservationSource.GOOGLE, status=ReservationStatus.CONFLICT,
+                            conflict_with_id=over.id, organiser_email="dana@example.com",
+                            google_event_id=f"evt{over.id}x{minutes}")
+
+
+def test_a_cancelled_reservation_frees_its_slot_for_the_google_conflict(session, config):
+    room = make_room(session)
+    ours = make_reservation(session, room)
+    waiting = _google_conflict(session, room, ours)
+    session.commit()
+    booking.cancel(session, config, ours.id, actor_email="alice@example.com", actor_is_admin=False)
+    session.expire_all()
+    settled = session.get(Reservation, waiting.id)
+    assert (settled.status, settled.conflict_with_id) == (ReservationStatus.CONFIRMED, None)
+    actions = session.scalars(sa.select(AuditEntry.action).where(AuditEntry.entity_id == str(waiting.id))).all()
+    assert actions == ["reservation.conflict_settled"]
+
+
+def test_a_conflict_that_still_overlaps_something_live_stays_a_conflict(session, config):
+    room = make_room(session)
+    first = make_reservation(session, room, minutes=60)
+    second = make_reservation(session, room, start=first.end_at, minutes=60)
+    waiting = _google_conflict(session, room, first, minutes=120)  # over both
+    session.commit()
+    booking.cancel(session, config, first.id, actor_email="alice@example.com", actor_is_admin=False)
+    session.expire_all()
+    assert session.get(Reservation, waiting.id).status == ReservationStatus.CONFLICT
+    assert session.get(Reservation, second.id).status == ReservationStatus.PENDING
+
+
+def test_moving_a_reservation_away_settles_the_conflict_it_caused(session, config):
+    room = make_room(session)
+    ours = make_reservation(session, room, start=at(date(2030, 1, 7), 10), minutes=60)
+    waiting = _google_conflict(session, room, ours)
+    session.commit()
+    booking.edit(session, config, ours.id, actor_email="alice@example.com", actor_is_admin=False,
+                 start=at(date(2030, 1, 7), 14), end=at(date(2030, 1, 7), 15), now=NOW)
+    session.expire_all()
+    assert session.get(Reservation, waiting.id).status == ReservationStatus.CONFIRMED
+    assert session.get(Reservation, ours.id).start_at == at(date(2030, 1, 7), 14)

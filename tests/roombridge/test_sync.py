@@ -117,6 +117,32 @@ def test_booking_in_google_over_a_pending_reservation_is_kept_as_a_conflict(emul
     assert list(statuses.values()) == [(ReservationStatus.CONFLICT, pending_id)]
 
 
+def test_a_conflict_takes_the_slot_once_our_event_is_deleted_in_google(emulator, google_app, room_id):
+    start = soon()
+    with google_app.app_context():
+        session = db.session()
+        mine = make_reservation(session, session.get(Room, room_id), start=start, status=ReservationStatus.CONFIRMED)
+        session.commit()
+        event = CalendarGateway.for_app().insert_event(ROOM, event_id_for(mine.id), {
+            "summary": "Planning", "start": {"dateTime": rfc(start)},
+            "end": {"dateTime": rfc(start + timedelta(hours=1))},
+            "extendedProperties": {"private": {RESERVATION_PROPERTY: str(mine.id)}}})
+        mine.google_event_id, mine.google_calendar_id, mine.google_etag = event["id"], ROOM, event["etag"]
+        session.commit()
+        mine_id = mine.id
+    # Someone writes straight onto the room calendar over our booking.
+    emulator.state.insert_as(ROOM, "bob@example.com", {"summary": "Over it", "start": rfc(start),
+                                                       "end": rfc(start + timedelta(minutes=30))})
+    sync(google_app, room_id)
+    [theirs] = [r for r in reservations(google_app, room_id) if r.id != mine_id]
+    assert (theirs.status, theirs.conflict_with_id) == (ReservationStatus.CONFLICT, mine_id)
+
+    emulator.state.admin_delete_event(ROOM, event["id"])
+    sync(google_app, room_id)
+    statuses = {r.id: r.status for r in reservations(google_app, room_id)}
+    assert statuses == {mine_id: ReservationStatus.CANCELLED, theirs.id: ReservationStatus.CONFIRMED}
+
+
 def test_declined_and_all_day_events(emulator, google_app, room_id):
     start = soon()
     emulator.state.book("bob@example.com", ROOM, "First", rfc(start), rfc(start + timedelta(hours=1)))
