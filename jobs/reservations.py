@@ -33,9 +33,11 @@ from roombridge.gcal import (
     EventIdTaken,
     EventNotFound,
     PermanentGoogleError,
+    RetriableGoogleError,
     event_id_for,
 )
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, audit
+from roombridge.queue import RedisLock, redis
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,32 @@ def _parse_rfc3339(value: str | None) -> datetime | None:
         return None
 
 
+PUSH_LOCK_TTL_SECONDS = 30.0
+PUSH_LOCK_WAIT_SECONDS = 60.0
+
+
+class PushBusy(RetriableGoogleError):
+    """Another worker is still writing this reservation to Google; try again later."""
+
+
 @job("push", timeout=120, retry=Retry(max=5, interval=[5, 30, 120, 300, 600]))
 def push_reservation(reservation_id: int) -> str:
-    """Make the room's Google calendar match the reservation; returns what was done."""
+    """Make the room's Google calendar match the reservation; returns what was done.
+
+    One push per reservation at a time, across workers: two quick edits queue two jobs, and
+    without the lock the older one's Google write could land after the newer one's. Each
+    job writes the reservation as stored when it starts, so running them in turn is enough.
+    """
+    lock = RedisLock(redis(), f"roombridge:push:lock:{reservation_id}", PUSH_LOCK_TTL_SECONDS)
+    if not lock.acquire(wait_seconds=PUSH_LOCK_WAIT_SECONDS):
+        raise PushBusy(f"reservation {reservation_id} is being written by another worker", reason="busy")
+    try:
+        return _push(reservation_id)
+    finally:
+        lock.release()
+
+
+def _push(reservation_id: int) -> str:
     session = db.session()
     config: Config = current_app.config["ROOMBRIDGE"]
     reservation = session.get(Reservation, reservation_id)

@@ -35,8 +35,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import secrets
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -63,7 +61,7 @@ from roombridge.models import (
     RoomSyncState,
     audit,
 )
-from roombridge.queue import redis
+from roombridge.queue import RedisLock, redis
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,6 @@ KEY_PREFIX = "roombridge:sync"
 QUEUED_TTL_SECONDS = 600
 LOCK_TTL_SECONDS = 6.0  # how soon a dead worker's lock frees the room
 LOCK_WAIT_SECONDS = 30.0  # how long a job waits for another worker's sync of the room
-LOCK_POLL_SECONDS = 0.05
 PAGE_SIZE = 250
 ACTOR = "google"
 
@@ -111,61 +108,11 @@ def request_sync(room_id: int, full: bool = False) -> bool:
 
 # --- the per-room lock ------------------------------------------------------------------------------
 
-_RENEW = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-)
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
-
-
-class RoomLock:
+class RoomLock(RedisLock):
     """The right to sync one room; expires LOCK_TTL_SECONDS after its holder stops renewing."""
 
     def __init__(self, conn: Redis, room_id: int, ttl_seconds: float = LOCK_TTL_SECONDS):
-        self.conn = conn
-        self.key = _key("lock", room_id)
-        self.ttl_ms = int(ttl_seconds * 1000)
-        self.value = secrets.token_hex(16)
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def acquire(self, wait_seconds: float = 0.0) -> bool:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            if self.conn.set(self.key, self.value, nx=True, px=self.ttl_ms):
-                self._start_heartbeat()
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(LOCK_POLL_SECONDS)
-
-    def renew(self) -> bool:
-        renewed = bool(self.conn.eval(_RENEW, 1, self.key, self.value, self.ttl_ms))
-        if not renewed:
-            self.lost = True
-        return renewed
-
-    def _start_heartbeat(self) -> None:
-        def beat() -> None:
-            while not self._stop.wait(self.ttl_ms / 3000):
-                try:
-                    if not self.renew():
-                        log.warning("lost the sync lock %s", self.key)
-                        return
-                except Exception:  # Redis blip: try again next beat; the lock outlives two misses
-                    log.warning("could not renew the sync lock %s", self.key, exc_info=True)
-
-        self._thread = threading.Thread(target=beat, name=f"renew {self.key}", daemon=True)
-        self._thread.start()
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        try:
-            self.conn.eval(_RELEASE, 1, self.key, self.value)
-        except Exception:
-            log.warning("could not release the sync lock %s; it expires by itself", self.key)
+        super().__init__(conn, _key("lock", room_id), ttl_seconds)
 
 
 # --- the job body: lock, pace, sync ------------------------------------------------------------------

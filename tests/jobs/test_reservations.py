@@ -197,6 +197,40 @@ def test_insert_is_idempotent_when_google_stored_it_but_we_did_not_hear(google, 
     assert load(app, rid).status == ReservationStatus.CONFIRMED
 
 
+def test_pushes_of_one_reservation_take_turns_across_workers(google, emulator, monkeypatch):
+    import threading
+
+    import jobs.reservations
+    from roombridge.queue import RedisLock, redis
+
+    app, (room_id, _) = google
+    rid = book(app, room_id, *slot())
+    emulator.state.clear_requests()
+    with app.app_context():
+        other_worker = RedisLock(redis(), f"roombridge:push:lock:{rid}", 30)
+        assert other_worker.acquire()
+    outcome = {}
+    pushing = threading.Thread(target=lambda: outcome.setdefault("done", run_with(app, rid)))
+    pushing.start()
+    pushing.join(0.5)
+    assert pushing.is_alive() and emulator.state.requests(calendar=ROOM) == []  # waits its turn
+    other_worker.release()
+    pushing.join(10)
+    assert outcome["done"] == "inserted" and load(app, rid).status == ReservationStatus.CONFIRMED
+
+    # A worker that never lets go: the job gives up with a retriable error, for RQ to retry later.
+    monkeypatch.setattr(jobs.reservations, "PUSH_LOCK_WAIT_SECONDS", 0.1)
+    with app.app_context():
+        assert RedisLock(redis(), f"roombridge:push:lock:{rid}", 30).acquire()
+        with pytest.raises(jobs.reservations.PushBusy):
+            push_reservation(rid)
+
+
+def run_with(app, reservation_id):
+    with app.app_context():
+        return push_reservation(reservation_id)
+
+
 def test_a_permanent_403_leaves_the_reservation_failed_with_its_reason(google, emulator):
     app, (room_id, _) = google
     emulator.state.add_fault(403, times=1, method="POST", calendar=ROOM, reason="forbiddenForServiceAccounts",
