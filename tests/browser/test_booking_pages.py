@@ -124,3 +124,43 @@ def test_every_page_is_accessible_and_works_by_keyboard_on_a_phone(stack, browse
         page.wait_for_url(f"{stack.emulator.url}/o/oauth2/v2/auth*")
     finally:
         context.close()
+
+
+def test_a_booking_made_in_google_shows_up_for_everyone(stack, page):
+    """Bob books Atlas in Google Calendar; the push reaches the app, the worker syncs, and the
+    pages show it: busy in Alice's finder, and in Bob's own reservations with a Google badge."""
+    import sqlalchemy as sa
+
+    from roombridge import channels, db
+    from roombridge.gcal import CalendarGateway
+    from roombridge.models import Reservation, ReservationSource, Room
+
+    with stack.app.app_context():
+        session = db.session()
+        atlas = session.get(Room, stack.rooms["Atlas"])
+        channels.create_channel(session, CalendarGateway.for_app(), atlas, stack.app.config["ROOMBRIDGE"],
+                                db.utcnow())
+    stack.emulator.state.book("bob@example.com", ATLAS, "Budget call", f"{DAY}T14:00:00+00:00",
+                              f"{DAY}T15:00:00+00:00")
+
+    def mirrored():
+        with stack.app.app_context():
+            return db.session().scalar(sa.select(Reservation).where(Reservation.source == ReservationSource.GOOGLE))
+
+    booked = wait_until(mirrored, timeout=20)
+    assert (booked.organiser_email, booked.title) == ("bob@example.com", "Budget call")
+
+    sign_in(page, stack, "alice@example.com")
+    page.get_by_label("Date").fill(DAY)
+    page.get_by_label("From").fill("14:00")
+    page.get_by_label("To").fill("14:30")
+    page.get_by_role("button", name="Show rooms").click()
+    expect(page.get_by_role("heading", name="4 of 5 rooms free", exact=False)).to_be_visible()
+    expect(page.get_by_role("listitem", name="14:00–15:00 busy: Budget call")).to_be_visible()
+    screenshot(page, "room-finder-google-booking")
+
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, stack, "bob@example.com", next_path="/reservations")
+    expect(page.get_by_role("link", name="Budget call", exact=True)).to_be_visible()
+    expect(page.get_by_text("Google", exact=True)).to_be_visible()
+    assert_accessible(page)
