@@ -1,46 +1,5 @@
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
-
-import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def own_redis():
-    """A Redis server of this test's own, so stopping it disturbs nobody else."""
-    port = _free_port()
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-
-    def start():
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return proc
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    server = {"proc": start()}
-
-    def stop():
-        server["proc"].terminate()
-        server["proc"].wait(10)
-
-    def restart():
-        server["proc"] = start()
-
-    yield f"redis://127.0.0.1:{port}/0", stop, restart
-    if server["proc"].poll() is None:
-        stop()
-
 
 def test_healthz_answers_without_dependencies(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
