@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -129,7 +130,20 @@ def main() -> int:
                  "--time-zone", room["time_zone"]],
                 cwd=ROOT, env=env, check=False,
             )
-        log(f"Roombridge is running: {web_url}   (admin console: {web_url}/admin, sign in as admin@example.com)")
+        env_file = INSTANCE / "demo.env"
+        env_file.write_text("".join(
+            f"export {name}={shlex.quote(env[name])}\n"
+            for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "GOOGLE_SERVICE_ACCOUNT_FILE",
+                         "GOOGLE_CALENDAR_API_URL", "WEBHOOK_BASE_URL", "ADMIN_EMAILS")
+        ))
+        token = subprocess.run([*flask, "tokens", "create", "alice@example.com"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        log(f"Roombridge is running: {web_url}")
+        log(f"  sign in as any demo person; admin@example.com has the admin console ({web_url}/admin)")
+        log(f"  the Google Calendar emulator: {emulator_url} (control API: see emulator/__init__.py)")
+        log(f"  an API token for alice@example.com: {token}")
+        log(f"    curl -H 'Authorization: Bearer {token}' {web_url}/api/v1/rooms")
+        log(f"  the CLI against this demo: . {env_file.relative_to(ROOT)} && .venv/bin/flask --app wsgi rooms list")
         log("Ctrl-C stops everything.")
         while all(proc.poll() is None for proc in procs.values()):
             time.sleep(0.5)
