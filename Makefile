@@ -30,4 +30,5 @@ lint: venv
 ## Benchmarks: not tests; they print a table (see benchmarks/README.md).
 bench: venv
 	scripts/ensure-services.sh redis postgres
+	command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python -m benchmarks
