@@ -66,6 +66,10 @@ def parse_features(raw: str | list[str] | tuple[str, ...] | None) -> list[str]:
     return seen
 
 
+# Far past any real room or policy, and inside every database's integer column.
+LARGEST_NUMBER = 1_000_000
+
+
 def _validated(changes: dict) -> dict:
     """Check and normalise editable fields; RoomRefused names the first bad one."""
     unknown = set(changes) - set(EDITABLE_FIELDS)
@@ -90,6 +94,8 @@ def _validated(changes: dict) -> dict:
             raise RoomRefused(f"{number.replace('_', ' ').capitalize()} must be a whole number.") from None
         if clean[number] < (1 if number != "min_notice_minutes" else 0):
             raise RoomRefused(f"{number.replace('_', ' ').capitalize()} is too small.")
+        if clean[number] > LARGEST_NUMBER:
+            raise RoomRefused(f"{number.replace('_', ' ').capitalize()} is too large.")
     for text in ("building", "floor"):
         if text in clean:
             clean[text] = (clean[text] or "").strip() or None

@@ -152,11 +152,16 @@ class BookingForm:
         return booking.Recurrence(frequency=repeat, weekdays=weekdays, count=count, until=until)
 
 
+# Dates a person could mean; beyond them, day arithmetic would leave the calendar.
+EARLIEST_DATE, LATEST_DATE = date(1970, 1, 1), date(9998, 12, 31)
+
+
 def parse_date(text: str) -> date | None:
     try:
-        return date.fromisoformat(text)
+        parsed = date.fromisoformat(text)
     except ValueError:
         return None
+    return parsed if EARLIEST_DATE <= parsed <= LATEST_DATE else None
 
 
 def parse_time(text: str) -> time | None:
@@ -205,7 +210,7 @@ class FinderQuery:
         if args.get("people"):
             try:
                 people = int(args["people"])
-                if people < 1:
+                if not 1 <= people <= 100_000:
                     raise ValueError
             except ValueError:
                 errors["people"] = "Enter a number of people, 1 or more."
