@@ -6,8 +6,9 @@ Three parts:
 changes since the room's stored sync token (events.list, singleEvents=true, every page),
 or with no token, or when Google answers 410, every event of a window (SYNC_WINDOW_DAYS_BACK
 to SYNC_WINDOW_DAYS_AHEAD). It reads every page first, with no database transaction open,
-so SQLite bookings are not blocked while Google answers; then it applies each event through
-the mirroring rules (roombridge/mirror.py) and stores the new token in ONE transaction. A
+so SQLite bookings are not blocked while Google answers, spooling them to a temporary file;
+then it applies each event through the mirroring rules (roombridge/mirror.py), a page at a
+time, and stores the new token, in ONE transaction. Memory stays at about one page. A
 crash before that commit leaves the old token, and the next run repeats the work safely:
 applying is idempotent (one reservation per (room, event id); echoes change nothing). After
 a full listing, Google reservations in the window that Google no longer has are cancelled.
@@ -34,7 +35,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -214,13 +217,49 @@ def sync_window(config: Config, now: datetime) -> tuple[datetime, datetime]:
     )
 
 
+class _Spool:
+    """The events of a listing, kept in a temporary file rather than in memory.
+
+    Pages are read with no database transaction open and applied afterwards in one; between
+    the two they wait on disk, so a full sync of 10,000 events needs the memory of one page.
+    """
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self.count = 0
+
+    def add(self, page: list[dict]) -> None:
+        for event in page:
+            self._file.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+        self.count += len(page)
+
+    def chunks(self, size: int) -> Iterable[list[dict]]:
+        self._file.seek(0)
+        chunk: list[dict] = []
+        for line in self._file:
+            chunk.append(json.loads(line))
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class _Listing:
-    events: list[dict]
+    events: _Spool
     next_sync_token: str | None
     pages: int
     window: tuple[datetime, datetime] | None  # set for a full listing
     started_at: datetime | None = None  # when the full listing began
+
+
+def _read_all(listing, spool: _Spool) -> None:
+    for page in listing.pages():
+        spool.add(page)
 
 
 def _list(session: Session, gateway: CalendarGateway, calendar_id: str, sync_token: str | None,
@@ -230,21 +269,27 @@ def _list(session: Session, gateway: CalendarGateway, calendar_id: str, sync_tok
         # The gateway's scope check read the database; end that transaction before talking to
         # Google, so SQLite writers are not held up while pages arrive.
         session.commit()
-        events: list[dict] = []
+        spool = _Spool()
         try:
-            for page in listing.pages():
-                events.extend(page)
-            return _Listing(events, listing.next_sync_token, listing.page_count, None)
+            _read_all(listing, spool)
+            return _Listing(spool, listing.next_sync_token, listing.page_count, None)
         except SyncTokenInvalid:
+            spool.close()
             log.info("sync token of %s is no longer valid; running a full sync", calendar_id)
+        except BaseException:
+            spool.close()
+            raise
     started_at = utcnow()
     window = sync_window(config, started_at)
     listing = gateway.list_events(calendar_id, time_min=window[0], time_max=window[1], page_size=page_size)
     session.commit()
-    events = []
-    for page in listing.pages():
-        events.extend(page)
-    return _Listing(events, listing.next_sync_token, listing.page_count, window, started_at)
+    spool = _Spool()
+    try:
+        _read_all(listing, spool)
+    except BaseException:
+        spool.close()
+        raise
+    return _Listing(spool, listing.next_sync_token, listing.page_count, window, started_at)
 
 
 def sync_room_now(session: Session, gateway: CalendarGateway, room: Room, config: Config,
@@ -254,15 +299,23 @@ def sync_room_now(session: Session, gateway: CalendarGateway, room: Room, config
     state = session.get(RoomSyncState, room_id)
     token = None if full or state is None else state.sync_token
     listing = _list(session, gateway, calendar_id, token, config, page_size)
-    report = SyncReport(pages=listing.pages, full=listing.window is not None, events=len(listing.events))
+    report = SyncReport(pages=listing.pages, full=listing.window is not None, events=listing.events.count)
 
     # One write transaction from here: every change, then the new token, then commit.
     db.begin_write(session)
     seen: set[str] = set()
-    for raw in listing.events:
-        event = read_event(raw, calendar_id, time_zone)
-        seen.add(event.event_id)
-        apply_event(session, room_id, event, report)
+    try:
+        for chunk in listing.events.chunks(page_size):
+            for raw in chunk:
+                event = read_event(raw, calendar_id, time_zone)
+                seen.add(event.event_id)
+                apply_event(session, room_id, event, report)
+            # Send this page's changes to the database (same transaction) and let the session
+            # forget them, so memory stays at one page however many events the room has.
+            session.flush()
+            session.expunge_all()
+    finally:
+        listing.events.close()
     if listing.window is not None:
         cancel_vanished(session, room_id, calendar_id, listing.window, listing.started_at, seen, report)
 
@@ -390,33 +443,42 @@ def cancel_vanished(session: Session, room_id: int, calendar_id: str, window: tu
     may simply be too new to be listed, and is left alone.
     """
     seen = set(seen)
-    query = sa.select(Reservation).where(
+    # Ids first, objects only for what vanished: a room with 10,000 events loads none of them.
+    candidates = session.execute(sa.select(Reservation.id, Reservation.google_event_id).where(
         Reservation.room_id == room_id,
         Reservation.google_event_id.is_not(None),
         Reservation.status.in_([*LIVE_STATUSES, ReservationStatus.CONFLICT]),
         Reservation.end_at > window[0],
         Reservation.start_at < window[1],
-    )
-    for reservation in session.scalars(query):
-        if reservation.google_event_id in seen:
-            continue
-        own = reservation.source != ReservationSource.GOOGLE
-        if own and not (
-            reservation.status == ReservationStatus.CONFIRMED
-            and reservation.google_calendar_id == calendar_id
-            and reservation.google_updated_at is not None
-            and reservation.google_updated_at < listed_at
-        ):
-            continue
-        reservation.status = ReservationStatus.CANCELLED
-        reservation.status_reason = "deleted in Google" if own else "no longer in Google"
-        reservation.conflict_with_id = None
-        session.flush()
-        audit(session, ACTOR, "reservation.cancelled_in_google", reservation,
-              event_id=reservation.google_event_id, reason="no longer in Google (full sync)")
-        if own:
-            report.notices.append((reservation.id, "CANCEL", reservation.google_event_id))
-        report.count(Action.CANCEL)
+    ))
+    vanished = [rid for rid, event_id in candidates if event_id not in seen]  # rows read one by one
+    for start in range(0, len(vanished), PAGE_SIZE):
+        batch = vanished[start:start + PAGE_SIZE]
+        for reservation in session.scalars(sa.select(Reservation).where(Reservation.id.in_(batch))):
+            _cancel_vanished_one(session, reservation, calendar_id, listed_at, report)
+        session.flush()  # the audit entries too, before the session forgets them
+        session.expunge_all()
+
+
+def _cancel_vanished_one(session: Session, reservation: Reservation, calendar_id: str, listed_at: datetime,
+                         report: SyncReport) -> None:
+    own = reservation.source != ReservationSource.GOOGLE
+    if own and not (
+        reservation.status == ReservationStatus.CONFIRMED
+        and reservation.google_calendar_id == calendar_id
+        and reservation.google_updated_at is not None
+        and reservation.google_updated_at < listed_at
+    ):
+        return
+    reservation.status = ReservationStatus.CANCELLED
+    reservation.status_reason = "deleted in Google" if own else "no longer in Google"
+    reservation.conflict_with_id = None
+    session.flush()
+    audit(session, ACTOR, "reservation.cancelled_in_google", reservation,
+          event_id=reservation.google_event_id, reason="no longer in Google (full sync)")
+    if own:
+        report.notices.append((reservation.id, "CANCEL", reservation.google_event_id))
+    report.count(Action.CANCEL)
 
 
 def _tell_organisers(notices: list[tuple[int, str, str]], config: Config) -> None:
