@@ -22,6 +22,7 @@ import hashlib
 import logging
 import secrets
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -95,7 +96,11 @@ def open_channels(session: Session, room_id: int | None = None) -> list[WatchCha
 
 def current_channel(session: Session, room: Room, now: datetime) -> WatchChannel | None:
     """The room's live channel that expires last: the one the next renewal replaces."""
-    live = [c for c in open_channels(session, room.id) if c.is_live(now)]
+    return _newest_live(open_channels(session, room.id), now)
+
+
+def _newest_live(channels: list[WatchChannel], now: datetime) -> WatchChannel | None:
+    live = [c for c in channels if c.is_live(now)]
     return max(live, key=lambda c: c.expiration or now, default=None)
 
 
@@ -223,10 +228,14 @@ def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: d
     """
     report = RenewalReport()
     rooms = list(session.scalars(sa.select(Room).where(Room.in_scope.is_(True)).order_by(Room.id)))
+    # One query for every room's channels: the pass runs each scheduler tick, mostly finding nothing due.
+    channels_by_room: dict[int, list[WatchChannel]] = defaultdict(list)
+    for open_channel in open_channels(session):
+        channels_by_room[open_channel.room_id].append(open_channel)
     current: dict[int, str] = {}
     for room in rooms:
         try:
-            channel = current_channel(session, room, now)
+            channel = _newest_live(channels_by_room[room.id], now)
             if channel is None:
                 channel = create_channel(session, gateway, room, config, now)
                 report.created.append(channel.id)

@@ -8,6 +8,7 @@ one logical database, flushed before and after each test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -122,6 +123,22 @@ def session(app):
     """A database session inside an app context, for domain tests."""
     with app.app_context():
         yield db.session()
+
+
+@contextlib.contextmanager
+def counting_statements(app):
+    """Collect every SQL statement the app's engine sends while the block runs (N+1 checks)."""
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    engine = db.engine(app)
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
 
 
 def invoke_ok(runner, args: list[str]) -> Result:

@@ -209,3 +209,30 @@ def test_integration_health_summary(emulator, ctx, gapp):
     assert health.channels_expiring_soon == 1  # ten minutes left, renewal window a day
     assert health.pushes_last_hour == 1
     assert health.mode == "room" and health.scope == CALENDAR_EVENTS_SCOPE and not health.ok
+
+
+def test_an_idle_renewal_pass_costs_the_same_queries_for_many_rooms(emulator, gapp, ctx):
+    """The pass runs every scheduler tick: with nothing due it must not query per room."""
+    from tests.conftest import counting_statements
+
+    session, gw, config = ctx
+
+    def add_rooms(count):
+        for n in range(count):
+            calendar_id = f"idle-{len(emulator.state.list_calendars())}-{n}@resource.calendar.google.com"
+            emulator.state.add_calendar(calendar_id, "Idle", kind="room")
+            emulator.state.share(calendar_id, SERVICE_ACCOUNT, "writer")
+            make_room(session, calendar_id=calendar_id)
+        session.commit()
+        channels.renew_due(session, gw, config, emulator.state.clock.now())  # every room gets its channel
+
+    def idle_pass():
+        with counting_statements(gapp) as statements:
+            report = channels.renew_due(session, gw, config, emulator.state.clock.now())
+        assert report.as_dict() == {}
+        return len(statements)
+
+    add_rooms(2)
+    few = idle_pass()
+    add_rooms(10)
+    assert idle_pass() == few

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import html as html_lib
 import re
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from rq.registry import FailedJobRegistry
-from sqlalchemy import event
 
 from roombridge import channels, db, rooms
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room, RoomSyncState, WatchChannel
 from roombridge.queue import queue, redis
-from tests.conftest import invoke_ok, run_jobs
+from tests.conftest import counting_statements, invoke_ok, run_jobs
 from tests.factories import make_reservation, make_room
 from tests.webapp.signin import csrf_token, sign_in
 
@@ -337,21 +335,6 @@ def test_health_summary_counts_pushes_and_names_the_mode_and_scope(make_app):
     assert "https://www.googleapis.com/auth/calendar.events" in html
 
 
-@contextmanager
-def _counting_statements(app):
-    statements: list[str] = []
-
-    def count(_conn, _cursor, statement, *_args):
-        statements.append(statement)
-
-    engine = db.engine(app)
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-
-
 def _rooms_with_state(app, count: int) -> None:
     """Rooms with what the index shows per row: a live channel, a stopped one, a sync state, a conflict."""
     now = utcnow()
@@ -375,11 +358,11 @@ def _rooms_with_state(app, count: int) -> None:
 def test_the_index_makes_a_fixed_number_of_queries(app):
     admin = _admin_client(app)
     _rooms_with_state(app, 2)
-    with _counting_statements(app) as small:
+    with counting_statements(app) as small:
         html = admin.get("/admin/").get_data(as_text=True)
     assert html.count("<tr data-room-id=") == 2 and "boom" in html
     _rooms_with_state(app, 15)
-    with _counting_statements(app) as large:
+    with counting_statements(app) as large:
         html = admin.get("/admin/").get_data(as_text=True)
     assert html.count("<tr data-room-id=") == 17
     assert len(large) == len(small)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from roombridge import booking, db
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
+from tests.conftest import counting_statements
 from tests.factories import make_reservation, make_room
 from tests.webapp.signin import csrf_token, sign_in
 from webapp.pages import day_segments
@@ -223,21 +222,6 @@ def test_my_reservations_lists_upcoming_past_and_google_ones(client, app, rooms)
 
 
 # --- no query per row ---------------------------------------------------------------------------
-
-
-@contextmanager
-def counting_statements(app):
-    statements: list[str] = []
-
-    def count(_conn, _cursor, statement, *_args):
-        statements.append(statement)
-
-    engine = db.engine(app)
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 def _statements_for(client, app, path):
