@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from redis.client import Pipeline
 from sqlalchemy.orm import Session
 
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
@@ -269,12 +270,16 @@ def _minute(now: datetime) -> int:
 
 
 def record_push(redis, now: datetime) -> None:
-    """Count one push notification in its minute's bucket (called by the webhook; cheap, O(1))."""
+    """Count one push notification in its minute's bucket (called by the webhook; cheap, O(1)).
+
+    Given a pipeline, the commands join it and run when the caller executes it.
+    """
     key = PUSH_BUCKET_KEY.format(minute=_minute(now))
-    pipe = redis.pipeline(transaction=False)
+    pipe = redis if isinstance(redis, Pipeline) else redis.pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, PUSH_BUCKET_TTL_SECONDS)
-    pipe.execute()
+    if pipe is not redis:
+        pipe.execute()
 
 
 def pushes_in_last_hour(redis, now: datetime) -> int:

@@ -47,6 +47,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 from redis import Redis
+from redis.client import Pipeline
 from sqlalchemy.orm import Session
 
 from roombridge import db
@@ -85,17 +86,20 @@ def _key(kind: str, room_id: int) -> str:
 # --- asking for a sync ----------------------------------------------------------------------------
 
 
-def request_sync(room_id: int, full: bool = False) -> bool:
+def request_sync(room_id: int, full: bool = False, *, pipeline: Pipeline | None = None) -> bool:
     """Ask for a sync of the room; True if a job was enqueued, False if one already waits.
 
-    Raises redis errors when Redis is unreachable (the webhook answers 503 then).
+    Commands already queued on `pipeline` run in the same Redis round trip. Raises redis
+    errors when Redis is unreachable (the webhook answers 503 then).
     """
     from jobs.sync import sync_room
 
     conn = redis()
+    pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
     if full:
-        conn.set(_key("full", room_id), 1, ex=QUEUED_TTL_SECONDS)
-    if not conn.set(_key("queued", room_id), 1, nx=True, ex=QUEUED_TTL_SECONDS):
+        pipe.set(_key("full", room_id), 1, ex=QUEUED_TTL_SECONDS)
+    pipe.set(_key("queued", room_id), 1, nx=True, ex=QUEUED_TTL_SECONDS)
+    if not pipe.execute()[-1]:
         return False
     try:
         sync_room.enqueue(room_id)

@@ -1,7 +1,9 @@
 """POST /webhooks/google/calendar: Google Calendar push notifications (events.watch).
 
 The receiver only verifies, records and hands off; it never calls Google. Per request: one
-lookup of the channel by primary key, one small UPDATE, one or two Redis round trips.
+UPDATE ... RETURNING by primary key (it finds the channel and records the push; rolled back
+if the push is refused), its commit, and one Redis round trip (plus the enqueue, when no
+sync of the room is already waiting).
 
 Answers, chosen with Google's rules in mind (2xx and 102 are success; 500, 502, 503 and
 504 make Google retry with backoff; anything else is a failure it does not retry):
@@ -79,6 +81,21 @@ def _read_headers(headers) -> tuple[str, str, str, str, int | None]:
     return channel_id, resource_id, state, token, number
 
 
+def _refusal(channel, token: str, resource_id: str, now) -> tuple[int, str] | None:
+    """Why a push on this channel row is not acted on (status, text), or None to act on it."""
+    if channel is None:
+        return 404, "unknown channel"
+    if not hmac.compare_digest(token.encode(), (channel.token or "").encode()):
+        return 403, "wrong token"
+    # The resource id is learnt from the watch answer; the handshake may arrive before it is stored.
+    if channel.resource_id is not None and not hmac.compare_digest(resource_id, channel.resource_id):
+        return 403, "wrong resource"
+    if channel.stopped_at is not None or (channel.expiration is not None and channel.expiration <= now):
+        # Google says a stopped channel may still deliver; the room's live channel reports the change too.
+        return 200, "channel stopped; ignored"
+    return None
+
+
 @bp.post("/google/calendar")
 def google_calendar_push() -> Response:
     try:
@@ -87,45 +104,43 @@ def google_calendar_push() -> Response:
         return _answer(400, str(problem))
 
     session = db.session()
+    now = utcnow()
+    if state == "sync":
+        recorded = {"sync_received_at": now}
+    else:
+        # Incremented in SQL: simultaneous pushes on one channel must not lose a count.
+        recorded = {"push_count": WatchChannel.push_count + 1, "last_push_at": now, "last_message_number": number}
     try:
-        # Read the channel, then record the push: one write transaction (SQLite: BEGIN IMMEDIATE).
         db.begin_write(session)
-        channel = session.get(WatchChannel, channel_id)
-        if channel is None:
-            log.info("push for unknown channel %s", channel_id)
-            return _answer(404, "unknown channel")
-        if not hmac.compare_digest(token.encode(), (channel.token or "").encode()):
-            log.warning("push for channel %s with a wrong token", channel_id)
-            return _answer(403, "wrong token")
-        # The resource id is learnt from the watch answer; the handshake may arrive before it is stored.
-        if channel.resource_id is not None and not hmac.compare_digest(resource_id, channel.resource_id):
-            log.warning("push for channel %s names another resource", channel_id)
-            return _answer(403, "wrong resource")
-        now = utcnow()
-        if not channel.is_live(now):
-            log.info("ignored a %s push on stopped or expired channel %s", state, channel_id)
-            return _answer(200, "channel stopped; ignored")
-        room_id = channel.room_id
-        if state == "sync":
-            channel.sync_received_at = now
-            session.commit()
-            return _answer(200, "sync recorded")
-        # Increment in SQL: simultaneous pushes on one channel must not lose a count.
-        session.execute(
+        # One round trip finds the channel and records the push; rolled back below if refused.
+        channel = session.execute(
             sa.update(WatchChannel)
             .where(WatchChannel.id == channel_id)
-            .values(push_count=WatchChannel.push_count + 1, last_push_at=now, last_message_number=number)
-        )
+            .values(**recorded)
+            .returning(WatchChannel.token, WatchChannel.resource_id, WatchChannel.room_id,
+                       WatchChannel.stopped_at, WatchChannel.expiration)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        refusal = _refusal(channel, token, resource_id, now)
+        if refusal is not None:
+            session.rollback()
+            status, reason = refusal
+            (log.warning if status == 403 else log.info)("push on channel %s: %s", channel_id, reason)
+            return _answer(status, reason)
         session.commit()
     except OperationalError:
         session.rollback()
         log.exception("database unavailable for push on channel %s", channel_id)
         return _answer(503, "database unavailable")
+    if state == "sync":
+        return _answer(200, "sync recorded")
 
     try:
-        channels.record_push(redis(), now)
-        enqueued = request_sync(room_id)
+        # The minute's push counter and the sync request travel in one Redis round trip.
+        pipe = redis().pipeline(transaction=False)
+        channels.record_push(pipe, now)
+        enqueued = request_sync(channel.room_id, pipeline=pipe)
     except RedisError:
-        log.exception("could not request a sync of room %s; Google will retry", room_id)
+        log.exception("could not request a sync of room %s; Google will retry", channel.room_id)
         return _answer(503, "queue unavailable")
     return _answer(200, "sync requested" if enqueued else "sync already requested")
