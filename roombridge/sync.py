@@ -307,21 +307,27 @@ def sync_room_now(session: Session, gateway: CalendarGateway, room: Room, config
 
     # One write transaction from here: every change, then the new token, then commit.
     db.begin_write(session)
-    seen: set[str] = set()
+    full_listing = listing.window is not None
+    if full_listing:
+        _start_seen(session)
     try:
         for chunk in listing.events.chunks(page_size):
+            seen = []
             for raw in chunk:
                 event = read_event(raw, calendar_id, time_zone)
-                seen.add(event.event_id)
+                seen.append(event.event_id)
                 apply_event(session, room_id, event, report)
+            if full_listing and seen:
+                session.execute(SEEN_EVENTS.insert(), [{"event_id": event_id} for event_id in seen])
             # Send this page's changes to the database (same transaction) and let the session
             # forget them, so memory stays at one page however many events the room has.
             session.flush()
             session.expunge_all()
     finally:
         listing.events.close()
-    if listing.window is not None:
-        cancel_vanished(session, room_id, calendar_id, listing.window, listing.started_at, seen, report)
+    if full_listing:
+        cancel_vanished(session, room_id, calendar_id, listing.window, listing.started_at, report)
+        session.execute(sa.text(f"DROP TABLE IF EXISTS {SEEN_EVENTS.name}"))
 
     state = session.get(RoomSyncState, room_id) or RoomSyncState(room_id=room_id, sync_count=0)
     now = utcnow()
@@ -437,8 +443,21 @@ def apply_event(session: Session, room_id: int, event: GoogleEvent, report: Sync
     return change
 
 
+# The event ids a full listing returned, in a temporary table of the sync's own transaction:
+# the check for what vanished is then one query, and memory does not grow with the events.
+SEEN_EVENTS = sa.table("sync_seen_events", sa.column("event_id", sa.String))
+
+
+def _start_seen(session: Session) -> None:
+    session.execute(sa.text(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {SEEN_EVENTS.name} (event_id VARCHAR(1024) NOT NULL)"
+    ))
+    session.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {SEEN_EVENTS.name}_id ON {SEEN_EVENTS.name} (event_id)"))
+    session.execute(SEEN_EVENTS.delete())  # SQLite keeps a temporary table for the connection's life
+
+
 def cancel_vanished(session: Session, room_id: int, calendar_id: str, window: tuple[datetime, datetime],
-                    listed_at: datetime, seen: Iterable[str], report: SyncReport) -> None:
+                    listed_at: datetime, report: SyncReport) -> None:
     """After a full listing, cancel what Google no longer has in the window.
 
     Google bookings: cancelled. Ours: a confirmed reservation whose event we last saw
@@ -446,16 +465,14 @@ def cancel_vanished(session: Session, room_id: int, calendar_id: str, window: tu
     out), so it is cancelled and the organiser told. One written after the listing began
     may simply be too new to be listed, and is left alone.
     """
-    seen = set(seen)
-    # Ids first, objects only for what vanished: a room with 10,000 events loads none of them.
-    candidates = session.execute(sa.select(Reservation.id, Reservation.google_event_id).where(
+    vanished = session.scalars(sa.select(Reservation.id).where(
         Reservation.room_id == room_id,
         Reservation.google_event_id.is_not(None),
         Reservation.status.in_([*LIVE_STATUSES, ReservationStatus.CONFLICT]),
         Reservation.end_at > window[0],
         Reservation.start_at < window[1],
-    ))
-    vanished = [rid for rid, event_id in candidates if event_id not in seen]  # rows read one by one
+        ~sa.exists().where(SEEN_EVENTS.c.event_id == Reservation.google_event_id),
+    )).all()
     for start in range(0, len(vanished), PAGE_SIZE):
         batch = vanished[start:start + PAGE_SIZE]
         for reservation in session.scalars(sa.select(Reservation).where(Reservation.id.in_(batch))):

@@ -177,6 +177,10 @@ def test_forced_410_runs_a_full_sync_and_cancels_what_google_no_longer_has(emula
         state = db.session().get(RoomSyncState, room_id)
         assert state.sync_token and state.last_full_sync_at is not None
     assert sync(google_app, room_id).changes == 0
+    # Full syncs again, on the same connection: the seen-events table starts empty each time.
+    for _ in range(2):
+        assert sync(google_app, room_id, full=True).changes == 0
+    assert {r.title: r.status for r in reservations(google_app, room_id)} == found
 
 
 def test_repeating_a_sync_from_the_old_token_is_harmless(emulator, google_app, room_id):
