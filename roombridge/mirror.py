@@ -213,14 +213,7 @@ def _decide_google(event: GoogleEvent, current: Reservation | None, clashes: Seq
         fields = {
             "source": ReservationSource.GOOGLE,
             "google_event_id": event.event_id,
-            "organiser_email": event.organiser_email,
-            "title": event.title,
-            "description": event.description,
-            "start_at": event.start_at,
-            "end_at": event.end_at,
-            "all_day": event.all_day,
-            "attendees": list(event.attendees),
-            "room_response": event.room_response,
+            **_booking_fields(event),
             "google_recurring_event_id": event.recurring_event_id,
             "series_id": (event.recurring_event_id or "")[:SERIES_ID_MAX] or None,
             **_google_marks(event),
@@ -239,7 +232,13 @@ def _decide_google(event: GoogleEvent, current: Reservation | None, clashes: Seq
             fields["room_response"] = event.room_response
         return Change(Action.CANCEL, why, {**fields, **_google_marks(event)})
 
-    fields = {
+    fields = {**_booking_fields(event), **_google_marks(event), **_conflict_fields(clashes, current.status)}
+    return Change(Action.UPDATE, "changed in Google", fields)
+
+
+def _booking_fields(event: GoogleEvent) -> dict[str, Any]:
+    """What a booking made in Google says about itself, as reservation fields."""
+    return {
         "organiser_email": event.organiser_email,
         "title": event.title,
         "description": event.description,
@@ -248,10 +247,7 @@ def _decide_google(event: GoogleEvent, current: Reservation | None, clashes: Seq
         "all_day": event.all_day,
         "attendees": list(event.attendees),
         "room_response": event.room_response,
-        **_google_marks(event),
-        **_conflict_fields(clashes, current.status),
     }
-    return Change(Action.UPDATE, "changed in Google", fields)
 
 
 def _decide_own(event: GoogleEvent, current: Reservation, clashes: Sequence[Reservation]) -> Change:
