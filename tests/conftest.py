@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -139,6 +140,18 @@ def counting_statements(app):
         yield statements
     finally:
         sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll until `predicate()` is truthy and return it; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def invoke_ok(runner, args: list[str]) -> Result:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -55,13 +54,3 @@ def sync_runs(emulator, calendar_id: str = ROOM) -> int:
     """How many listings (syncs) began: first pages only, as the emulator's request log has them."""
     return sum(1 for r in list_calls(emulator, calendar_id) if "pageToken" not in r["query"])
 
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)

@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -184,14 +183,3 @@ def assert_accessible(page, *, context: str | None = None) -> list[dict]:
     assert not blocking, f"accessibility violations on {page.url}:\n{report}"
     return results["violations"]
 
-
-def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1):
-    """Poll until `predicate()` is truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)

@@ -6,7 +6,8 @@ from datetime import date, timedelta
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import assert_accessible, screenshot, sign_in, wait_until
+from tests.browser.conftest import assert_accessible, screenshot, sign_in
+from tests.conftest import wait_until
 
 DAY = (date.today() + timedelta(days=3)).isoformat()
 ATLAS = "room-atlas@resource.calendar.google.com"

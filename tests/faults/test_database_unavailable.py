@@ -16,8 +16,8 @@ from roombridge.channels import create_channel
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Room, WatchChannel
-from tests.conftest import TEST_SETTINGS, run_jobs
-from tests.sync_support import ROOM, add_room, reservations, rfc, soon, wait_for
+from tests.conftest import TEST_SETTINGS, run_jobs, wait_until
+from tests.sync_support import ROOM, add_room, reservations, rfc, soon
 from webapp import create_app
 
 
@@ -34,7 +34,7 @@ def test_pushes_during_a_database_outage_get_503_and_every_change_is_mirrored_af
         with app.app_context():
             session = db.session()
             channel = create_channel(session, CalendarGateway.for_app(), session.get(Room, room_id), config, utcnow())
-        wait_for(lambda: [p for p in emulator.state.pushes(channel.id) if p["outcome"] == "delivered"],
+        wait_until(lambda: [p for p in emulator.state.pushes(channel.id) if p["outcome"] == "delivered"],
                  what="the sync handshake")
         emulator.state.update_settings(push_retry_base=0.3, push_retry_cap=1.0, push_max_attempts=30)
 
@@ -44,7 +44,7 @@ def test_pushes_during_a_database_outage_get_503_and_every_change_is_mirrored_af
         for n, title in enumerate(titles):
             emulator.state.book("bob@example.com", ROOM, title, rfc(start + timedelta(hours=n)),
                                 rfc(start + timedelta(hours=n, minutes=45)))
-        refused = wait_for(lambda: [p for p in emulator.state.pushes(channel.id)
+        refused = wait_until(lambda: [p for p in emulator.state.pushes(channel.id)
                                     if p["state"] == "exists" and p["status"] == 503], what="503 answers")
         assert all(p["outcome"] == "retrying" for p in refused)  # Google will try again
         with app.app_context():
@@ -53,7 +53,7 @@ def test_pushes_during_a_database_outage_get_503_and_every_change_is_mirrored_af
             assert queue("sync").count == 0  # nothing was half-done while the database was away
 
         own_postgres.bring_back()
-        wait_for(lambda: len([p for p in emulator.state.pushes(channel.id)
+        wait_until(lambda: len([p for p in emulator.state.pushes(channel.id)
                               if p["state"] == "exists" and p["outcome"] == "delivered"]) >= 1,
                  what="Google's retry to get through")
         run_jobs(app, queues=("sync",))

@@ -21,8 +21,9 @@ from roombridge import booking, db
 from roombridge.gcal import event_id_for
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
 from roombridge.queue import redis
+from tests.conftest import wait_until
 from tests.faults.conftest import start_worker
-from tests.sync_support import ROOM, add_room, soon, wait_for
+from tests.sync_support import ROOM, add_room, soon
 
 
 def _hold_write_lock(app):
@@ -54,7 +55,7 @@ def test_worker_killed_after_google_stored_the_event_leaves_one_event_and_a_conf
     lock = _hold_write_lock(app)
     worker = start_worker(app, "push")
     try:
-        wait_for(lambda: _live_events(emulator), timeout=30, what="the worker's insert to reach Google")
+        wait_until(lambda: _live_events(emulator), timeout=30, what="the worker's insert to reach Google")
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     finally:

@@ -13,7 +13,7 @@ import jobs.channels
 from jobs import schedule
 from roombridge import db
 from roombridge.models import Room, WatchChannel
-from tests.conftest import run_jobs
+from tests.conftest import run_jobs, wait_until
 from tests.factories import make_room
 
 SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
@@ -75,14 +75,6 @@ def describe(emulator) -> str:
     return f"pushes {pushes[-8:]}, channels {known[-3:]}, dispatcher alive {alive} queue {heads}"
 
 
-def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met in time")
 
 
 @pytest.mark.slow
@@ -115,7 +107,7 @@ def test_channels_never_lapse_over_an_hour_of_short_lived_channels(watched_app, 
         emulator.state.book("alice@example.com", ATLAS, f"Stand-up {i}", slot.isoformat(),
                             (slot + timedelta(minutes=30)).isoformat())
         live_ids = {c["id"] for c in live}
-        wait_for(lambda live_ids=live_ids, seen=seen: [
+        wait_until(lambda live_ids=live_ids, seen=seen: [
                      p for p in emulator.state.pushes() if p["state"] == "exists" and p["status"] == 200
                      and p["channel_id"] in live_ids and (p["channel_id"], p["message_number"]) not in seen],
                  what=f"step {i}: a push on {live_ids} ({describe(emulator)}, now {now})")

@@ -17,9 +17,9 @@ from roombridge import db
 from roombridge.models import Room, RoomSyncState
 from roombridge.queue import queue
 from roombridge.sync import request_sync, run_sync_job
-from tests.conftest import run_jobs
+from tests.conftest import run_jobs, wait_until
 from tests.factories import make_room
-from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs, wait_for
+from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,7 +114,7 @@ def test_worker_killed_mid_sync_leaves_the_old_state_and_the_next_sync_gets_it_r
                               cwd=REPO, env=_worker_env(google_app, service_account_file, emulator),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: len(emulator.state.requests(calendar=ROOM)) >= calls_before + 3, timeout=30,
+        wait_until(lambda: len(emulator.state.requests(calendar=ROOM)) >= calls_before + 3, timeout=30,
                  what="the worker to be paging")
     finally:
         worker.send_signal(signal.SIGKILL)

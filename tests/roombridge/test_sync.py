@@ -66,9 +66,9 @@ def test_weekly_series_gives_one_reservation_per_instance(emulator, google_app, 
     assert {r.google_recurring_event_id for r in found} == {found[0].series_id}
 
 
-def test_our_own_reservation_is_not_imported_and_a_move_in_google_is_applied(emulator, google_app, room_id):
-    start = soon()
-    with google_app.app_context():
+def our_confirmed_booking(app, room_id, start):
+    """One of our reservations, written to the room calendar as the push job writes it."""
+    with app.app_context():
         session = db.session()
         mine = make_reservation(session, session.get(Room, room_id), start=start, status=ReservationStatus.CONFIRMED)
         session.commit()
@@ -79,7 +79,12 @@ def test_our_own_reservation_is_not_imported_and_a_move_in_google_is_applied(emu
         # As the push job leaves it: where the event is and which version we wrote.
         mine.google_event_id, mine.google_calendar_id, mine.google_etag = event["id"], ROOM, event["etag"]
         session.commit()
-        mine_id = mine.id
+        return mine.id, event
+
+
+def test_our_own_reservation_is_not_imported_and_a_move_in_google_is_applied(emulator, google_app, room_id):
+    start = soon()
+    mine_id, event = our_confirmed_booking(google_app, room_id, start)
 
     assert sync(google_app, room_id).changes == 0
     assert [r.id for r in reservations(google_app, room_id)] == [mine_id]
@@ -119,17 +124,7 @@ def test_booking_in_google_over_a_pending_reservation_is_kept_as_a_conflict(emul
 
 def test_a_conflict_takes_the_slot_once_our_event_is_deleted_in_google(emulator, google_app, room_id):
     start = soon()
-    with google_app.app_context():
-        session = db.session()
-        mine = make_reservation(session, session.get(Room, room_id), start=start, status=ReservationStatus.CONFIRMED)
-        session.commit()
-        event = CalendarGateway.for_app().insert_event(ROOM, event_id_for(mine.id), {
-            "summary": "Planning", "start": {"dateTime": rfc(start)},
-            "end": {"dateTime": rfc(start + timedelta(hours=1))},
-            "extendedProperties": {"private": {RESERVATION_PROPERTY: str(mine.id)}}})
-        mine.google_event_id, mine.google_calendar_id, mine.google_etag = event["id"], ROOM, event["etag"]
-        session.commit()
-        mine_id = mine.id
+    mine_id, event = our_confirmed_booking(google_app, room_id, start)
     # Someone writes straight onto the room calendar over our booking.
     emulator.state.insert_as(ROOM, "bob@example.com", {"summary": "Over it", "start": rfc(start),
                                                        "end": rfc(start + timedelta(minutes=30))})

@@ -21,9 +21,9 @@ from roombridge.gcal import CalendarGateway
 from roombridge.models import ReservationSource, Room, WatchChannel
 from roombridge.queue import queue
 from roombridge.sync import request_sync
-from tests.conftest import run_jobs
+from tests.conftest import run_jobs, wait_until
 from tests.factories import make_room
-from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs, wait_for
+from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
 
 REPO = Path(__file__).resolve().parents[2]
 URL = "/webhooks/google/calendar"
@@ -178,7 +178,7 @@ def test_bookings_made_in_google_come_back_through_the_api(stack):
     emulator, start = stack.emulator, soon()
     event = emulator.state.book("bob@example.com", ROOM, "Board meeting", rfc(start), rfc(start + timedelta(hours=1)))
 
-    [booked] = wait_for(stack.api_reservations, what="the Google booking in the API")
+    [booked] = wait_until(stack.api_reservations, what="the Google booking in the API")
     assert (booked["source"], booked["status"]) == ("google", "confirmed")
     assert booked["google_event_id"] == event["id"] and booked["organiser"] == "bob@example.com"
     assert booked["start"].startswith(rfc(start)[:16])
@@ -186,10 +186,10 @@ def test_bookings_made_in_google_come_back_through_the_api(stack):
     emulator.state.patch_person_event("bob@example.com", event["id"], {"start": rfc(start + timedelta(hours=2)),
                                                                         "end": rfc(start + timedelta(hours=3))})
     moved = rfc(start + timedelta(hours=2))[:16]
-    wait_for(lambda: [r for r in stack.api_reservations() if r["start"].startswith(moved)], what="the move")
+    wait_until(lambda: [r for r in stack.api_reservations() if r["start"].startswith(moved)], what="the move")
 
     emulator.state.delete_person_event("bob@example.com", event["id"])
-    wait_for(lambda: stack.api.get(f"/api/v1/reservations/{booked['id']}").get_json()["status"] == "cancelled",
+    wait_until(lambda: stack.api.get(f"/api/v1/reservations/{booked['id']}").get_json()["status"] == "cancelled",
              what="the cancellation")
     assert stack.api_reservations() == []
     assert stored(stack.app, stack.channel_id).push_count >= 3
@@ -200,7 +200,7 @@ def test_weekly_series_and_our_own_reservation(stack):
     emulator, start = stack.emulator, soon(hour=9)
     emulator.state.book("bob@example.com", ROOM, "Weekly sync", rfc(start), rfc(start + timedelta(minutes=30)),
                         recurrence=["RRULE:FREQ=WEEKLY;COUNT=5"])
-    found = wait_for(lambda: len(stack.api_reservations()) == 5 and stack.api_reservations(), what="5 instances")
+    found = wait_until(lambda: len(stack.api_reservations()) == 5 and stack.api_reservations(), what="5 instances")
     assert [r["start"][:16] for r in found] == [rfc(start + timedelta(weeks=n))[:16] for n in range(5)]
 
     # Booked here through the API: pushed to Google by the push job, echoed back by the channel.
@@ -208,9 +208,9 @@ def test_weekly_series_and_our_own_reservation(stack):
         "room_id": stack.room_id, "title": "Ours", "start": rfc(start + timedelta(hours=2)),
         "end": rfc(start + timedelta(hours=3))}).get_json()
     run_jobs(stack.app, queues=("push",))
-    wait_for(lambda: stack.api.get(f"/api/v1/reservations/{ours['id']}").get_json()["status"] == "confirmed",
+    wait_until(lambda: stack.api.get(f"/api/v1/reservations/{ours['id']}").get_json()["status"] == "confirmed",
              what="our reservation confirmed")
-    wait_for(lambda: sync_runs(emulator) >= 2 and not queued(stack.app), what="the echo to be synced")
+    wait_until(lambda: sync_runs(emulator) >= 2 and not queued(stack.app), what="the echo to be synced")
     time.sleep(0.3)
     titles = [r["title"] for r in stack.api_reservations()]
     assert titles.count("Ours") == 1 and len(titles) == 6
@@ -234,15 +234,15 @@ def test_a_hundred_pushes_in_a_second_lead_to_at_most_two_syncs(stack):
     # The worker is up and idle, the room synced once (as after channel creation), its pacing interval over.
     with stack.app.app_context():
         request_sync(stack.room_id)
-    wait_for(lambda: sync_runs(emulator) == 1 and not queued(stack.app), what="the first sync")
+    wait_until(lambda: sync_runs(emulator) == 1 and not queued(stack.app), what="the first sync")
     time.sleep(3.2)
     began = time.monotonic()
     for n in range(100):
         emulator.state.book("bob@example.com", ROOM, f"Slot {n}", rfc(start + timedelta(minutes=30 * n)),
                             rfc(start + timedelta(minutes=30 * n + 30)))
     assert time.monotonic() - began < 1
-    wait_for(lambda: len(reservations(stack.app, stack.room_id)) == 100, timeout=20, what="the mirror")
-    wait_for(lambda: stored(stack.app, stack.channel_id).push_count == 100, what="every push")
+    wait_until(lambda: len(reservations(stack.app, stack.room_id)) == 100, timeout=20, what="the mirror")
+    wait_until(lambda: stored(stack.app, stack.channel_id).push_count == 100, what="every push")
     time.sleep(3.5)  # room for a third sync, had the pushes caused one
     runs = sync_runs(emulator) - 1
     spread = _arrival_spread(emulator, stack.channel_id)
@@ -269,9 +269,9 @@ def test_redis_down_then_back_nothing_is_lost(emulator, make_app, service_accoun
     stop()
     start = soon()
     emulator.state.book("bob@example.com", ROOM, "During the outage", rfc(start), rfc(start + timedelta(hours=1)))
-    wait_for(lambda: [p for p in emulator.state.pushes(channel.id) if p["status"] == 503], what="a 503")
+    wait_until(lambda: [p for p in emulator.state.pushes(channel.id) if p["status"] == 503], what="a 503")
     restart()
-    wait_for(lambda: [p for p in emulator.state.pushes(channel.id) if p["state"] == "exists"
+    wait_until(lambda: [p for p in emulator.state.pushes(channel.id) if p["state"] == "exists"
                       and p["outcome"] == "delivered"], what="Google's retry to get through")
     run_jobs(app, queues=("sync",))
     assert [r.title for r in reservations(app, room_id)] == ["During the outage"]
