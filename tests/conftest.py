@@ -28,6 +28,7 @@ POSTGRES_SERVER = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_SERVER", "postgresql+
 POSTGRES_DB = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_DB", f"roombridge_test_{os.getpid()}")
 DATABASES = [d for d in os.environ.get("ROOMBRIDGE_TEST_DATABASES", "sqlite,postgresql").split(",") if d]
 
+SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 TEST_SETTINGS = dict(ENV="test", SECRET_KEY="test-secret", ADMIN_EMAILS=frozenset({"admin@example.com"}))
 
 
@@ -180,19 +181,33 @@ def service_account_file(emulator, tmp_path) -> str:
     """The key of a service account registered with the emulator, written where the app reads it."""
     import json
 
-    key = emulator.create_service_account("roombridge@demo-project.iam.gserviceaccount.com")
+    key = emulator.create_service_account(SERVICE_ACCOUNT)
     path = tmp_path / "service-account.json"
     path.write_text(json.dumps(key))
     return str(path)
 
 
 @pytest.fixture
-def google_app(make_app, emulator, service_account_file):
-    """An app wired to the emulator exactly as it would be to Google (room mode)."""
-    return make_app(
-        GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file,
-        GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
-    )
+def make_google_app(make_app, emulator, service_account_file):
+    """make_google_app(**settings): an app wired to the emulator as it would be to Google (room mode)."""
+
+    def make(**overrides):
+        return make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file,
+                        GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def google_app(make_google_app):
+    return make_google_app()
+
+
+def shared_room(emulator, calendar_id: str, name: str, role: str | None = "writer") -> None:
+    """A room calendar in the emulator, shared with the app's service account (role None: not shared)."""
+    emulator.state.add_calendar(calendar_id, name, kind="room")
+    if role:
+        emulator.state.share(calendar_id, SERVICE_ACCOUNT, role)
 
 
 class LiveServer:

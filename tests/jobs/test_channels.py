@@ -13,22 +13,19 @@ import jobs.channels
 from jobs import schedule
 from roombridge import db
 from roombridge.models import Room, WatchChannel
-from tests.conftest import run_jobs, wait_until
+from tests.conftest import run_jobs, shared_room, wait_until
 from tests.factories import make_room
 
-SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 ATLAS = "atlas@resource.calendar.google.com"
 STOP_PATH = "/calendar/v3/channels/stop"
 
 
 @pytest.fixture
-def watched_app(make_app, emulator, service_account_file):
-    emulator.state.add_calendar(ATLAS, "Atlas", kind="room")
-    emulator.state.share(ATLAS, SERVICE_ACCOUNT, "writer")
+def watched_app(make_google_app, emulator):
+    shared_room(emulator, ATLAS, "Atlas")
 
     def build(**settings):
-        app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file,
-                       GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url, GOOGLE_MAX_ATTEMPTS=1, **settings)
+        app = make_google_app(GOOGLE_MAX_ATTEMPTS=1, **settings)
         with app.app_context():
             make_room(db.session(), calendar_id=ATLAS, name="Atlas")
             db.session().commit()

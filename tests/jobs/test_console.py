@@ -9,17 +9,15 @@ from roombridge import db, rooms
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Room
+from tests.conftest import SERVICE_ACCOUNT, shared_room
 
-SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 ATLAS = "atlas@resource.calendar.google.com"
 
 
 @pytest.fixture
-def atlas(make_app, emulator, service_account_file):
-    emulator.state.add_calendar(ATLAS, "Atlas", kind="room")
-    emulator.state.share(ATLAS, SERVICE_ACCOUNT, "writer")
-    app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file, GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
-                   GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
+def atlas(make_google_app, emulator):
+    shared_room(emulator, ATLAS, "Atlas")
+    app = make_google_app(GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
     with app.app_context():
         added = rooms.add_room(db.session(), CalendarGateway.for_app(), app.config["ROOMBRIDGE"], ATLAS,
                                name="Atlas", now=utcnow())

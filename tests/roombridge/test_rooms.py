@@ -9,21 +9,18 @@ from roombridge import channels, db, rooms
 from roombridge.gcal import CalendarGateway, CalendarNotInScope
 from roombridge.models import AuditEntry, Room, WatchChannel
 from roombridge.queue import queue
+from tests.conftest import SERVICE_ACCOUNT, shared_room
 from tests.factories import make_room
 
-SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 ATLAS = "atlas@resource.calendar.google.com"
 BOREALIS = "borealis@resource.calendar.google.com"
 
 
 @pytest.fixture
-def ctx(make_app, emulator, service_account_file):
-    emulator.state.add_calendar(ATLAS, "Atlas", kind="room")
-    emulator.state.share(ATLAS, SERVICE_ACCOUNT, "writer")
-    emulator.state.add_calendar(BOREALIS, "Borealis", kind="room")  # exists, shared with nobody
-    app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file,
-                   GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
-                   GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
+def ctx(make_google_app, emulator):
+    shared_room(emulator, ATLAS, "Atlas")
+    shared_room(emulator, BOREALIS, "Borealis", role=None)  # exists, shared with nobody
+    app = make_google_app(GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
     with app.app_context():
         yield db.session(), CalendarGateway.for_app(), app.config["ROOMBRIDGE"], emulator.state.clock.now()
 

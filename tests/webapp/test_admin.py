@@ -15,23 +15,19 @@ from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room, RoomSyncState, WatchChannel
 from roombridge.queue import queue, redis
-from tests.conftest import counting_statements, invoke_ok, run_jobs
+from tests.conftest import SERVICE_ACCOUNT, counting_statements, invoke_ok, run_jobs, shared_room
 from tests.factories import make_reservation, make_room
 from tests.webapp.signin import csrf_token, sign_in
 
-SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 ATLAS = "atlas@resource.calendar.google.com"
 BOREALIS = "borealis@resource.calendar.google.com"
 
 
 @pytest.fixture
-def cli(make_app, emulator, service_account_file):
-    emulator.state.add_calendar(ATLAS, "Atlas", kind="room")
-    emulator.state.share(ATLAS, SERVICE_ACCOUNT, "writer")
-    emulator.state.add_calendar(BOREALIS, "Borealis", kind="room")
-    app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file,
-                   GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
-                   GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
+def cli(make_google_app, emulator):
+    shared_room(emulator, ATLAS, "Atlas")
+    shared_room(emulator, BOREALIS, "Borealis", role=None)
+    app = make_google_app(GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
     return app.test_cli_runner()
 
 
