@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
 from roombridge import db
-from roombridge.models import Reservation, ReservationStatus
+from roombridge.channels import create_channel
+from roombridge.db import utcnow
+from roombridge.gcal import CalendarGateway
+from roombridge.models import Reservation, ReservationStatus, Room, WatchChannel
 from tests.factories import make_room
 
 SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
@@ -32,6 +36,17 @@ def add_room(emulator, app, calendar_id: str = ROOM, name: str = "Atlas", time_z
         room = make_room(db.session(), calendar_id=calendar_id, name=name, time_zone=time_zone)
         db.session().commit()
         return room.id
+
+
+def watched_room(emulator, app, live_server_factory) -> tuple[int, WatchChannel]:
+    """add_room, the app served on a real port, and a live push channel to it: pushes arrive for real."""
+    room_id = add_room(emulator, app)
+    server = live_server_factory(app)
+    config = dataclasses.replace(app.config["ROOMBRIDGE"], WEBHOOK_BASE_URL=server.url)
+    with app.app_context():
+        session = db.session()
+        channel = create_channel(session, CalendarGateway.for_app(), session.get(Room, room_id), config, utcnow())
+    return room_id, channel
 
 
 def reservations(app, room_id: int, *, live_only: bool = False) -> list[Reservation]:

@@ -88,7 +88,7 @@ def _refusal(channel, token: str, resource_id: str, now) -> tuple[int, str] | No
     if not hmac.compare_digest(token.encode(), (channel.token or "").encode()):
         return 403, "wrong token"
     # The resource id is learnt from the watch answer; the handshake may arrive before it is stored.
-    if channel.resource_id is not None and not hmac.compare_digest(resource_id, channel.resource_id):
+    if channel.resource_id is not None and not hmac.compare_digest(resource_id.encode(), channel.resource_id.encode()):
         return 403, "wrong resource"
     if channel.stopped_at is not None or (channel.expiration is not None and channel.expiration <= now):
         # Google says a stopped channel may still deliver; the room's live channel reports the change too.

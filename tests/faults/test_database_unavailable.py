@@ -8,16 +8,12 @@ process: it cannot be "unreachable", only locked, which the busy timeout waits o
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import timedelta
 
 from roombridge import db, migrate
-from roombridge.channels import create_channel
-from roombridge.db import utcnow
-from roombridge.gcal import CalendarGateway
-from roombridge.models import Room, WatchChannel
+from roombridge.models import WatchChannel
 from tests.conftest import TEST_SETTINGS, run_jobs, wait_until
-from tests.sync_support import ROOM, add_room, reservations, rfc, soon
+from tests.sync_support import ROOM, reservations, rfc, soon, watched_room
 from webapp import create_app
 
 
@@ -28,12 +24,7 @@ def test_pushes_during_a_database_outage_get_503_and_every_change_is_mirrored_af
                      GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url)
     try:
         migrate.upgrade(app)
-        room_id = add_room(emulator, app)
-        server = live_server_factory(app)
-        config = dataclasses.replace(app.config["ROOMBRIDGE"], WEBHOOK_BASE_URL=server.url)
-        with app.app_context():
-            session = db.session()
-            channel = create_channel(session, CalendarGateway.for_app(), session.get(Room, room_id), config, utcnow())
+        room_id, channel = watched_room(emulator, app, live_server_factory)
         wait_until(lambda: [p for p in emulator.state.pushes(channel.id) if p["outcome"] == "delivered"],
                  what="the sync handshake")
         emulator.state.update_settings(push_retry_base=0.3, push_retry_cap=1.0, push_max_attempts=30)

@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 
 from roombridge import api_tokens, db
-from roombridge.channels import create_channel
 from roombridge.db import utcnow
-from roombridge.gcal import CalendarGateway
-from roombridge.models import ReservationSource, Room, WatchChannel
+from roombridge.models import ReservationSource, WatchChannel
 from roombridge.queue import queue
 from roombridge.sync import request_sync
 from tests.conftest import run_jobs, wait_until
 from tests.factories import make_room
-from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
+from tests.sync_support import ROOM, reservations, rfc, soon, sync_runs, watched_room
 
 REPO = Path(__file__).resolve().parents[2]
 URL = "/webhooks/google/calendar"
@@ -156,13 +154,9 @@ def stack(request, emulator, google_app, live_server_factory):
 
     Parametrise it indirectly with a dict to give the worker more settings.
     """
-    room_id = add_room(emulator, google_app)
-    server = live_server_factory(google_app)
-    config = dataclasses.replace(google_app.config["ROOMBRIDGE"], WEBHOOK_BASE_URL=server.url)
+    room_id, channel = watched_room(emulator, google_app, live_server_factory)
     with google_app.app_context():
-        session = db.session()
-        channel = create_channel(session, CalendarGateway.for_app(), session.get(Room, room_id), config, utcnow())
-        token = api_tokens.create(session, "admin@example.com").token
+        token = api_tokens.create(db.session(), "admin@example.com").token
     worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker", "sync", "default"],
                               cwd=REPO, env=_worker_env(google_app, **getattr(request, "param", {})),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -258,12 +252,7 @@ def test_redis_down_then_back_nothing_is_lost(emulator, make_app, service_accoun
     url, stop, restart = own_redis
     app = make_app(REDIS_URL=url, GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file,
                    GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url)
-    room_id = add_room(emulator, app)
-    server = live_server_factory(app)
-    config = dataclasses.replace(app.config["ROOMBRIDGE"], WEBHOOK_BASE_URL=server.url)
-    with app.app_context():
-        session = db.session()
-        channel = create_channel(session, CalendarGateway.for_app(), session.get(Room, room_id), config, utcnow())
+    room_id, channel = watched_room(emulator, app, live_server_factory)
     emulator.state.update_settings(push_retry_base=0.3, push_max_attempts=8)
 
     stop()
