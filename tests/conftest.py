@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 
+import hypothesis
 import pytest
 import sqlalchemy as sa
 from click.testing import Result
@@ -21,6 +22,11 @@ from click.testing import Result
 from roombridge import db, migrate
 from roombridge.db import Base
 from webapp import create_app
+
+# CI replays the same examples every run (a red run must be reproducible); elsewhere, explore.
+hypothesis.settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 REDIS_URL = os.environ.get("ROOMBRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_SERVER = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432")
