@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import threading
 import time
 
@@ -159,6 +161,15 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def kill_worker(worker: subprocess.Popen) -> None:
+    """SIGKILL the worker and every process it started."""
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    worker.wait(10)
 
 
 def invoke_ok(runner, args: list[str]) -> Result:

@@ -27,7 +27,11 @@ def worker_env(app, **extra: str) -> dict[str, str]:
 def start_worker(app, *queues: str, burst: bool = False) -> subprocess.Popen:
     """`flask --app wsgi worker` as its own process, as the Procfile runs it."""
     args = [sys.executable, "-m", "flask", "--app", "wsgi", "worker", *(["--burst"] if burst else []), *queues]
-    return subprocess.Popen(args, cwd=REPO, env=worker_env(app), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group: the worker forks RQ's scheduler, and a kill must take both, as the
+    # death of a machine or a container would (killing only the worker orphans the scheduler).
+    return subprocess.Popen(args, cwd=REPO, env=worker_env(app), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
 
 
 class PostgresDatabase:

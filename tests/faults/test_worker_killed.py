@@ -10,7 +10,6 @@ another connection, so the worker's insert reaches the emulator and its UPDATE t
 
 from __future__ import annotations
 
-import signal
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,7 +20,7 @@ from roombridge import booking, db
 from roombridge.gcal import event_id_for
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
 from roombridge.queue import redis
-from tests.conftest import wait_until
+from tests.conftest import kill_worker, wait_until
 from tests.faults.conftest import start_worker
 from tests.sync_support import ROOM, add_room, soon
 
@@ -56,12 +55,8 @@ def test_worker_killed_after_google_stored_the_event_leaves_one_event_and_a_conf
     worker = start_worker(app, "push")
     try:
         wait_until(lambda: _live_events(emulator), timeout=30, what="the worker's insert to reach Google")
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
+        kill_worker(worker)
         lock.rollback()
         lock.close()
 

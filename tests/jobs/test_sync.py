@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from roombridge import db
 from roombridge.models import Room, RoomSyncState
 from roombridge.queue import queue
 from roombridge.sync import request_sync, run_sync_job
-from tests.conftest import run_jobs, wait_until
+from tests.conftest import kill_worker, run_jobs, wait_until
 from tests.factories import make_room
 from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
 
@@ -112,13 +111,12 @@ def test_worker_killed_mid_sync_leaves_the_old_state_and_the_next_sync_gets_it_r
         assert request_sync(room_id) is True
     worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--burst", "sync"],
                               cwd=REPO, env=_worker_env(google_app, service_account_file, emulator),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_until(lambda: len(emulator.state.requests(calendar=ROOM)) >= calls_before + 3, timeout=30,
                  what="the worker to be paging")
     finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
+        kill_worker(worker)  # the whole process group, as a dying machine would
 
     # Killed before its one commit: nothing applied, the old token kept.
     assert [r.title for r in reservations(google_app, room_id, live_only=True)] == ["Before"]
