@@ -14,6 +14,8 @@ trigger on SQLite), which has the last word when two requests race for one slot.
 from __future__ import annotations
 
 import logging
+import random
+import time as clock
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from roombridge.config import Config
@@ -427,11 +429,38 @@ def _conflict_after_race(session: Session, room_id: int, spans, exclude_ids=()) 
     return Conflict(unique)
 
 
+DEADLOCK_RETRIES = 5
+# PostgreSQL: deadlock detected, serialization failure. Bookings racing for one slot can make
+# the exclusion constraint's waits form a cycle; PostgreSQL then aborts one of them.
+TRANSIENT_SQLSTATES = {"40P01", "40001"}
+
+
+def _retrying_deadlocks(session: Session, attempt):
+    """Run a booking unit of work again when the database aborted it to break a deadlock.
+
+    The retry starts afresh: by then the winner of the race has committed, so the retry either
+    finds the clash and answers Conflict with its name, or (the winner lost too) succeeds.
+    """
+    for tries in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            return attempt()
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in TRANSIENT_SQLSTATES or tries == DEADLOCK_RETRIES:
+                raise
+            session.rollback()
+            log.info("booking aborted by the database (%s); trying again", exc.orig.sqlstate)
+            clock.sleep(random.uniform(0.05, 0.1) * tries)
+
+
 # --- booking ---------------------------------------------------------------------------------
 
 
 def book(session: Session, config: Config, request: BookingRequest, now: datetime | None = None) -> BookingResult:
     """Reserve a room (one occurrence or a series) and queue the write to its Google calendar."""
+    return _retrying_deadlocks(session, lambda: _book_once(session, config, request, now))
+
+
+def _book_once(session: Session, config: Config, request: BookingRequest, now: datetime | None) -> BookingResult:
     now = now or datetime.now(UTC)
     # Read, then write: on SQLite take the write lock first, so racing bookings queue up.
     begin_write(session)
@@ -662,6 +691,13 @@ def edit(
     now: datetime | None = None,
 ) -> BookingResult:
     """Change a reservation; every rule is checked again on the result. Queues the Google update."""
+    return _retrying_deadlocks(session, lambda: _edit_once(
+        session, config, reservation_id, actor_email=actor_email, actor_is_admin=actor_is_admin, room_id=room_id,
+        title=title, start=start, end=end, attendees=attendees, description=description, now=now))
+
+
+def _edit_once(session: Session, config: Config, reservation_id: int, *, actor_email: str, actor_is_admin: bool,
+               room_id, title, start, end, attendees, description, now: datetime | None) -> BookingResult:
     now = now or datetime.now(UTC)
     reservation = _changeable(session, reservation_id, actor_email, actor_is_admin)
     if reservation.source == ReservationSource.GOOGLE:
@@ -725,7 +761,7 @@ def edit(
         if {"start_at", "end_at", "room_id"} & changes.keys():
             # The old slot may be free now for a Google booking kept as a conflict.
             touched = {reservation.room_id, *changes.get("room_id", [])}
-            settle_conflicts(session, touched, actor=actor_email.strip().lower())
+            _settle_after(session, touched, actor_email.strip().lower())
     return BookingResult(
         reservations=[reservation],
         warnings=_capacity_warning(room, reservation.organiser_email, new_attendees),
@@ -749,7 +785,7 @@ def cancel(session: Session, config: Config, reservation_id: int, *, actor_email
     audit(session, actor_email.strip().lower(), "reservation.cancel", reservation)
     session.commit()
     enqueue_push([reservation.id])
-    settle_conflicts(session, [reservation.room_id], actor=actor_email.strip().lower())
+    _settle_after(session, [reservation.room_id], actor_email.strip().lower())
     return reservation
 
 
@@ -769,6 +805,16 @@ def retry_push(session: Session, reservation_id: int, *, actor_email: str, actor
 
 
 # --- conflicts: Google bookings kept over a live reservation ----------------------------------------
+
+
+def _settle_after(session: Session, room_ids: Iterable[int], actor: str) -> None:
+    """Settle conflicts after a committed change; the change stands even if this fails."""
+    try:
+        _retrying_deadlocks(session, lambda: settle_conflicts(session, room_ids, actor=actor))
+    except Exception:
+        session.rollback()
+        # The next change in the room (here, or a sync) tries again; admins see the conflict meanwhile.
+        log.warning("could not settle conflicts in room(s) %s", room_ids, exc_info=True)
 
 
 def settle_conflicts(session: Session, room_ids: Iterable[int], *, actor: str = "system",

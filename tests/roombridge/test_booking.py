@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from roombridge import booking
-from roombridge.models import AuditEntry, Reservation, ReservationSource, ReservationStatus
+from roombridge.models import AuditEntry, Reservation, ReservationSource, ReservationStatus, Room
 from roombridge.queue import queue
 from tests.factories import make_reservation, make_room
 
@@ -359,3 +359,43 @@ def test_moving_a_reservation_away_settles_the_conflict_it_caused(session, confi
     session.expire_all()
     assert session.get(Reservation, waiting.id).status == ReservationStatus.CONFIRMED
     assert session.get(Reservation, ours.id).start_at == at(date(2030, 1, 7), 14)
+
+
+def test_racing_bookings_get_one_reservation_and_conflicts_never_an_error(app):
+    """Twelve bookings of one slot at once: one stored, every other a Conflict naming it.
+
+    On PostgreSQL the exclusion constraint's waits can form a cycle and the database aborts
+    some racers as deadlocked; the booking tries those again and they meet the winner.
+    """
+    import threading
+
+    from roombridge import db
+
+    with app.app_context():
+        room_id = make_room(db.session(), capacity=20).id
+        db.session().commit()
+    barrier = threading.Barrier(12)
+    outcomes: list = []
+    start = at(date(2030, 1, 7), 10)
+
+    def attempt(i: int) -> None:
+        with app.app_context():
+            barrier.wait()
+            try:
+                result = booking.book(db.session(), app.config["ROOMBRIDGE"],
+                                      request(db.session().get(Room, room_id), start + timedelta(minutes=i),
+                                              start + timedelta(minutes=60 + i)), now=NOW)
+                outcomes.append(("booked", result.reservations[0].id))
+            except booking.Conflict as conflict:
+                outcomes.append(("conflict", tuple(c.reservation_id for c in conflict.clashes)))
+            except Exception as other:  # anything else is the failure this test is about
+                outcomes.append(("error", repr(other)))
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    booked = [value for kind, value in outcomes if kind == "booked"]
+    assert len(booked) == 1, outcomes
+    assert sorted(kind for kind, _ in outcomes) == ["booked"] + ["conflict"] * 11, outcomes
