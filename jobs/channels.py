@@ -1,4 +1,5 @@
-"""Channel jobs: the periodic renewal pass, and one-off channel creation and stops.
+"""Channel jobs: the periodic renewal pass, one-off channel creation and stops, and the admin
+console's "Renew channel" button.
 
 `renew_channels` runs every scheduler tick (see jobs/schedule.py): a cheap pass when nothing
 is due, since renewal moments are spread over each channel's window (roombridge/channels.py).
@@ -16,7 +17,7 @@ from rq import Retry
 from jobs import job
 from roombridge import channels, db
 from roombridge.db import utcnow
-from roombridge.gcal import CalendarGateway
+from roombridge.gcal import CalendarGateway, CalendarNotInScope
 from roombridge.models import Room, WatchChannel
 
 log = logging.getLogger(__name__)
@@ -60,3 +61,26 @@ def stop_channel(channel_id: str, now: str | None = None) -> bool:
     if channel is None or channel.stopped_at is not None:
         return True
     return channels.stop_channel(session, CalendarGateway.for_app(), channel, _now(now))
+
+
+@job("channels", retry=Retry(max=3, interval=[5, 30, 120]))
+def renew_room_channel(room_id: int, actor: str = "system", now: str | None = None) -> str | None:
+    """Replace the room's channel whatever its expiry; the new channel's id, or None if none could be made.
+
+    A refusal (calendar unshared, ...) is kept on the room as its health error, for the admin
+    to read: retrying would not help. A retriable Google error propagates, so RQ retries.
+    """
+    session = db.session()
+    room = session.get(Room, room_id)
+    if room is None or not room.in_scope:
+        return None
+    try:
+        channel = channels.renew_room(session, CalendarGateway.for_app(), room, current_app.config["ROOMBRIDGE"],
+                                      _now(now), actor=actor)
+    except channels.ChannelRefused as refused:
+        log.warning("renewal of room %s refused: %s", room_id, refused)
+        return None
+    except CalendarNotInScope:
+        session.rollback()  # taken out of scope meanwhile: its channels were stopped then
+        return None
+    return channel.id

@@ -11,9 +11,12 @@ import sqlalchemy as sa
 
 import jobs.channels
 from jobs import schedule
-from roombridge import db
+from jobs.channels import renew_room_channel
+from roombridge import db, rooms
+from roombridge.db import utcnow
+from roombridge.gcal import CalendarGateway
 from roombridge.models import Room, WatchChannel
-from tests.conftest import run_jobs, shared_room, wait_until
+from tests.conftest import SERVICE_ACCOUNT, run_jobs, shared_room, wait_until
 from tests.factories import make_room
 
 ATLAS = "atlas@resource.calendar.google.com"
@@ -138,3 +141,43 @@ def test_channels_never_lapse_over_an_hour_of_short_lived_channels(watched_app, 
     assert all(r.stopped_at < r.expiration for r in rows if r.stopped_at)
     # The handshake of each channel reached the webhook, which knew the channel by then.
     assert all(r.sync_received_at is not None for r in rows)
+
+
+# --- the admin console's renew button ----------------------------------------------------------
+
+
+
+@pytest.fixture
+def atlas(make_google_app, emulator):
+    shared_room(emulator, ATLAS, "Atlas")
+    app = make_google_app(GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
+    with app.app_context():
+        added = rooms.add_room(db.session(), CalendarGateway.for_app(), app.config["ROOMBRIDGE"], ATLAS,
+                               name="Atlas", now=utcnow())
+        yield added.room.id, added.channel.id
+
+
+def test_renewal_replaces_the_channel_and_stops_the_old_one(atlas, emulator):
+    room_id, first = atlas
+    second = renew_room_channel(room_id, "admin@example.com")
+    google = {c["id"]: c["stopped"] for c in emulator.state.channels_info()}
+    assert google == {first: True, second: False}
+
+
+def test_renewal_of_an_unshared_room_keeps_googles_reason_on_the_room(atlas, emulator):
+    room_id, first = atlas
+    emulator.state.unshare(ATLAS, SERVICE_ACCOUNT)
+    assert renew_room_channel(room_id) is None
+    db.session().expire_all()  # the job ran in its own app context and session
+    room = db.session().get(Room, room_id)
+    assert room.health_error.startswith("Google refused a push channel")
+    assert [c["id"] for c in emulator.state.channels_info() if not c["stopped"]] == [first]
+
+
+def test_renewal_of_a_room_out_of_scope_does_nothing(atlas, emulator):
+    room_id, _ = atlas
+    db.session().get(Room, room_id).in_scope = False
+    db.session().commit()
+    calls = len(emulator.state.requests())
+    assert renew_room_channel(room_id) is None
+    assert len(emulator.state.requests()) == calls

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from jobs.console import renew_room_channel
+from jobs.channels import renew_room_channel
 from roombridge import console, db
 from roombridge.db import utcnow
 from roombridge.models import ReservationSource, ReservationStatus, RoomSyncState, WatchChannel
@@ -63,7 +63,7 @@ def test_failed_jobs_carry_their_reason_and_can_be_retried_once(app):
     run_jobs(app, queues=("channels",))
     with app.app_context():
         [failed] = console.failed_jobs(redis())
-        assert (failed.id, failed.queue, failed.function) == (job.id, "channels", "jobs.console.renew_room_channel")
+        assert (failed.id, failed.queue, failed.function) == (job.id, "channels", "jobs.channels.renew_room_channel")
         assert failed.reason.endswith("GOOGLE_SERVICE_ACCOUNT_FILE is not set") and "Traceback" in failed.traceback
         assert failed.failed_at is not None and console.failed_job_count(redis()) == 1
         assert console.retry_failed_job(redis(), "channels", job.id) is True

@@ -243,7 +243,7 @@ def test_renew_enqueues_the_renewal_and_the_page_follows_it(console, emulator):
     response = _post(admin, f"/admin/rooms/{room_id}/renew")
     assert response.headers["Location"] == f"/admin/rooms/{room_id}?awaiting=channel"
     [job] = queue("channels", console).jobs
-    assert (job.func_name, job.args) == ("jobs.console.renew_room_channel", (room_id, ADMIN))
+    assert (job.func_name, job.args) == ("jobs.channels.renew_room_channel", (room_id, ADMIN))
     assert admin.get(f"/admin/rooms/{room_id}/status.json").json["channel"]["id"] == first
 
     assert run_jobs(console, queues=("channels",)) == 1
@@ -276,7 +276,7 @@ def test_resync_buttons_request_an_incremental_or_a_full_sync(console):
 
 
 def test_failed_jobs_show_their_reason_and_retry_requeues_them(app):
-    from jobs.console import renew_room_channel
+    from jobs.channels import renew_room_channel
 
     with app.app_context():
         room = make_room(db.session(), name="Atlas", calendar_id=ATLAS)
@@ -286,7 +286,7 @@ def test_failed_jobs_show_their_reason_and_retry_requeues_them(app):
     run_jobs(app, queues=("channels",))
     admin = _admin_client(app)
     page = admin.get("/admin/jobs").get_data(as_text=True)
-    assert job.id in page and "jobs.console.renew_room_channel(" in page
+    assert job.id in page and "jobs.channels.renew_room_channel(" in page
     assert "PermanentGoogleError: Google Calendar: notConfigured: GOOGLE_SERVICE_ACCOUNT_FILE is not set" in page
     assert re.search(r'<dd id="stat-failed"><a [^>]*>1<', admin.get("/admin/").get_data(as_text=True))
 
