@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 
 from flask import Flask
 
-from roombridge.queue import redis
+from roombridge.queue import RedisLock, redis
 
 log = logging.getLogger(__name__)
 
@@ -64,29 +63,15 @@ def enqueue_due(app: Flask, now: float | None = None) -> list[str]:
     return enqueued
 
 
-class LeaderLock:
+class LeaderLock(RedisLock):
+    """The scheduler's leadership, renewed by the scheduler's own tick (no heartbeat thread)."""
+
     def __init__(self, app: Flask, ttl_seconds: float):
-        self.conn = redis(app)
-        self.ttl_ms = int(ttl_seconds * 1000)
-        self.value = secrets.token_hex(16)
+        super().__init__(redis(app), LEADER_KEY, ttl_seconds)
 
     def acquire_or_renew(self) -> bool:
         # Renew only if we still hold it (compare-and-set in Lua), else try to take it.
-        renewed = self.conn.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then "
-            "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
-            1, LEADER_KEY, self.value, self.ttl_ms,
-        )
-        if renewed:
-            return True
-        return bool(self.conn.set(LEADER_KEY, self.value, nx=True, px=self.ttl_ms))
-
-    def release(self) -> None:
-        self.conn.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
-            "else return 0 end",
-            1, LEADER_KEY, self.value,
-        )
+        return self.renew() or bool(self.conn.set(self.key, self.value, nx=True, px=self.ttl_ms))
 
 
 def run_scheduler(app: Flask, *, max_ticks: int | None = None) -> None:
