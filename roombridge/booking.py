@@ -129,7 +129,7 @@ class NotFound(BookingError):
 def room_zone(room: Room) -> ZoneInfo:
     try:
         return ZoneInfo(room.time_zone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         log.warning("room %s has an unknown time zone %r; using UTC", room.id, room.time_zone)
         return ZoneInfo("UTC")
 

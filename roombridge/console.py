@@ -11,6 +11,7 @@ puts it back on its queue, at the end, with its original arguments.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,9 +23,11 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from sqlalchemy.orm import Session
 
-from roombridge import rooms
+from roombridge import channels, rooms
 from roombridge.models import Reservation, ReservationStatus, Room, RoomSyncState, WatchChannel
 from roombridge.queue import QUEUE_NAMES
+
+log = logging.getLogger(__name__)
 
 FAILED_JOBS_SHOWN_PER_QUEUE = 100
 
@@ -59,8 +62,13 @@ def _live_channel(channels: list[WatchChannel], now: datetime) -> WatchChannel |
     return max(live, key=lambda c: c.expiration or now, default=None)
 
 
-def room_overviews(session: Session, room_list: list[Room], now: datetime) -> list[RoomOverview]:
-    """The integration state of each room, in room_list's order, in four queries whatever its length."""
+def room_overviews(session: Session, room_list: list[Room], now: datetime,
+                   redis: Redis | None = None) -> list[RoomOverview]:
+    """The integration state of each room, in room_list's order, in four queries whatever its length.
+
+    Given `redis`, "last push" also counts pushes not yet added to the rows by a sync (one
+    round trip): with the workers down or behind, the console still shows pushes arriving.
+    """
     ids = [room.id for room in room_list]
     if not ids:
         return []
@@ -73,6 +81,8 @@ def room_overviews(session: Session, room_list: list[Room], now: datetime) -> li
         sa.select(WatchChannel.room_id, sa.func.max(WatchChannel.last_push_at))
         .where(WatchChannel.room_id.in_(ids)).group_by(WatchChannel.room_id)
     ).all())
+    if redis is not None:
+        _add_pending_pushes(redis, open_by_room, last_push)
     syncs = {s.room_id: s for s in session.scalars(sa.select(RoomSyncState).where(RoomSyncState.room_id.in_(ids)))}
     conflicts = dict(session.execute(
         sa.select(Reservation.room_id, sa.func.count())
@@ -86,6 +96,20 @@ def room_overviews(session: Session, room_list: list[Room], now: datetime) -> li
                      sync=syncs.get(room.id), conflicts=conflicts.get(room.id, 0))
         for room in room_list
     ]
+
+
+def _add_pending_pushes(redis: Redis, open_by_room: dict[int, list[WatchChannel]],
+                        last_push: dict[int, datetime | None]) -> None:
+    by_id = {c.id: c.room_id for room_channels in open_by_room.values() for c in room_channels}
+    try:
+        pending = channels.pending_pushes(redis, list(by_id))
+    except Exception:  # Redis down: the console still shows what the database knows
+        log.warning("could not read the pushes counted in Redis", exc_info=True)
+        return
+    for channel_id, pushes in pending.items():
+        room_id, seen = by_id[channel_id], last_push.get(by_id[channel_id])
+        if pushes.last_push_at is not None and (seen is None or pushes.last_push_at > seen):
+            last_push[room_id] = pushes.last_push_at
 
 
 def room_conflicts(session: Session, room: Room, now: datetime, limit: int = 50) -> list[Reservation]:

@@ -105,7 +105,7 @@ def _validated(changes: dict) -> dict:
         clean["time_zone"] = (clean["time_zone"] or "").strip() or "UTC"
         try:
             ZoneInfo(clean["time_zone"])
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
             raise RoomRefused(
                 f"Unknown time zone {clean['time_zone']!r} (use an IANA name such as Europe/London)."
             ) from None

@@ -50,7 +50,7 @@ from redis import Redis
 from redis.client import Pipeline
 from sqlalchemy.orm import Session
 
-from roombridge import db
+from roombridge import channels, db
 from roombridge.booking import settle_conflicts
 from roombridge.config import Config
 from roombridge.db import utcnow
@@ -90,10 +90,8 @@ def request_sync(room_id: int, full: bool = False, *, pipeline: Pipeline | None 
     """Ask for a sync of the room; True if a job was enqueued, False if one already waits.
 
     Commands already queued on `pipeline` run in the same Redis round trip. Raises redis
-    errors when Redis is unreachable (the webhook answers 503 then).
+    errors when Redis is unreachable.
     """
-    from jobs.sync import sync_room
-
     conn = redis()
     pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
     if full:
@@ -101,6 +99,14 @@ def request_sync(room_id: int, full: bool = False, *, pipeline: Pipeline | None 
     pipe.set(_key("queued", room_id), 1, nx=True, ex=QUEUED_TTL_SECONDS)
     if not pipe.execute()[-1]:
         return False
+    _enqueue_marked(conn, room_id)
+    return True
+
+
+def _enqueue_marked(conn: Redis, room_id: int) -> None:
+    """Enqueue the sync whose ``queued`` marker the caller has just set."""
+    from jobs.sync import sync_room
+
     try:
         sync_room.enqueue(room_id)
     except Exception:
@@ -110,7 +116,64 @@ def request_sync(room_id: int, full: bool = False, *, pipeline: Pipeline | None 
         except Exception:
             log.warning("could not clear the queued marker of room %s; it expires by itself", room_id)
         raise
-    return True
+
+
+# --- a push notification: check it and ask for the sync, in one Redis call ------------------------
+
+# KEYS: the channel's entry (roombridge/channels.py), this minute's push counter.
+# ARGV: sha256 of the push's token, its resource id, now (epoch seconds), its message number
+# or "", the queued-marker prefix, the marker's ttl, the counter's ttl.
+# The queued marker's key is built here from the entry's room id: fine on one Redis server
+# (ours); a Redis Cluster would want it declared in KEYS.
+_TAKE_PUSH = """
+local c = redis.call('HMGET', KEYS[1], 'token', 'resource_id', 'room_id', 'expires', 'stopped')
+if not c[1] then return {'unknown'} end
+local a, b = c[1], ARGV[1]
+if #a ~= #b then return {'wrong token'} end
+local diff = 0  -- constant time: every byte compared whatever the first difference
+for i = 1, #a do diff = bit.bor(diff, bit.bxor(string.byte(a, i), string.byte(b, i))) end
+if diff ~= 0 then return {'wrong token'} end
+if c[2] ~= '' and c[2] ~= ARGV[2] then return {'wrong resource'} end
+if c[5] == '1' or (c[4] ~= '' and tonumber(c[4]) <= tonumber(ARGV[3])) then return {'stopped', c[3]} end
+redis.call('HINCRBY', KEYS[1], 'pushes', 1)
+redis.call('HSET', KEYS[1], 'last_push_at', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_message_number', ARGV[4]) end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+local marked = redis.call('SET', ARGV[5] .. c[3], 1, 'NX', 'EX', ARGV[6])
+return {'accepted', c[3], marked and 1 or 0}
+"""
+
+
+@dataclass(frozen=True)
+class PushTaken:
+    """What `take_push` made of a push."""
+    verdict: str  # "accepted", "unknown" (not cached), "wrong token", "wrong resource", "stopped"
+    room_id: int | None = None
+    enqueued: bool = False  # a sync job was enqueued (False: one already waited)
+
+
+def take_push(conn: Redis, channel_id: str, token: str, resource_id: str, number: int | None,
+              now: datetime) -> PushTaken:
+    """Check a change push against the channel's cached entry; if it holds, count it and ask for a sync.
+
+    One Redis round trip (plus the enqueue when no sync of the room is waiting). "unknown"
+    means the entry is not in Redis: the caller checks the database and calls `cache_channel`.
+    Raises redis errors when Redis is unreachable.
+    """
+    minute = channels.PUSH_BUCKET_KEY.format(minute=int(now.timestamp() // 60))
+    answer = conn.register_script(_TAKE_PUSH)(
+        keys=[channels.channel_key(channel_id), minute],
+        args=[channels.token_digest(token), resource_id, f"{now.timestamp():.6f}",
+              "" if number is None else number, f"{KEY_PREFIX}:queued:", QUEUED_TTL_SECONDS,
+              channels.PUSH_BUCKET_TTL_SECONDS])
+    verdict = answer[0].decode()
+    if verdict != "accepted":
+        return PushTaken(verdict, int(answer[1]) if len(answer) > 1 else None)
+    room_id, marked = int(answer[1]), bool(answer[2])
+    if marked:
+        _enqueue_marked(conn, room_id)
+    return PushTaken(verdict, room_id, enqueued=marked)
 
 
 # --- the per-room lock ------------------------------------------------------------------------------
@@ -166,6 +229,8 @@ def run_sync_job(room_id: int, full: bool = False) -> SyncReport | None:
             log.info("room %s is gone or out of scope; not synced", room_id)
             return None
         try:
+            # Before the listing: pushes counted after this are followed by another sync, which adds them.
+            channels.absorb_push_stats(session, conn, room_id, utcnow())
             return sync_room_now(session, CalendarGateway.for_app(app), room, config, full=full)
         except PermanentGoogleError as error:
             # Waiting will not help (unshared, forbidden, quota): keep the reason for admins.

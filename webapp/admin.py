@@ -113,7 +113,7 @@ def admins_only(_error):
 def index():
     session, now = db.session(), utcnow()
     health = channels.integration_health(session, redis(), _config(), now)
-    overviews = console.room_overviews(session, rooms.rooms_in_scope(session), now)
+    overviews = console.room_overviews(session, rooms.rooms_in_scope(session), now, redis())
     try:
         failed = console.failed_job_count(redis())
     except RedisError:
@@ -171,7 +171,7 @@ def add():
 
 def _room_page(room: Room, form: RoomForm, status: int = 200):
     session, now = db.session(), utcnow()
-    [overview] = console.room_overviews(session, [room], now)
+    [overview] = console.room_overviews(session, [room], now, redis())
     awaiting = request.args.get("awaiting")
     return render_template(
         "admin/room.html", room=room, overview=overview, form=form, now=now,
@@ -299,7 +299,7 @@ def _status(overview: console.RoomOverview, now: datetime) -> dict:
 def room_status(room_id: int):
     found = _room_in_scope(room_id)
     now = utcnow()
-    [overview] = console.room_overviews(db.session(), [found], now)
+    [overview] = console.room_overviews(db.session(), [found], now, redis())
     response = jsonify(_status(overview, now))
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -211,23 +211,29 @@ def channels_list(show_all: bool) -> None:
     """Watch channels: room, expiry, state, last push."""
     import sqlalchemy as sa
 
-    from roombridge import db
+    from roombridge import channels, db
     from roombridge.db import utcnow
     from roombridge.models import WatchChannel
+    from roombridge.queue import redis
 
     session, now = db.session(), utcnow()
     query = sa.select(WatchChannel).order_by(WatchChannel.room_id, WatchChannel.created_at)
     if not show_all:
         query = query.where(WatchChannel.stopped_at.is_(None))
-    for channel in session.scalars(query):
+    found = list(session.scalars(query))
+    # Pushes since the room's last sync are still counted in Redis only.
+    pending = channels.pending_pushes(redis(), [c.id for c in found])
+    for channel in found:
         if channel.stopped_at:
             state = "stopped"
         elif channel.stop_pending:
             state = f"stop pending ({channel.stop_error})"
         else:
             state = "live" if channel.is_live(now) else "expired"
+        recent = pending[channel.id]
+        last_push = max(filter(None, (channel.last_push_at, recent.last_push_at)), default=None)
         click.echo(f"{channel.id}\t{channel.room.calendar_id}\texpires {_when(channel.expiration)}\t{state}"
-                   f"\tlast push {_when(channel.last_push_at)}\tpushes {channel.push_count}")
+                   f"\tlast push {_when(last_push)}\tpushes {channel.push_count + recent.count}")
 
 
 @channels_cli.command("renew")

@@ -1,9 +1,11 @@
 """POST /webhooks/google/calendar: Google Calendar push notifications (events.watch).
 
-The receiver only verifies, records and hands off; it never calls Google. Per request: one
-UPDATE ... RETURNING by primary key (it finds the channel and records the push; rolled back
-if the push is refused), its commit, and one Redis round trip (plus the enqueue, when no
-sync of the room is already waiting).
+The receiver only verifies, records and hands off; it never calls Google. A change push
+costs one Redis call and no database work (`roombridge.sync.take_push`): the channel's
+entry in Redis (written by the channel lifecycle, roombridge/channels.py) is checked, the
+push counted, and a sync of the room requested, coalesced with any already waiting (plus
+the enqueue, when none was). Only when the entry is missing (Redis restarted empty) is the
+channel read from the database, and the entry written back.
 
 Answers, chosen with Google's rules in mind (2xx and 102 are success; 500, 502, 503 and
 504 make Google retry with backoff; anything else is a failure it does not retry):
@@ -13,16 +15,19 @@ Answers, chosen with Google's rules in mind (2xx and 102 are success; 500, 502, 
   sends; nothing to retry.
 - 404: no channel with that id. Not retried, which is what we want for a channel we do not
   know (or forgot after stopping it).
-- 403: the channel token does not match (compared in constant time), or the resource id is
-  not the one the channel was made for. Someone other than Google, or a mix-up.
+- 403: the channel token does not match (compared in constant time, as SHA-256 digests),
+  or the resource id is not the one the channel was made for. Someone other than Google,
+  or a mix-up.
 - 200, ignored: the channel is stopped or expired. Google says a stopped channel may still
   deliver; the live channel of the room reports the same change.
-- 200: ``sync`` (the handshake after events.watch) is recorded in sync_received_at.
-- 200: ``exists`` (any change to the room's events) is recorded (last_push_at,
-  last_message_number, push_count) and a sync of the room is requested, coalesced with any
-  already queued (roombridge/sync.py).
-- 503: Redis or the database is unreachable, so the sync could not be requested or the
-  channel not checked. Google retries with backoff, and the retry does the work.
+- 200: ``sync`` (the handshake after events.watch) is recorded in sync_received_at (a
+  database write: once per channel).
+- 200: ``exists`` (any change to the room's events) is counted and a sync of the room is
+  requested. Also while the database is down: the push is safe in Redis and the sync it
+  requested is retried until the database is back.
+- 503: Redis is unreachable, so the sync could not be requested; or the channel had to be
+  read from the database (no entry in Redis, or a handshake) and the database is
+  unreachable. Google retries with backoff, and the retry does the work.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from roombridge import channels, db
 from roombridge.db import utcnow
 from roombridge.models import WatchChannel
 from roombridge.queue import redis
-from roombridge.sync import request_sync
+from roombridge.sync import take_push
 from webhooks import bp
 
 log = logging.getLogger(__name__)
@@ -102,45 +107,66 @@ def google_calendar_push() -> Response:
         channel_id, resource_id, state, token, number = _read_headers(request.headers)
     except BadPush as problem:
         return _answer(400, str(problem))
-
-    session = db.session()
     now = utcnow()
-    if state == "sync":
-        recorded = {"sync_received_at": now}
-    else:
-        # Incremented in SQL: simultaneous pushes on one channel must not lose a count.
-        recorded = {"push_count": WatchChannel.push_count + 1, "last_push_at": now, "last_message_number": number}
     try:
-        db.begin_write(session)
-        # One round trip finds the channel and records the push; rolled back below if refused.
-        channel = session.execute(
-            sa.update(WatchChannel)
-            .where(WatchChannel.id == channel_id)
-            .values(**recorded)
-            .returning(WatchChannel.token, WatchChannel.resource_id, WatchChannel.room_id,
-                       WatchChannel.stopped_at, WatchChannel.expiration)
-            .execution_options(synchronize_session=False)
-        ).one_or_none()
-        refusal = _refusal(channel, token, resource_id, now)
-        if refusal is not None:
-            session.rollback()
-            status, reason = refusal
-            (log.warning if status == 403 else log.info)("push on channel %s: %s", channel_id, reason)
-            return _answer(status, reason)
-        session.commit()
-    except OperationalError:
-        session.rollback()
-        log.exception("database unavailable for push on channel %s", channel_id)
-        return _answer(503, "database unavailable")
-    if state == "sync":
-        return _answer(200, "sync recorded")
-
-    try:
-        # The minute's push counter and the sync request travel in one Redis round trip.
-        pipe = redis().pipeline(transaction=False)
-        channels.record_push(pipe, now)
-        enqueued = request_sync(channel.room_id, pipeline=pipe)
+        if state == "sync":
+            return _record_handshake(channel_id, resource_id, token, now)
+        taken = take_push(redis(), channel_id, token, resource_id, number, now)
+        if taken.verdict == "unknown":
+            refusal = _check_in_database(channel_id, resource_id, token, now)
+            if refusal is not None:
+                return _refuse(channel_id, *refusal)
+            taken = take_push(redis(), channel_id, token, resource_id, number, now)
     except RedisError:
-        log.exception("could not request a sync of room %s; Google will retry", channel.room_id)
+        log.exception("could not take the push on channel %s; Google will retry", channel_id)
         return _answer(503, "queue unavailable")
-    return _answer(200, "sync requested" if enqueued else "sync already requested")
+    except OperationalError:
+        db.session().rollback()
+        log.exception("database unavailable for push on channel %s; Google will retry", channel_id)
+        return _answer(503, "database unavailable")
+    if taken.verdict == "accepted":
+        return _answer(200, "sync requested" if taken.enqueued else "sync already requested")
+    if taken.verdict == "stopped":
+        return _refuse(channel_id, 200, "channel stopped; ignored")
+    if taken.verdict in ("wrong token", "wrong resource"):
+        return _refuse(channel_id, 403, taken.verdict)
+    # Written a moment ago and gone already: only a race with the entry's expiry. Let Google retry.
+    log.warning("channel %s vanished from Redis while its push was taken", channel_id)
+    return _answer(503, "try again")
+
+
+def _refuse(channel_id: str, status: int, reason: str) -> Response:
+    (log.warning if status == 403 else log.info)("push on channel %s: %s", channel_id, reason)
+    return _answer(status, reason)
+
+
+def _check_in_database(channel_id: str, resource_id: str, token: str, now) -> tuple[int, str] | None:
+    """The channel has no entry in Redis: check the push against its row, and write the entry back."""
+    session = db.session()
+    try:
+        channel = session.get(WatchChannel, channel_id)
+        if channel is not None:
+            channels.cache_channel(redis(), channel)
+        return _refusal(channel, token, resource_id, now)
+    finally:
+        session.rollback()  # only read
+
+
+def _record_handshake(channel_id: str, resource_id: str, token: str, now) -> Response:
+    """The ``sync`` push that follows events.watch: recorded on the row (it may beat the watch answer)."""
+    session = db.session()
+    db.begin_write(session)
+    # One round trip finds the channel and records the handshake; rolled back below if refused.
+    channel = session.execute(
+        sa.update(WatchChannel)
+        .where(WatchChannel.id == channel_id)
+        .values(sync_received_at=now)
+        .returning(WatchChannel.token, WatchChannel.resource_id, WatchChannel.stopped_at, WatchChannel.expiration)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    refusal = _refusal(channel, token, resource_id, now)
+    if refusal is not None:
+        session.rollback()
+        return _refuse(channel_id, *refusal)
+    session.commit()
+    return _answer(200, "sync recorded")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from roombridge import api_tokens, db
+from roombridge import api_tokens, channels, db
 from roombridge.db import utcnow
 from roombridge.models import ReservationSource, WatchChannel
-from roombridge.queue import queue
+from roombridge.queue import queue, redis
 from roombridge.sync import request_sync
-from tests.conftest import run_jobs, wait_until
+from tests.conftest import counting_statements, run_jobs, wait_until
 from tests.factories import make_room
 from tests.sync_support import ROOM, reservations, rfc, soon, sync_runs, watched_room
 
@@ -64,21 +64,69 @@ def stored(app, channel_id="chan-1") -> WatchChannel:
         return db.session().get(WatchChannel, channel_id)
 
 
+def pending(app, channel_id="chan-1") -> channels.PendingPushes:
+    """Pushes counted in Redis, not yet added to the channel's row by a sync."""
+    with app.app_context():
+        return channels.pending_pushes(redis(), [channel_id])[channel_id]
+
+
+def counted(app, channel_id="chan-1") -> int:
+    """Every push counted on the channel: on its row, and in Redis since the last sync."""
+    return stored(app, channel_id).push_count + pending(app, channel_id).count
+
+
 def test_sync_handshake_is_recorded_and_enqueues_nothing(app, client):
     _channel(app)
     response = client.post(URL, headers=headers("sync", **{"X-Goog-Message-Number": "1"}))
     assert response.status_code == 200
-    assert stored(app).sync_received_at is not None and stored(app).push_count == 0
+    assert stored(app).sync_received_at is not None and counted(app) == 0
     assert queued(app) == []
 
 
-def test_exists_is_recorded_and_requests_one_coalesced_sync(app, client):
+def test_exists_is_counted_and_requests_one_coalesced_sync(app, client):
     channel = _channel(app)
     for number in ("7", "12", "15"):
         assert client.post(URL, headers=headers(**{"X-Goog-Message-Number": number})).status_code == 200
-    after = stored(app)
-    assert after.push_count == 3 and after.last_message_number == 15 and after.last_push_at is not None
     assert queued(app) == [(channel.room_id,)]
+    assert (pending(app).count, pending(app).last_message_number) == (3, 15)
+    assert stored(app).push_count == 0  # the row learns of them with the room's next sync
+
+    with app.app_context():
+        assert channels.absorb_push_stats(db.session(), redis(), channel.room_id, utcnow()) == 3
+    after = stored(app)
+    assert (after.push_count, after.last_message_number) == (3, 15) and after.last_push_at is not None
+    assert pending(app).count == 0
+    with app.app_context():  # absorbed once: nothing more to add
+        assert channels.absorb_push_stats(db.session(), redis(), channel.room_id, utcnow()) == 0
+    assert stored(app).push_count == 3
+
+
+def test_a_push_reads_the_database_once_then_only_redis(app, client):
+    _channel(app)
+    with counting_statements(app) as first:
+        assert client.post(URL, headers=headers()).status_code == 200
+    with counting_statements(app) as later:
+        for _ in range(3):
+            assert client.post(URL, headers=headers()).status_code == 200
+        assert client.post(URL, headers=headers(**{"X-Goog-Channel-Token": "wrong"})).status_code == 403
+    assert len([s for s in first if s.lstrip().upper().startswith("SELECT")]) == 1  # no entry in Redis yet
+    assert later == []
+    assert pending(app).count == 4
+
+
+def test_a_channel_stopped_after_it_was_cached_is_ignored_without_the_database(app, client):
+    channel = _channel(app)
+    assert client.post(URL, headers=headers()).status_code == 200
+    with app.app_context():
+        session = db.session()
+        row = session.get(WatchChannel, channel.id)
+        row.stopped_at = utcnow()
+        session.commit()
+        channels.cache_channel(redis(), row)  # as stop_channel does after its commit
+    with counting_statements(app) as statements:
+        response = client.post(URL, headers=headers())
+    assert response.status_code == 200 and b"ignored" in response.data and statements == []
+    assert pending(app).count == 1
 
 
 @pytest.mark.parametrize("overrides, status", [
@@ -94,19 +142,27 @@ def test_exists_is_recorded_and_requests_one_coalesced_sync(app, client):
     ({"X-Goog-Channel-ID": "c" * 65}, 400),
 ], ids=["unknown-channel", "wrong-token", "no-token", "wrong-resource", "no-channel-id", "no-resource-id",
         "no-state", "unknown-state", "bad-message-number", "channel-id-too-long"])
-def test_refused_pushes_enqueue_and_record_nothing(app, client, overrides, status):
-    _channel(app)
+@pytest.mark.parametrize("cached", [False, True], ids=["checked-in-database", "checked-in-redis"])
+def test_refused_pushes_enqueue_and_record_nothing(app, client, overrides, status, cached):
+    channel = _channel(app)
+    if cached:
+        with app.app_context():
+            channels.cache_channel(redis(), channel)
     assert client.post(URL, headers=headers(**overrides)).status_code == status
-    assert queued(app) == [] and stored(app).push_count == 0
+    assert queued(app) == [] and counted(app) == 0
 
 
 @pytest.mark.parametrize("fields", [{"stopped_at": datetime(2030, 1, 1, tzinfo=UTC)},
                                     {"expiration": datetime(2020, 1, 1, tzinfo=UTC)}], ids=["stopped", "expired"])
-def test_stopped_or_expired_channel_is_acknowledged_and_ignored(app, client, fields):
-    _channel(app, **fields)
+@pytest.mark.parametrize("cached", [False, True], ids=["checked-in-database", "checked-in-redis"])
+def test_stopped_or_expired_channel_is_acknowledged_and_ignored(app, client, fields, cached):
+    channel = _channel(app, **fields)
+    if cached:
+        with app.app_context():
+            channels.cache_channel(redis(), channel)
     response = client.post(URL, headers=headers())
     assert response.status_code == 200 and b"ignored" in response.data
-    assert queued(app) == [] and stored(app).push_count == 0
+    assert queued(app) == [] and counted(app) == 0
 
 
 def test_redis_down_answers_503_so_google_retries(make_app, own_redis):
@@ -186,7 +242,7 @@ def test_bookings_made_in_google_come_back_through_the_api(stack):
     wait_until(lambda: stack.api.get(f"/api/v1/reservations/{booked['id']}").get_json()["status"] == "cancelled",
              what="the cancellation")
     assert stack.api_reservations() == []
-    assert stored(stack.app, stack.channel_id).push_count >= 3
+    assert counted(stack.app, stack.channel_id) >= 3
 
 
 @pytest.mark.slow
@@ -236,7 +292,7 @@ def test_a_hundred_pushes_in_a_second_lead_to_at_most_two_syncs(stack):
                             rfc(start + timedelta(minutes=30 * n + 30)))
     assert time.monotonic() - began < 1
     wait_until(lambda: len(reservations(stack.app, stack.room_id)) == 100, timeout=20, what="the mirror")
-    wait_until(lambda: stored(stack.app, stack.channel_id).push_count == 100, what="every push")
+    wait_until(lambda: counted(stack.app, stack.channel_id) == 100, what="every push")
     time.sleep(3.5)  # room for a third sync, had the pushes caused one
     runs = sync_runs(emulator) - 1
     spread = _arrival_spread(emulator, stack.channel_id)
