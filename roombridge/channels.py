@@ -35,6 +35,7 @@ from roombridge import db
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
 from roombridge.gcal import CalendarGateway, CalendarNotInScope, GoogleError, PermanentGoogleError
 from roombridge.models import Room, WatchChannel, audit
+from roombridge.queue import LuaScript
 from roombridge.queue import redis as app_redis
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ def channel_key(channel_id: str) -> str:
 
 
 def token_digest(token: str) -> str:
-    """The channel token as the cache keeps it and as a push's token is compared (in constant time)."""
+    """The channel token as its Redis entry keeps it, and as a push's token is compared with it."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -334,12 +335,12 @@ def forget_channel_quietly(channel_id: str) -> None:
 
 # Read the pushes counted since the last absorb and take them off, atomically, so that pushes
 # arriving meanwhile are counted next time and none twice.
-_TAKE_PUSHES = """
+_TAKE_PUSHES = LuaScript("""
 local v = redis.call('HMGET', KEYS[1], 'pushes', 'last_push_at', 'last_message_number')
 local n = tonumber(v[1] or '0') or 0
 if n > 0 then redis.call('HINCRBY', KEYS[1], 'pushes', -n) end
 return {n, v[2] or '', v[3] or ''}
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -365,8 +366,7 @@ def absorb_push_stats(session: Session, redis: Redis, room_id: int, now: datetim
         WatchChannel.room_id == room_id,
         sa.or_(WatchChannel.stopped_at.is_(None), WatchChannel.stopped_at > now - RECENTLY_STOPPED))))
     session.commit()  # ends the read: the write below starts its own (write) transaction
-    take = redis.register_script(_TAKE_PUSHES)
-    taken = {channel_id: _pending(*take(keys=[channel_key(channel_id)])) for channel_id in ids}
+    taken = {channel_id: _pending(*_TAKE_PUSHES(redis, keys=(channel_key(channel_id),))) for channel_id in ids}
     taken = {channel_id: p for channel_id, p in taken.items() if p.count}
     if not taken:
         return 0

@@ -10,6 +10,7 @@ Queues have names so that a slow full sync never delays a booking's write to Goo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -17,6 +18,7 @@ import time
 
 from flask import Flask, current_app
 from redis import Redis
+from redis.exceptions import NoScriptError
 from rq import Queue
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,21 @@ def queue(name: str, app: Flask | None = None) -> Queue:
     if name not in QUEUE_NAMES:
         raise ValueError(f"unknown queue {name!r}")
     return Queue(name, connection=redis(app))
+
+
+class LuaScript:
+    """A Lua script run with EVALSHA; loaded on first use, and again after Redis restarted empty."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
+
+    def __call__(self, conn: Redis, keys: tuple[str, ...] = (), args: tuple = ()):
+        try:
+            return conn.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            conn.script_load(self.source)
+            return conn.evalsha(self.sha, len(keys), *keys, *args)
 
 
 _RENEW = (

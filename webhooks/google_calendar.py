@@ -15,7 +15,8 @@ Answers, chosen with Google's rules in mind (2xx and 102 are success; 500, 502, 
   sends; nothing to retry.
 - 404: no channel with that id. Not retried, which is what we want for a channel we do not
   know (or forgot after stopping it).
-- 403: the channel token does not match (compared in constant time, as SHA-256 digests),
+- 403: the channel token does not match (compared as SHA-256 digests in Redis, see
+  roombridge/sync.py why that leaks nothing; in constant time when read from the database),
   or the resource id is not the one the channel was made for. Someone other than Google,
   or a mix-up.
 - 200, ignored: the channel is stopped or expired. Google says a stopped channel may still

@@ -11,8 +11,11 @@ import sqlalchemy as sa
 
 from roombridge import channels, db
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
+from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import AuditEntry, Room, WatchChannel
+from roombridge.queue import redis
+from roombridge.sync import take_push
 from tests.factories import make_room
 
 SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
@@ -187,8 +190,6 @@ def test_renewal_pass_opens_missing_channels_and_stops_those_of_rooms_out_of_sco
 
 
 def test_pushes_in_the_last_hour_are_counted_per_minute(gapp):
-    from roombridge.queue import redis
-
     conn = redis(gapp)
     for minutes_ago in (0, 0, 1, 59, 60, 61, 120):
         channels.record_push(conn, T0 - timedelta(minutes=minutes_ago))
@@ -201,8 +202,6 @@ def test_integration_health_summary(emulator, ctx, gapp):
     channels.create_channel(session, gw, atlas(session), config, now)
     make_room(session, calendar_id=BOREALIS, name="Borealis", health_error="Access check: not shared")
     session.commit()
-    from roombridge.queue import redis
-
     channels.record_push(redis(gapp), now)
     health = channels.integration_health(session, redis(gapp), config, now)
     assert health.rooms_in_scope == 2 and health.rooms_unhealthy == 1 and health.rooms_without_channel == 1
@@ -236,3 +235,52 @@ def test_an_idle_renewal_pass_costs_the_same_queries_for_many_rooms(emulator, ga
     few = idle_pass()
     add_rooms(10)
     assert idle_pass() == few
+
+
+# --- the webhook's entry in Redis, and the push counts ------------------------------------
+
+
+def test_the_webhooks_entry_follows_the_channel_through_its_life(emulator, ctx, gapp):
+    session, gw, config = ctx
+    now = emulator.state.clock.now()
+    conn = redis(gapp)
+    channel = channels.create_channel(session, gw, atlas(session), config, now)
+    key = channels.channel_key(channel.id)
+    entry = conn.hgetall(key)
+    assert entry[b"token"] == channels.token_digest(channel.token).encode()
+    assert channel.token.encode() not in entry.values()  # only its digest is kept
+    assert (entry[b"resource_id"], int(entry[b"room_id"]), entry[b"stopped"]) == (
+        channel.resource_id.encode(), channel.room_id, b"0")
+    assert float(entry[b"expires"]) == pytest.approx(channel.expiration.timestamp(), abs=0.001)
+    # It outlives the channel by a day, so a late push is still answered "stopped", then it goes.
+    assert conn.expiretime(key) == int((channel.expiration + channels.CHANNEL_ENTRY_OUTLIVES_EXPIRY).timestamp())
+
+    channels.stop_channel(session, gw, channel, now + timedelta(seconds=10))
+    assert conn.hget(key, "stopped") == b"1"
+
+
+def test_push_counts_go_back_to_redis_when_the_database_refuses_them(emulator, ctx, gapp):
+    session, gw, config = ctx
+    now = emulator.state.clock.now()
+    conn = redis(gapp)
+    channel = channels.create_channel(session, gw, atlas(session), config, now)
+    for number in (3, 8, 11):
+        assert take_push(conn, channel.id, channel.token, channel.resource_id, number, utcnow()).verdict == "accepted"
+
+    def database_gone(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("UPDATE WATCH_CHANNELS"):
+            raise sa.exc.OperationalError(statement, {}, Exception("server closed the connection"))
+
+    sa.event.listen(db.engine(gapp), "before_cursor_execute", database_gone)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            channels.absorb_push_stats(session, conn, channel.room_id, now)
+    finally:
+        sa.event.remove(db.engine(gapp), "before_cursor_execute", database_gone)
+    assert channels.pending_pushes(conn, [channel.id])[channel.id].count == 3  # put back, not lost
+
+    assert channels.absorb_push_stats(session, conn, channel.room_id, now) == 3
+    session.expire_all()
+    row = session.get(WatchChannel, channel.id)
+    assert (row.push_count, row.last_message_number) == (3, 11)
+    assert channels.pending_pushes(conn, [channel.id])[channel.id].count == 0

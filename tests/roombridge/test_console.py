@@ -7,10 +7,11 @@ from datetime import timedelta
 import pytest
 
 from jobs.channels import renew_room_channel
-from roombridge import console, db
+from roombridge import channels, console, db
 from roombridge.db import utcnow
 from roombridge.models import ReservationSource, ReservationStatus, RoomSyncState, WatchChannel
 from roombridge.queue import queue, redis
+from roombridge.sync import take_push
 from tests.conftest import run_jobs
 from tests.factories import make_reservation, make_room
 
@@ -78,3 +79,21 @@ def test_failed_jobs_carry_their_reason_and_can_be_retried_once(app):
 ])
 def test_the_reason_is_the_last_line_of_the_traceback(traceback, reason):
     assert console._reason(traceback) == reason
+
+
+def test_last_push_counts_pushes_not_yet_added_by_a_sync(app, session):
+    """With the workers down, the pushes counted in Redis still show in the console."""
+    now = utcnow()
+    room = make_room(session, name="Atlas")
+    channel = _channel(room, "live", now, expiration=now + timedelta(days=6), resource_id="r",
+                       last_push_at=now - timedelta(hours=3))
+    session.add(channel)
+    session.commit()
+    channels.cache_channel(redis(), channel)
+    pushed_at = now - timedelta(seconds=5)
+    assert take_push(redis(), "live", "t", "r", 42, pushed_at).verdict == "accepted"
+
+    [overview] = console.room_overviews(session, [room], now, redis())
+    assert overview.last_push_at == pytest.approx(pushed_at, abs=timedelta(milliseconds=1))
+    [from_rows_only] = console.room_overviews(session, [room], now)
+    assert from_rows_only.last_push_at == now - timedelta(hours=3)

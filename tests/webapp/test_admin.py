@@ -40,6 +40,13 @@ def test_rooms_add_list_renew_sync_remove(cli, emulator):
     assert ATLAS in listed and "role writer" in listed and "healthy" in listed
     [first] = [c["id"] for c in emulator.state.channels_info()]
     assert first in invoke_ok(cli, ["channels", "list"]).output
+    # A push, before any sync added it to the channel's row: the list counts it all the same.
+    google = next(c for c in emulator.state.channels_info() if c["id"] == first)
+    pushed = cli.app.test_client().post("/webhooks/google/calendar", headers={
+        "X-Goog-Channel-ID": first, "X-Goog-Channel-Token": google["token"],
+        "X-Goog-Resource-ID": google["resourceId"], "X-Goog-Resource-State": "exists"})
+    assert pushed.status_code == 200
+    assert "pushes 1" in invoke_ok(cli, ["channels", "list"]).output
 
     renewed = invoke_ok(cli, ["channels", "renew", "--room", ATLAS]).output
     google = {c["id"]: c["stopped"] for c in emulator.state.channels_info()}
