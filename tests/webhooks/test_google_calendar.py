@@ -114,6 +114,20 @@ def test_a_push_reads_the_database_once_then_only_redis(app, client):
     assert pending(app).count == 4
 
 
+def test_redis_restarted_empty_costs_one_database_read_then_redis_again(app, client):
+    _channel(app)
+    assert client.post(URL, headers=headers()).status_code == 200
+    with app.app_context():
+        redis().flushdb()  # a restart without persistence: entries, counts and loaded scripts gone
+        redis().script_flush()
+    with counting_statements(app) as statements:
+        for _ in range(3):
+            assert client.post(URL, headers=headers()).status_code == 200
+    # The first push read the row (SQLite also sends its BEGIN) and wrote the entry back.
+    assert [s.split()[0].upper() for s in statements if s.strip().upper() != "BEGIN"] == ["SELECT"]
+    assert pending(app).count == 3
+
+
 def test_a_channel_stopped_after_it_was_cached_is_ignored_without_the_database(app, client):
     channel = _channel(app)
     assert client.post(URL, headers=headers()).status_code == 200
