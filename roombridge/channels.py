@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from redis import Redis
-from redis.client import Pipeline
 from sqlalchemy.orm import Session
 
 from roombridge import db
@@ -383,8 +382,7 @@ def absorb_push_stats(session: Session, redis: Redis, room_id: int, now: datetim
         session.rollback()
         pipe = redis.pipeline(transaction=False)
         for channel_id, pending in taken.items():
-            if pending.count:
-                pipe.hincrby(channel_key(channel_id), "pushes", pending.count)
+            pipe.hincrby(channel_key(channel_id), "pushes", pending.count)
         pipe.execute()
         raise
     return sum(p.count for p in taken.values())
@@ -405,17 +403,9 @@ def _minute(now: datetime) -> int:
     return int(now.timestamp() // 60)
 
 
-def record_push(redis, now: datetime) -> None:
-    """Count one push notification in its minute's bucket (called by the webhook; cheap, O(1)).
-
-    Given a pipeline, the commands join it and run when the caller executes it.
-    """
-    key = PUSH_BUCKET_KEY.format(minute=_minute(now))
-    pipe = redis if isinstance(redis, Pipeline) else redis.pipeline(transaction=False)
-    pipe.incr(key)
-    pipe.expire(key, PUSH_BUCKET_TTL_SECONDS)
-    if pipe is not redis:
-        pipe.execute()
+def push_bucket_key(now: datetime) -> str:
+    """The counter of pushes taken in `now`'s minute (counted by `roombridge.sync.take_push`)."""
+    return PUSH_BUCKET_KEY.format(minute=_minute(now))
 
 
 def pushes_in_last_hour(redis, now: datetime) -> int:

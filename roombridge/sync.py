@@ -47,7 +47,6 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 from redis import Redis
-from redis.client import Pipeline
 from sqlalchemy.orm import Session
 
 from roombridge import channels, db
@@ -86,14 +85,13 @@ def _key(kind: str, room_id: int) -> str:
 # --- asking for a sync ----------------------------------------------------------------------------
 
 
-def request_sync(room_id: int, full: bool = False, *, pipeline: Pipeline | None = None) -> bool:
+def request_sync(room_id: int, full: bool = False) -> bool:
     """Ask for a sync of the room; True if a job was enqueued, False if one already waits.
 
-    Commands already queued on `pipeline` run in the same Redis round trip. Raises redis
-    errors when Redis is unreachable.
+    Raises redis errors when Redis is unreachable.
     """
     conn = redis()
-    pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
+    pipe = conn.pipeline(transaction=False)
     if full:
         pipe.set(_key("full", room_id), 1, ex=QUEUED_TTL_SECONDS)
     pipe.set(_key("queued", room_id), 1, nx=True, ex=QUEUED_TTL_SECONDS)
@@ -170,7 +168,7 @@ def take_push(conn: Redis, channel_id: str, token: str, resource_id: str, number
     """
     stamp = now.timestamp()
     answer = _TAKE_PUSH(conn, keys=(channels.channel_key(channel_id),
-                                    channels.PUSH_BUCKET_KEY.format(minute=int(stamp // 60))),
+                                    channels.push_bucket_key(now)),
                         args=(channels.token_digest(token), resource_id, f"{stamp:.6f}",
                               "" if number is None else number))
     if answer < 0:

@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from roombridge import db
+from roombridge import channels, db
 from roombridge.channels import create_channel
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Reservation, ReservationStatus, Room, WatchChannel
+from roombridge.queue import redis
+from roombridge.sync import take_push
 from tests.factories import make_room
 
 SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
@@ -69,3 +71,22 @@ def sync_runs(emulator, calendar_id: str = ROOM) -> int:
     """How many listings (syncs) began: first pages only, as the emulator's request log has them."""
     return sum(1 for r in list_calls(emulator, calendar_id) if "pageToken" not in r["query"])
 
+
+
+def take_pushes(channel: WatchChannel, moments) -> None:
+    """Google's change pushes on `channel` at these moments, through the webhook's own Redis path.
+
+    Call in an app context; the channel's row need not be committed (its Redis entry is written here).
+    """
+    conn = redis()
+    channels.cache_channel(conn, channel)
+    for moment in moments:
+        taken = take_push(conn, channel.id, channel.token, channel.resource_id or "", None, moment)
+        assert taken.verdict == "accepted", taken
+
+
+def pushes_counted(app, channel_id: str) -> int:
+    """Every push counted on the channel: on its row, and in Redis since the room's last sync."""
+    with app.app_context():
+        row = db.session().get(WatchChannel, channel_id)
+        return row.push_count + channels.pending_pushes(redis(), [channel_id])[channel_id].count

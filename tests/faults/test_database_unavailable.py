@@ -24,7 +24,7 @@ from rq.registry import ScheduledJobRegistry
 from roombridge import channels, db, migrate
 from roombridge.queue import queue, redis
 from tests.conftest import TEST_SETTINGS, run_jobs, wait_until
-from tests.sync_support import ROOM, reservations, rfc, soon, watched_room
+from tests.sync_support import ROOM, pushes_counted, reservations, rfc, soon, watched_room
 from webapp import create_app
 
 
@@ -56,14 +56,6 @@ def _exists_pushes(emulator, channel_id: str) -> list[dict]:
     return [p for p in emulator.state.pushes(channel_id) if p["state"] == "exists"]
 
 
-def _pushes_counted(app, channel_id: str) -> int:
-    from roombridge.models import WatchChannel
-
-    with app.app_context():
-        return (db.session().get(WatchChannel, channel_id).push_count
-                + channels.pending_pushes(redis(), [channel_id])[channel_id].count)
-
-
 def test_pushes_in_a_database_outage_are_taken_and_their_sync_retried_until_it_is_back(
         outage_app, own_postgres, emulator):
     app, room_id, channel_id = outage_app
@@ -90,7 +82,7 @@ def test_pushes_in_a_database_outage_are_taken_and_their_sync_retried_until_it_i
             time.sleep(0.5)
             SimpleWorker([queue("sync")], connection=redis()).work(burst=True, with_scheduler=True)
     assert [r.title for r in reservations(app, room_id)] == titles
-    assert _pushes_counted(app, channel_id) == 2
+    assert pushes_counted(app, channel_id) == 2
 
 
 def test_a_push_that_needs_the_database_in_an_outage_gets_503_and_googles_retry_gets_through(
@@ -114,4 +106,4 @@ def test_a_push_that_needs_the_database_in_an_outage_gets_503_and_googles_retry_
     assert [r.title for r in reservations(app, room_id)] == titles
     with app.app_context():
         assert redis().exists(channels.channel_key(channel_id))  # the entry was written back from the row
-    assert _pushes_counted(app, channel_id) >= 1
+    assert pushes_counted(app, channel_id) >= 1

@@ -17,6 +17,7 @@ from roombridge.models import AuditEntry, Room, WatchChannel
 from roombridge.queue import redis
 from roombridge.sync import take_push
 from tests.factories import make_room
+from tests.sync_support import take_pushes
 
 SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 ATLAS = "atlas@resource.calendar.google.com"
@@ -190,19 +191,18 @@ def test_renewal_pass_opens_missing_channels_and_stops_those_of_rooms_out_of_sco
 
 
 def test_pushes_in_the_last_hour_are_counted_per_minute(gapp):
-    conn = redis(gapp)
-    for minutes_ago in (0, 0, 1, 59, 60, 61, 120):
-        channels.record_push(conn, T0 - timedelta(minutes=minutes_ago))
-    assert channels.pushes_in_last_hour(conn, T0) == 4
+    with gapp.app_context():
+        take_pushes(a_channel(), [T0 - timedelta(minutes=m) for m in (0, 0, 1, 59, 60, 61, 120)])
+    assert channels.pushes_in_last_hour(redis(gapp), T0) == 4
 
 
 def test_integration_health_summary(emulator, ctx, gapp):
     session, gw, config = ctx
     now = emulator.state.clock.now()
-    channels.create_channel(session, gw, atlas(session), config, now)
+    channel = channels.create_channel(session, gw, atlas(session), config, now)
     make_room(session, calendar_id=BOREALIS, name="Borealis", health_error="Access check: not shared")
     session.commit()
-    channels.record_push(redis(gapp), now)
+    take_pushes(channel, [now])
     health = channels.integration_health(session, redis(gapp), config, now)
     assert health.rooms_in_scope == 2 and health.rooms_unhealthy == 1 and health.rooms_without_channel == 1
     assert health.channels_expiring_soon == 1  # ten minutes left, renewal window a day

@@ -10,13 +10,14 @@ import pytest
 import sqlalchemy as sa
 from rq.registry import FailedJobRegistry
 
-from roombridge import channels, db, rooms
+from roombridge import db, rooms
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room, RoomSyncState, WatchChannel
 from roombridge.queue import queue, redis
 from tests.conftest import SERVICE_ACCOUNT, counting_statements, invoke_ok, run_jobs, shared_room
 from tests.factories import make_reservation, make_room
+from tests.sync_support import take_pushes
 from tests.webapp.signin import csrf_token, sign_in
 
 ATLAS = "atlas@resource.calendar.google.com"
@@ -330,8 +331,9 @@ def test_setup_page_walks_through_google_and_checks_each_rooms_access(console, e
 def test_health_summary_counts_pushes_and_names_the_mode_and_scope(make_app):
     app = make_app(GOOGLE_DELEGATED_USER="booker@example.com")
     with app.app_context():
-        for _ in range(3):
-            channels.record_push(redis(), utcnow())
+        room = make_room(db.session())
+        take_pushes(WatchChannel(id="chan-1", room_id=room.id, token="t", address="a",
+                                 expiration=utcnow() + timedelta(days=1)), [utcnow()] * 3)
     html = _admin_client(app).get("/admin/").get_data(as_text=True)
     assert '<dd id="stat-pushes">3</dd>' in html
     assert "Delegated mode: acting as booker@example.com" in html

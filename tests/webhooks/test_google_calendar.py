@@ -21,7 +21,7 @@ from roombridge.queue import queue, redis
 from roombridge.sync import request_sync
 from tests.conftest import counting_statements, run_jobs, wait_until
 from tests.factories import make_room
-from tests.sync_support import ROOM, reservations, rfc, soon, sync_runs, watched_room
+from tests.sync_support import ROOM, pushes_counted, reservations, rfc, soon, sync_runs, watched_room
 
 REPO = Path(__file__).resolve().parents[2]
 URL = "/webhooks/google/calendar"
@@ -71,8 +71,7 @@ def pending(app, channel_id="chan-1") -> channels.PendingPushes:
 
 
 def counted(app, channel_id="chan-1") -> int:
-    """Every push counted on the channel: on its row, and in Redis since the last sync."""
-    return stored(app, channel_id).push_count + pending(app, channel_id).count
+    return pushes_counted(app, channel_id)
 
 
 def test_sync_handshake_is_recorded_and_enqueues_nothing(app, client):
