@@ -3,7 +3,9 @@
 Run it
 ======
 ``python -m emulator --port 8085 [--host 127.0.0.1] [--seed demo] [--max-channel-ttl S]
-[--push-delay S] [--key-out PATH]``, or in-process::
+[--push-delay S] [--key-out PATH] [--quotas] [--quota-per-user N] [--quota-per-project N]
+[--calendar-write-interval S]`` (``EMULATOR_QUOTAS=1`` also turns quotas on), or
+in-process::
 
     emu = EmulatorServer(port=0, max_channel_ttl=604800, push_delay=0.0, push_retry_base=0.05)
     emu.start()                      # background thread; emu.url, emu.calendar_api_url
@@ -85,8 +87,16 @@ Errors: 400 ``{"error": text}`` for bad input, 404 ``{"error": ...}`` for unknow
   (0..1 of ``exists`` messages silently dropped), ``access_token_ttl``, ``max_channel_ttl``,
   ``latency`` (seconds added to every Calendar call), ``push_retry_base``,
   ``push_retry_cap``, ``push_max_attempts``, ``stopped_channel_delivers_once`` (a channel
-  stopped while this is on still delivers its next message) -> all settings.
-  ``GET settings`` -> all settings.
+  stopped while this is on still delivers its next message), and Google's quotas (see
+  ``emulator.quota``): ``quota_enabled`` (default false), ``quota_per_user`` (600 calls in
+  any sliding minute per principal: past it 403 ``userRateLimitExceeded``, or 429
+  ``rateLimitExceeded`` with ``quota_user_status: 429``), ``quota_per_project`` (10,000:
+  403 ``rateLimitExceeded``), ``calendar_write_interval`` (seconds; a write to a calendar
+  sooner than this after the previous one is 403 ``rateLimitExceeded``; 0 = off) -> all
+  settings. ``GET settings`` -> all settings.
+- ``GET quota`` -> ``{enabled, window_seconds, per_user_limit, per_project_limit,
+  calendar_write_interval, users: {principal: calls}, projects: {project: calls}}``: calls
+  admitted in the current sliding minute (refused calls are not counted).
 - ``POST clock/advance`` ``{seconds}`` and ``GET clock`` -> ``{now, offset_seconds}``. The
   clock drives ``updated``, access-token expiry and channel expiry.
 - ``POST faults`` ``{status, times?: 1, method?, path_regex?, calendar?, reason?, message?}``
@@ -94,7 +104,10 @@ Errors: 400 ``{"error": text}`` for bad input, 404 ``{"error": ...}`` for unknow
   Google's error body; reason defaults per status (403/429 ``rateLimitExceeded``, 500/503
   ``backendError``, ...). ``DELETE faults`` -> 204.
 - ``GET requests?calendar=&method=`` -> ``[{time, method, path, calendar, status, query,
-  send_updates, principal, service_account, subject}]`` for Calendar API and token calls;
+  send_updates, principal, service_account, subject, refused_by_quota}]`` for Calendar API
+  and token calls; ``principal`` is who the quota counts (the delegated user, else the
+  service account), ``refused_by_quota`` is null or the limit that refused the call
+  (``user``, ``project``, ``calendar_writes``);
   ``DELETE requests`` -> 204.
 - ``GET channels`` -> ``[{id, calendar, resourceId, resourceUri, address, token,
   expiration, principal, stopped}]``.

@@ -63,6 +63,10 @@ def create_app(state):
         caller = state.authenticate(request.headers.get("Authorization"))
         request.environ["emulator.caller"] = caller
         calendar_id = (request.view_args or {}).get("calendar_id")
+        refused = state.admit(caller, request.method, calendar_id)
+        if refused is not None:
+            request.environ["emulator.quota"], error = refused
+            raise error
         fault = state.take_fault(request.method, request.path, calendar_id)
         if fault is not None:
             raise fault
@@ -86,6 +90,7 @@ def create_app(state):
                 "principal": caller.email if caller else None,
                 "service_account": caller.service_account if caller else None,
                 "subject": caller.subject if caller else None,
+                "refused_by_quota": request.environ.get("emulator.quota"),
             })
         return response
 
@@ -299,6 +304,10 @@ def create_app(state):
     def clear_requests():
         state.clear_requests()
         return Response(status=204)
+
+    @app.get("/_emulator/quota")
+    def quota():
+        return jsonify(state.quota_usage())
 
     @app.get("/_emulator/channels")
     def channels():

@@ -47,9 +47,16 @@ def new_key_pair():
     return pem, private_key.public_key()
 
 
+def project_of(service_account_email):
+    """The Cloud project a service account belongs to: ``name@PROJECT.iam.gserviceaccount.com``."""
+    if "@" not in service_account_email:
+        return "emulator"
+    return service_account_email.split("@", 1)[1].split(".", 1)[0]
+
+
 def key_file(email, private_key_pem, private_key_id, client_id, token_uri):
     """The JSON key Google's console hands out for a service account."""
-    project_id = email.split("@", 1)[1].split(".", 1)[0] if "@" in email else "emulator"
+    project_id = project_of(email)
     return {
         "type": "service_account",
         "project_id": project_id,

@@ -65,9 +65,17 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urlparse
 
 from . import errors
-from .auth import CALENDAR_SCOPES, key_file, new_key_id, new_key_pair, verify_assertion
+from .auth import (
+    CALENDAR_SCOPES,
+    key_file,
+    new_key_id,
+    new_key_pair,
+    project_of,
+    verify_assertion,
+)
 from .errors import ApiError, invalid
 from .push import Delivery, push_log_entry
+from .quota import QuotaMeter
 from .timeutil import (
     EXPANSION_HORIZON,
     Clock,
@@ -118,6 +126,14 @@ class Settings:
     push_retry_cap: float = 60.0
     push_max_attempts: int = 6
     stopped_channel_delivers_once: bool = False
+    # Google's quotas (emulator.quota); off unless asked for, so tests that do not care
+    # are not refused. quota_user_status: 403 (userRateLimitExceeded) or 429.
+    quota_enabled: bool = False
+    quota_per_user: int = 600
+    quota_per_project: int = 10000
+    quota_user_status: int = 403
+    # Seconds that must pass between two writes to one calendar (0: no pacing).
+    calendar_write_interval: float = 0.0
 
 
 @dataclass
@@ -276,6 +292,7 @@ class EmulatorState:
         self.request_log = []
         self.push_log = []
         self.faults = []
+        self.quota = QuotaMeter()
         self._changes = itertools.count(1)
         self._last_change = 0
         # Tokens name the generation they were issued in, so a reset invalidates them.
@@ -302,6 +319,8 @@ class EmulatorState:
             for name, value in changes.items():
                 if not hasattr(self.settings, name):
                     raise ValueError(f"unknown setting {name!r}")
+                if name == "quota_user_status" and value not in (403, 429):
+                    raise ValueError("quota_user_status must be 403 or 429")
                 setattr(self.settings, name, value)
             return asdict(self.settings)
 
@@ -1185,6 +1204,22 @@ class EmulatorState:
                     self.faults.remove(fault)
                 return errors.fault_error(fault["status"], fault["reason"], fault["message"])
             return None
+
+    def admit(self, caller, method, calendar_id):
+        """Count a Calendar API call against Google's quotas (``emulator.quota``).
+
+        None when admitted; else ``(limit, error)``: which limit refused it (``user``,
+        ``project`` or ``calendar_writes``) and Google's answer.
+        """
+        with self.lock:
+            project = project_of(caller.service_account or caller.email)
+            return self.quota.admit(self.settings, self.clock.now(), caller.email, project,
+                                    method.upper(), calendar_id)
+
+    def quota_usage(self):
+        """Calls admitted in the current sliding minute, per principal and per project."""
+        with self.lock:
+            return self.quota.usage(self.settings, self.clock.now())
 
     def log_request(self, entry):
         with self.lock:
