@@ -78,8 +78,17 @@ Errors: 400 ``{"error": text}`` for bad input, 404 ``{"error": ...}`` for unknow
   person, the room attendee ``self: true``). The room answers ``accepted`` when none of its
   busy events overlaps (any instance, for a series) and ``declined`` otherwise; declined
   copies still appear on the room calendar, as in Google.
+- ``GET people/<email>/events/<eventId>`` -> the person's own copy (what the organizer
+  sees, e.g. a room's ``declined`` after the app declined on the room's copy).
 - ``PATCH people/<email>/events/<eventId>`` (same fields as above) re-evaluates the room's
   answer; ``DELETE people/<email>/events/<eventId>`` cancels it and the room copy.
+
+A room's copy of a person's booking is an attendee's copy: through the Calendar API a
+writer on the room calendar (the app) may change only the room's own attendee entry
+(``responseStatus``, ``comment``), private extended properties, reminders, ``colorId`` and
+``transparency``; other changes are 403 ``forbiddenForNonOrganizer``. A changed
+``responseStatus`` (e.g. ``declined``) is copied to the organizer's event and every other
+copy; nothing is deleted.
 - ``POST calendars/<id>/expire-sync-tokens``: every sync token of the calendar now gets 410
   ``fullSyncRequired``.
 - ``POST settings`` with any of ``page_size_cap`` (null = none; N caps each page; 0 makes

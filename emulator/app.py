@@ -256,6 +256,10 @@ def create_app(state):
                                   body.get("recurrence"), body.get("timeZone"),
                                   body.get("description"))), 201
 
+    @app.get("/_emulator/people/<email>/events/<event_id>")
+    def person_event(email, event_id):
+        return jsonify(state.person_event(email, event_id))
+
     @app.patch("/_emulator/people/<email>/events/<event_id>")
     def patch_person_event(email, event_id):
         return jsonify(state.patch_person_event(email, event_id, control_body()))

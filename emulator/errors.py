@@ -167,3 +167,9 @@ def forbidden_for_service_accounts():
     return ApiError(403, "forbiddenForServiceAccounts",
                     "Service accounts cannot invite attendees without Domain-Wide Delegation "
                     "of Authority.", "calendar")
+
+
+def forbidden_for_non_organizer():
+    return ApiError(403, "forbiddenForNonOrganizer",
+                    "Shared properties can only be changed by the organizer of the event.",
+                    "calendar")

@@ -46,6 +46,11 @@ Listing and sync (guide "Synchronize resources efficiently", reference "Events: 
 Resources (Google's room behaviour)
 - A person's event that lists a room (``resource: true``) is copied to the room calendar with
   the same id and iCalUID; the room accepts when it is free and declines on a clash.
+- The room's copy is an attendee's copy (organizer the person): its holder may change only
+  the room's own answer and per-copy fields; other changes are 403 ``forbiddenForNonOrganizer``
+  "Shared properties can only be changed by the organizer of the event.". An answer changed
+  there reaches the organizer's copy (Google propagates attendee responses); nothing is
+  deleted, and a declined booking no longer keeps the room busy.
 
 The emulator relaxes Google in places, each stated where it happens (http:// push addresses
 on loopback only, iat/exp checked against real time).
@@ -103,10 +108,18 @@ EXTENDED_VALUE_MAX = 1024
 CHANNEL_ID_MAX = 64
 CHANNEL_TOKEN_MAX = 256
 SEND_UPDATES = ("all", "externalOnly", "none")
+RESPONSE_STATUSES = ("needsAction", "declined", "tentative", "accepted")
+# What an attendee may change on its own copy of someone else's event (Events reference:
+# private extended properties, reminders, colour, transparency, and its own answer);
+# anything else is a shared property: 403 forbiddenForNonOrganizer.
+ATTENDEE_OWN_FIELDS = frozenset({"reminders", "colorId", "transparency"})
 # Fields the server owns: a client body cannot set them.
 SERVER_FIELDS = frozenset({"kind", "etag", "id", "htmlLink", "created", "updated", "creator",
                            "organizer", "iCalUID", "recurringEventId", "originalStartTime",
                            "sequence"})
+# Server fields carried from version to version (an exception also keeps its series link).
+STORED_SERVER_FIELDS = ("id", "created", "creator", "organizer", "iCalUID", "sequence",
+                        "recurringEventId", "originalStartTime")
 LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 FAR_PAST = datetime.min.replace(tzinfo=UTC)
@@ -267,6 +280,32 @@ def time_input(value, time_zone=None):
     if time_zone:
         result["timeZone"] = time_zone
     return result
+
+
+def is_attendee_copy(resource, calendar_id):
+    """This calendar holds the event as an invited attendee (e.g. a room), not as organizer."""
+    return resource.get("organizer", {}).get("email") != calendar_id and any(
+        a.get("email") == calendar_id for a in resource.get("attendees", []))
+
+
+def own_answer(resource, calendar_id):
+    return next((a.get("responseStatus") for a in resource.get("attendees", [])
+                 if a.get("email") == calendar_id), None)
+
+
+def shared_view(resource, calendar_id):
+    """What an attendee's copy shares with the organizer's: all but the attendee's own fields."""
+    view = {k: copy.deepcopy(v) for k, v in resource.items()
+            if k not in SERVER_FIELDS and k not in ATTENDEE_OWN_FIELDS}
+    view.setdefault("status", "confirmed")
+    view.setdefault("eventType", "default")
+    properties = {k: v for k, v in view.pop("extendedProperties", {}).items() if k != "private"}
+    if any(properties.values()):
+        view["extendedProperties"] = properties
+    view["attendees"] = sorted(
+        (a.get("email"), None if a.get("email") == calendar_id else a.get("responseStatus"))
+        for a in view.get("attendees", []))
+    return view
 
 
 class EmulatorState:
@@ -473,15 +512,13 @@ class EmulatorState:
             calendar = self._accessible(caller, calendar_id, "writer")
             stored = self._existing(calendar, event_id, if_match)
             merged = deep_merge(self._client_fields(stored.resource), body)
-            self._check_invitations(caller, merged, stored)
-            return copy.deepcopy(self._modify(calendar, stored, merged).resource)
+            return self._edit(caller, calendar, stored, merged)
 
     def update_event(self, caller, calendar_id, event_id, body, if_match=None):
         with self.lock:
             calendar = self._accessible(caller, calendar_id, "writer")
             stored = self._existing(calendar, event_id, if_match)
-            self._check_invitations(caller, body, stored)
-            return copy.deepcopy(self._modify(calendar, stored, body).resource)
+            return self._edit(caller, calendar, stored, body)
 
     def delete_event(self, caller, calendar_id, event_id, if_match=None):
         with self.lock:
@@ -495,6 +532,39 @@ class EmulatorState:
         if if_match and if_match != "*" and if_match != stored.resource["etag"]:
             raise errors.precondition_failed()
         return stored
+
+    def _edit(self, caller, calendar, stored, fields):
+        """patch/update: an organizer's copy changes freely, an attendee's copy only its own."""
+        self._check_invitations(caller, fields, stored)
+        if not is_attendee_copy(stored.resource, calendar.id):
+            return copy.deepcopy(self._modify(calendar, stored, fields).resource)
+        if shared_view(fields, calendar.id) != shared_view(stored.resource, calendar.id):
+            raise errors.forbidden_for_non_organizer()
+        before = own_answer(stored.resource, calendar.id)
+        self._modify(calendar, stored, fields)
+        after = own_answer(stored.resource, calendar.id)
+        if after != before:
+            self._spread_answer(calendar, stored.resource, after)
+        return copy.deepcopy(stored.resource)
+
+    def _spread_answer(self, calendar, resource, answer):
+        """An attendee's answer reaches every other copy of the event, the organizer's first.
+
+        So a room that declines on its own copy shows as declined on the organizer's event;
+        no copy is deleted.
+        """
+        holders = [resource["organizer"]["email"]] + [a["email"] for a in resource["attendees"]]
+        for holder in dict.fromkeys(holders):
+            other = self.calendars.get(holder)
+            target = other.events.get(resource["id"]) if other and other is not calendar else None
+            if target is None or target.cancelled:
+                continue
+            fields = self._client_fields(target.resource)
+            for attendee in fields.get("attendees", []):
+                if attendee["email"] == calendar.id:
+                    attendee["responseStatus"] = answer
+            self._write(other, target, self._server_fields(target.resource),
+                        self._validated(other, fields))
 
     def _check_invitations(self, caller, body, stored):
         if caller.may_invite:
@@ -533,6 +603,11 @@ class EmulatorState:
     # -- event storage ----------------------------------------------------------------------
 
     @staticmethod
+    def _server_fields(resource):
+        """The fields a new version keeps from the previous one (the server owns them)."""
+        return {k: copy.deepcopy(resource[k]) for k in STORED_SERVER_FIELDS if k in resource}
+
+    @staticmethod
     def _client_fields(resource):
         return {k: copy.deepcopy(v) for k, v in resource.items() if k not in SERVER_FIELDS}
 
@@ -552,6 +627,10 @@ class EmulatorState:
             if not isinstance(attendees, list) or not all(
                     isinstance(a, dict) and a.get("email") for a in attendees):
                 raise errors.required("Missing attendee email.", "attendees")
+            for attendee in attendees:
+                if attendee.get("responseStatus", "needsAction") not in RESPONSE_STATUSES:
+                    raise invalid(f"Invalid value for: {attendee['responseStatus']}",
+                                  "attendees.responseStatus")
             if not attendees:
                 resource.pop("attendees")
         properties = resource.get("extendedProperties")
@@ -597,7 +676,7 @@ class EmulatorState:
     def _modify(self, calendar, stored, body):
         previous = copy.deepcopy(stored.resource)
         resource = self._validated(calendar, body)
-        server = {k: previous[k] for k in ("id", "created", "creator", "organizer", "iCalUID")}
+        server = self._server_fields(previous)
         timing = ("start", "end", "recurrence")
         moved = any(resource.get(k) != previous.get(k) for k in timing)
         server["sequence"] = previous["sequence"] + (1 if moved else 0)
@@ -638,6 +717,7 @@ class EmulatorState:
             "organizer": server["organizer"],
             "iCalUID": server["iCalUID"],
             "sequence": server["sequence"],
+            **{k: server[k] for k in ("recurringEventId", "originalStartTime") if k in server},
         }
         stored.resource.setdefault("reminders", {"useDefault": True})
         stored.resource.setdefault("eventType", "default")
@@ -695,8 +775,7 @@ class EmulatorState:
             fields = self._client_fields(resource)
             if room_id not in rooms_now:
                 fields["status"] = "cancelled"
-            server = {k: copy.deepcopy(resource[k])
-                      for k in ("id", "created", "creator", "organizer", "iCalUID", "sequence")}
+            server = self._server_fields(resource)
             copy_event = room.events.get(resource["id"])
             if copy_event is None:
                 copy_event = StoredEvent({}, 0)
@@ -1122,6 +1201,15 @@ class EmulatorState:
             if recurrence:
                 body["recurrence"] = list(recurrence)
             stored = self._insert(self.calendars[person], person, body)
+            return copy.deepcopy(stored.resource)
+
+    def person_event(self, person, event_id):
+        """A person's own copy of an event, as they see it in Google Calendar."""
+        with self.lock:
+            calendar = self._calendar(person)
+            stored = calendar.events.get(event_id)
+            if stored is None:
+                raise KeyError(event_id)
             return copy.deepcopy(stored.resource)
 
     def patch_person_event(self, person, event_id, changes):
