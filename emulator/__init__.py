@@ -34,7 +34,10 @@ Google endpoints
   orderBy, showDeleted, maxResults, pageToken, syncToken, privateExtendedProperty,
   sharedExtendedProperty, iCalUID, q, updatedMin; insert with ``sendUpdates``)
 - ``GET|PATCH|PUT|DELETE calendars/{calendarId}/events/{eventId}`` (``If-Match`` honoured;
-  recurring-instance ids can be read and deleted)
+  an instance id ``<eventId>_<YYYYMMDDTHHMMSSZ>`` (all-day ``<eventId>_<YYYYMMDD>``) can be
+  read, and patching or deleting it stores an exception of the series)
+- ``GET calendars/{calendarId}/events/{eventId}/instances`` (timeMin, timeMax, showDeleted,
+  originalStart, maxResults, pageToken): a series' instances by start, exceptions in place
 - ``POST calendars/{calendarId}/events/watch``, ``POST channels/stop``
 
 Which Google behaviours are emulated, and where the emulator departs from Google, is written
@@ -72,16 +75,20 @@ Errors: 400 ``{"error": text}`` for bad input, 404 ``{"error": ...}`` for unknow
   ``DELETE calendars/<id>/events/<eventId>`` -> the event / 204: someone with full access
   edits or cancels an event, e.g. moves one of the app's bookings in Google.
 - ``POST people/<email>/book`` ``{room, summary?, start, end, attendees?: [email],
-  recurrence?: ["RRULE:..."], timeZone?, description?}`` -> 201 the person's event. It is
+  recurrence?: ["RRULE:..."], timeZone?, description?}`` -> 201 the person's event (a series
+  without ``timeZone`` gets the person's calendar zone, as Google Calendar's UI does). It is
   created on the person's calendar (organizer the person) with the room as a resource
   attendee, and copied to the room calendar with the same id and iCalUID (organizer the
   person, the room attendee ``self: true``). The room answers ``accepted`` when none of its
   busy events overlaps (any instance, for a series) and ``declined`` otherwise; declined
   copies still appear on the room calendar, as in Google.
 - ``GET people/<email>/events/<eventId>`` -> the person's own copy (what the organizer
-  sees, e.g. a room's ``declined`` after the app declined on the room's copy).
+  sees, e.g. a room's ``declined`` after the app declined on the room's copy); an instance
+  id gives that occurrence.
 - ``PATCH people/<email>/events/<eventId>`` (same fields as above) re-evaluates the room's
-  answer; ``DELETE people/<email>/events/<eventId>`` cancels it and the room copy.
+  answer; ``DELETE people/<email>/events/<eventId>`` cancels it and the room copy. With an
+  instance id both make an exception, copied to the room like the series.
+- ``PATCH``/``DELETE calendars/<id>/events/<eventId>`` accept instance ids the same way.
 
 A room's copy of a person's booking is an attendee's copy: through the Calendar API a
 writer on the room calendar (the app) may change only the room's own attendee entry

@@ -143,6 +143,11 @@ def create_app(state):
     def get_event(calendar_id, event_id):
         return jsonify(state.get_event(caller(), calendar_id, event_id))
 
+    @app.get(EVENTS + "/<event_id>/instances")
+    def list_instances(calendar_id, event_id):
+        return jsonify(state.list_instances(caller(), calendar_id, event_id,
+                                            request.args.to_dict(flat=False)))
+
     @app.patch(EVENTS + "/<event_id>")
     def patch_event(calendar_id, event_id):
         check_send_updates()

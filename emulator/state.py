@@ -25,9 +25,18 @@ Events (reference "Events: insert/get/list/patch/update/delete")
   1024 characters truncated.
 - delete marks the event ``cancelled`` and keeps it for sync; deleting it again is 410
   ``deleted``. get still returns a cancelled event.
-- Recurring series expand with ``singleEvents=true`` into instances ``<id>_<start>`` with
-  ``recurringEventId`` and ``originalStartTime``; deleting an instance adds an EXDATE to its
-  series (Google records a cancelled exception; both read as a cancelled instance in sync).
+- A timed series must name ``timeZone`` on start and end (400 ``required`` "Missing time zone
+  definition for start time."); it is expanded in that zone's wall time.
+- Recurring series expand with ``singleEvents=true`` (lists, sync and ``events.instances``)
+  into instances ``<id>_<start>`` with ``recurringEventId`` and ``originalStartTime``.
+  Patching or deleting an instance id stores an exception: an event of its own with that id
+  (same iCalUID, no ``recurrence``); a deleted one is ``cancelled`` and is listed as a stub
+  (id, status, recurringEventId, originalStartTime). The series' rule is not rewritten, so a
+  sync reports only the exception. Without ``singleEvents`` lists give the series plus its
+  exceptions. When the series is deleted, or its rule (e.g. an UNTIL for "this and
+  following") no longer has an instance, that instance's exception is cancelled too.
+  Exceptions keep their own copy of every field: a later change to the series' summary does
+  not reach them (Google carries over fields the exception did not change).
 - patch merges objects (``null`` removes a field) and replaces arrays; update replaces.
 
 Listing and sync (guide "Synchronize resources efficiently", reference "Events: list")
@@ -282,6 +291,16 @@ def time_input(value, time_zone=None):
     return result
 
 
+def same_start(original_start, value):
+    """Whether an instance's originalStartTime is the ``originalStart`` query value."""
+    if original_start.get("date"):
+        return original_start["date"] == value
+    try:
+        return parse_rfc3339(original_start["dateTime"]) == parse_rfc3339(value)
+    except ApiError:
+        return False
+
+
 def is_attendee_copy(resource, calendar_id):
     """This calendar holds the event as an invited attendee (e.g. a room), not as organizer."""
     return resource.get("organizer", {}).get("email") != calendar_id and any(
@@ -499,13 +518,61 @@ class EmulatorState:
     def get_event(self, caller, calendar_id, event_id):
         with self.lock:
             calendar = self._accessible(caller, calendar_id, "reader")
-            stored = calendar.events.get(event_id)
-            if stored is not None:
-                return copy.deepcopy(stored.resource)
-            instance = self._find_instance(calendar, event_id)
-            if instance is None:
+            return copy.deepcopy(self._existing(calendar, event_id, None).resource)
+
+    def list_instances(self, caller, calendar_id, event_id, args):
+        """events.instances: a series' instances by start time, its exceptions in place."""
+        with self.lock:
+            calendar = self._accessible(caller, calendar_id, "reader")
+            master = calendar.events.get(event_id)
+            if master is None or master.resource.get("recurringEventId"):
                 raise errors.not_found()
-            return instance[1]
+            page_token = (args.get("pageToken") or [None])[0]
+            offset = 0
+            if page_token:
+                page = decode_token(page_token)
+                if (not page or page.get("kind") != "instances"
+                        or page.get("event") != [calendar.id, event_id]
+                        or page.get("generation") != self._generation):
+                    raise invalid("Invalid page token value.", "pageToken")
+                args, offset = page["query"], page["offset"]
+            params = {k: v[0] for k, v in args.items() if v and k != "pageToken"}
+            time_min = parse_rfc3339(params["timeMin"], "timeMin") if "timeMin" in params else None
+            time_max = parse_rfc3339(params["timeMax"], "timeMax") if "timeMax" in params else None
+            window = (time_min or FAR_PAST, time_max or FAR_FUTURE)
+            show_deleted = params.get("showDeleted", "false").lower() == "true"
+            rows = []
+            if master.resource.get("recurrence") and not master.cancelled:
+                rows = [self._row(calendar, instance, master, instance)
+                        for instance in self._live_instances(calendar, master.resource, window)]
+            for stored in calendar.events.values():
+                resource = stored.resource
+                if resource.get("recurringEventId") != event_id:
+                    continue
+                if stored.cancelled and not show_deleted:
+                    continue
+                item = (self._cancelled_stub(resource) if stored.cancelled
+                        else copy.deepcopy(resource))
+                row = self._row(calendar, item, stored)
+                if row[2] > window[0] and row[1] < window[1]:
+                    rows.append(row)
+            if "originalStart" in params:
+                wanted = params["originalStart"]
+                rows = [row for row in rows if same_start(row[0]["originalStartTime"], wanted)]
+            rows = self._ordered(rows, "startTime")
+            size = min(self._max_results(params), len(rows) - offset)
+            response = {"kind": "calendar#events", "etag": f'"{self._last_change:016d}"',
+                        "summary": calendar.summary, "description": "",
+                        "updated": format_rfc3339(self.clock.now()),
+                        "timeZone": calendar.time_zone,
+                        "accessRole": self._role(caller.email, calendar),
+                        "defaultReminders": [],
+                        "items": [row[0] for row in rows[offset:offset + size]]}
+            if offset + size < len(rows):
+                response["nextPageToken"] = encode_token({
+                    "kind": "instances", "event": [calendar.id, event_id], "query": args,
+                    "offset": offset + size, "generation": self._generation})
+            return response
 
     def patch_event(self, caller, calendar_id, event_id, body, if_match=None):
         with self.lock:
@@ -526,9 +593,15 @@ class EmulatorState:
             self._delete(calendar, event_id, if_match)
 
     def _existing(self, calendar, event_id, if_match):
+        """The stored event, or for an instance id its exception (a new one, not yet stored:
+        ``_modify`` stores it, so a refused change leaves no trace)."""
         stored = calendar.events.get(event_id)
         if stored is None:
-            raise errors.not_found()
+            found = self._find_instance(calendar, event_id)
+            if found is None:
+                raise errors.not_found()
+            master, instance = found
+            stored = StoredEvent(instance, master.change)
         if if_match and if_match != "*" and if_match != stored.resource["etag"]:
             raise errors.precondition_failed()
         return stored
@@ -556,13 +629,19 @@ class EmulatorState:
         holders = [resource["organizer"]["email"]] + [a["email"] for a in resource["attendees"]]
         for holder in dict.fromkeys(holders):
             other = self.calendars.get(holder)
-            target = other.events.get(resource["id"]) if other and other is not calendar else None
-            if target is None or target.cancelled:
+            if other is None or other is calendar:
+                continue
+            try:  # an answer on one instance becomes an exception on the other copies too
+                target = self._existing(other, resource["id"], None)
+            except ApiError:
+                continue
+            if target.cancelled:
                 continue
             fields = self._client_fields(target.resource)
             for attendee in fields.get("attendees", []):
                 if attendee["email"] == calendar.id:
                     attendee["responseStatus"] = answer
+            other.events.setdefault(resource["id"], target)
             self._write(other, target, self._server_fields(target.resource),
                         self._validated(other, fields))
 
@@ -575,30 +654,11 @@ class EmulatorState:
             raise errors.forbidden_for_service_accounts()
 
     def _delete(self, calendar, event_id, if_match=None):
-        stored = calendar.events.get(event_id)
-        if stored is None:
-            instance = self._find_instance(calendar, event_id)
-            if instance is None:
-                raise errors.not_found()
-            self._cancel_instance(calendar, *instance)
-            return
-        if if_match and if_match != "*" and if_match != stored.resource["etag"]:
-            raise errors.precondition_failed()
+        stored = self._existing(calendar, event_id, if_match)
         if stored.cancelled:
             raise errors.already_deleted()
         self._modify(calendar, stored, dict(self._client_fields(stored.resource),
                                             status="cancelled"))
-
-    def _cancel_instance(self, calendar, master, instance):
-        """Google keeps a cancelled exception; an EXDATE reads the same in every listing."""
-        if instance.get("originalStartTime", {}).get("date"):
-            exdate = "EXDATE;VALUE=DATE:" + instance["originalStartTime"]["date"].replace("-", "")
-        else:
-            start = datetime.fromisoformat(instance["originalStartTime"]["dateTime"])
-            exdate = "EXDATE:" + start.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-        fields = self._client_fields(master.resource)
-        fields["recurrence"] = list(fields.get("recurrence", [])) + [exdate]
-        self._modify(calendar, master, fields)
 
     # -- event storage ----------------------------------------------------------------------
 
@@ -614,9 +674,14 @@ class EmulatorState:
     def _validated(self, calendar, body):
         """A client body checked and trimmed as Google would, without server fields."""
         resource = {k: copy.deepcopy(v) for k, v in body.items() if k not in SERVER_FIELDS}
-        event_span(resource, calendar.time_zone)
+        start, _ = event_span(resource, calendar.time_zone)
         if resource.get("recurrence"):
             validate_recurrence(resource["recurrence"])
+            # Google expands a series in its own zone, so a timed one must name it.
+            for side in ("start", "end"):
+                if not start.all_day and not resource[side].get("timeZone"):
+                    raise errors.required(f"Missing time zone definition for {side} time.",
+                                          side)
         else:
             resource.pop("recurrence", None)
         status = resource.setdefault("status", "confirmed")
@@ -676,6 +741,9 @@ class EmulatorState:
     def _modify(self, calendar, stored, body):
         previous = copy.deepcopy(stored.resource)
         resource = self._validated(calendar, body)
+        if previous.get("recurringEventId"):
+            resource.pop("recurrence", None)  # an exception is one occurrence
+            calendar.events.setdefault(previous["id"], stored)
         server = self._server_fields(previous)
         timing = ("start", "end", "recurrence")
         moved = any(resource.get(k) != previous.get(k) for k in timing)
@@ -695,8 +763,18 @@ class EmulatorState:
         for instance_id, stub in before.items():
             if instance_id not in after:
                 stored.removed_instances[instance_id] = (stored.change, stub)
+                self._cancel_exception(calendar, instance_id)
         for instance_id in after:
             stored.removed_instances.pop(instance_id, None)
+
+    def _cancel_exception(self, calendar, instance_id):
+        """An exception goes with its instance (series deleted, or its rule no longer has it)."""
+        exception = calendar.events.get(instance_id)
+        if exception is None or exception.cancelled:
+            return
+        fields = dict(self._client_fields(exception.resource), status="cancelled")
+        self._write(calendar, exception, self._server_fields(exception.resource),
+                    self._validated(calendar, fields))
 
     def _store(self, calendar, stored, server, resource):
         """Write a new version: fresh change number, etag and updated; then notify."""
@@ -797,10 +875,25 @@ class EmulatorState:
             mine = [a for a in other.resource.get("attendees", []) if a.get("email") == room.id]
             if mine and mine[0].get("responseStatus") == "declined":
                 continue
-            for start, end in self._intervals(other.resource, room.time_zone, window):
+            for busy_id, start, end in self._busy_spans(room, other.resource, window):
+                if busy_id == event_id:
+                    continue  # the series instance this exception replaces
                 if any(start < w_end and w_start < end for w_start, w_end in wanted):
                     return False
         return True
+
+    def _busy_spans(self, calendar, resource, window):
+        """(id, UTC start, UTC end) of an event, or of each instance no exception replaces."""
+        if not resource.get("recurrence"):
+            return [(resource["id"], *self._intervals(resource, calendar.time_zone, None)[0])]
+        start, _ = event_span(resource, calendar.time_zone)
+        spans = []
+        for begins, ends, local_start, _ in self._occurrences(resource, calendar.time_zone,
+                                                              window):
+            instance_id = f"{resource['id']}_{instance_suffix(local_start, start.all_day)}"
+            if instance_id not in calendar.events:
+                spans.append((instance_id, begins, ends))
+        return spans
 
     # -- recurrence -------------------------------------------------------------------------
 
@@ -849,6 +942,11 @@ class EmulatorState:
             result.append(instance)
         return result
 
+    def _live_instances(self, calendar, master, window=None):
+        """A series' instances that no exception replaces (exceptions are listed on their own)."""
+        return [i for i in self._instances(calendar, master, window)
+                if i["id"] not in calendar.events]
+
     def _instance_ids(self, calendar, resource):
         if not resource.get("recurrence") or resource.get("status") == "cancelled":
             return {}
@@ -857,7 +955,7 @@ class EmulatorState:
     def _find_instance(self, calendar, event_id):
         master_id, sep, _ = event_id.rpartition("_")
         master = calendar.events.get(master_id) if sep else None
-        if master is None or not master.resource.get("recurrence"):
+        if master is None or master.cancelled or not master.resource.get("recurrence"):
             return None
         for instance in self._instances(calendar, master.resource):
             if instance["id"] == event_id:
@@ -966,7 +1064,8 @@ class EmulatorState:
         for stored in calendar.events.values():
             if single:
                 for change, stub in stored.removed_instances.values():
-                    if since < change <= snapshot:
+                    # An instance with an exception is reported through the exception.
+                    if since < change <= snapshot and stub["id"] not in calendar.events:
                         rows.append(self._row(calendar, stub, stored))
             if not since < stored.change <= snapshot:
                 continue
@@ -974,7 +1073,7 @@ class EmulatorState:
             if single and resource.get("recurrence"):
                 # A cancelled series reads as its removed instances, listed above.
                 if not stored.cancelled:
-                    for instance in self._instances(calendar, resource):
+                    for instance in self._live_instances(calendar, resource):
                         rows.append(self._row(calendar, instance, stored, instance))
             elif stored.cancelled:
                 rows.append(self._row(calendar, self._cancelled_stub(resource), stored))
@@ -1003,10 +1102,14 @@ class EmulatorState:
             if not self._filters_match(resource, query, params):
                 continue
             if single and resource.get("recurrence"):
-                for instance in self._instances(calendar, resource, window):
+                for instance in self._live_instances(calendar, resource, window):
                     rows.append(self._row(calendar, instance, stored, instance))
                 continue
-            row = self._row(calendar, copy.deepcopy(resource), stored)
+            # Google lists a cancelled exception as its stub only.
+            item = (self._cancelled_stub(resource)
+                    if stored.cancelled and resource.get("recurringEventId")
+                    else copy.deepcopy(resource))
+            row = self._row(calendar, item, stored)
             if row[2] > window[0] and row[1] < window[1]:
                 rows.append(row)
         return rows
@@ -1194,6 +1297,8 @@ class EmulatorState:
             guests = [{"email": person, "organizer": True, "responseStatus": "accepted"},
                       {"email": room, "resource": True}]
             guests += [{"email": e, "responseStatus": "needsAction"} for e in attendees or []]
+            if recurrence and not time_zone:
+                time_zone = self.calendars[person].time_zone  # as Google Calendar's UI does
             body = {"summary": summary, "start": time_input(start, time_zone),
                     "end": time_input(end, time_zone), "attendees": guests}
             if description:
@@ -1204,13 +1309,17 @@ class EmulatorState:
             return copy.deepcopy(stored.resource)
 
     def person_event(self, person, event_id):
-        """A person's own copy of an event, as they see it in Google Calendar."""
+        """A person's own copy of an event (or instance), as they see it in Google Calendar."""
         with self.lock:
-            calendar = self._calendar(person)
-            stored = calendar.events.get(event_id)
-            if stored is None:
-                raise KeyError(event_id)
+            stored = self._stored_or_instance(self._calendar(person), event_id)
             return copy.deepcopy(stored.resource)
+
+    def _stored_or_instance(self, calendar, event_id):
+        """Control-API lookup: an event, an exception or a series instance; else KeyError."""
+        try:
+            return self._existing(calendar, event_id, None)
+        except ApiError:
+            raise KeyError(event_id) from None
 
     def patch_person_event(self, person, event_id, changes):
         """A person edits their event; the rooms it invites answer again."""
@@ -1223,8 +1332,10 @@ class EmulatorState:
         """Write straight to a calendar as ``email`` (no sharing check, no attendee flow)."""
         with self.lock:
             calendar = self._calendar(calendar_id)
-            body = dict(body, start=time_input(body.get("start"), body.get("timeZone")),
-                        end=time_input(body.get("end"), body.get("timeZone")))
+            zone_name = body.get("timeZone") or (calendar.time_zone if body.get("recurrence")
+                                                 else None)
+            body = dict(body, start=time_input(body.get("start"), zone_name),
+                        end=time_input(body.get("end"), zone_name))
             body.pop("timeZone", None)
             return copy.deepcopy(self._insert(calendar, email, body).resource)
 
@@ -1232,11 +1343,11 @@ class EmulatorState:
         """Someone with full access edits an event (e.g. moves one of the app's bookings)."""
         with self.lock:
             calendar = self._calendar(calendar_id)
-            stored = calendar.events.get(event_id)
-            if stored is None:
-                raise KeyError(event_id)
+            stored = self._stored_or_instance(calendar, event_id)
             changes = dict(changes)
             zone_name = changes.pop("timeZone", None)
+            if not zone_name and (changes.get("recurrence") or stored.resource.get("recurrence")):
+                zone_name = calendar.time_zone
             for side in ("start", "end"):
                 if side in changes:
                     changes[side] = time_input(changes[side], zone_name)
