@@ -35,8 +35,8 @@ Events (reference "Events: insert/get/list/patch/update/delete")
   sync reports only the exception. Without ``singleEvents`` lists give the series plus its
   exceptions. When the series is deleted, or its rule (e.g. an UNTIL for "this and
   following") no longer has an instance, that instance's exception is cancelled too.
-  Exceptions keep their own copy of every field: a later change to the series' summary does
-  not reach them (Google carries over fields the exception did not change).
+  A later change to the series reaches each exception's fields that it had not overridden
+  (an exception's own start, end and status are never overwritten).
 - patch merges objects (``null`` removes a field) and replaces arrays; update replaces.
 
 Listing and sync (guide "Synchronize resources efficiently", reference "Events: list")
@@ -129,6 +129,8 @@ SERVER_FIELDS = frozenset({"kind", "etag", "id", "htmlLink", "created", "updated
 # Server fields carried from version to version (an exception also keeps its series link).
 STORED_SERVER_FIELDS = ("id", "created", "creator", "organizer", "iCalUID", "sequence",
                         "recurringEventId", "originalStartTime")
+# An exception's own timing and state: a change to the series never overwrites them.
+INSTANCE_OWN_FIELDS = frozenset({"start", "end", "recurrence", "status"})
 LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 FAR_PAST = datetime.min.replace(tzinfo=UTC)
@@ -753,7 +755,30 @@ class EmulatorState:
         self._write(calendar, stored, server, resource)
         if calendar.kind == "user":
             self._copy_to_rooms(calendar, stored, previous)
+        if previous.get("recurrence") and not stored.cancelled:
+            self._carry_to_exceptions(calendar, previous, stored.resource)
         return stored
+
+    def _carry_to_exceptions(self, calendar, before, after):
+        """A series change reaches each exception that had not overridden that field."""
+        changed = {k for k in set(before) | set(after)
+                   if k not in SERVER_FIELDS and k not in INSTANCE_OWN_FIELDS
+                   and before.get(k) != after.get(k)}
+        if not changed:
+            return
+        for exception in list(calendar.events.values()):
+            if (exception.resource.get("recurringEventId") != after["id"]
+                    or exception.cancelled):
+                continue
+            fields = self._client_fields(exception.resource)
+            inherited = [k for k in changed if fields.get(k) == before.get(k)]
+            for key in inherited:
+                if key in after:
+                    fields[key] = copy.deepcopy(after[key])
+                else:
+                    fields.pop(key, None)
+            if inherited:
+                self._modify(calendar, exception, fields)
 
     def _write(self, calendar, stored, server, resource):
         """Store a version and remember which instances of a series it removed."""

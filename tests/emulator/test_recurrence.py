@@ -196,3 +196,20 @@ def test_a_person_moving_one_occurrence_moves_the_rooms_copy(emulator, service):
     # Its own series instance at 09:00 does not clash with it: the room still accepts.
     assert next(a["responseStatus"] for a in room_copy["attendees"]
                 if a["email"] == ROOM) == "accepted"
+
+
+def test_a_series_change_reaches_exceptions_that_did_not_override_it(service):
+    service.events().insert(calendarId=ROOM, body=series_body(description="v1")).execute()
+    service.events().patch(calendarId=ROOM, eventId="series0001_20300311T090000Z", body={
+        "start": {"dateTime": "2030-03-11T11:00:00", "timeZone": LONDON},
+        "end": {"dateTime": "2030-03-11T12:00:00", "timeZone": LONDON}}).execute()
+    service.events().patch(calendarId=ROOM, eventId="series0001_20300318T090000Z",
+                           body={"summary": "Own title"}).execute()
+
+    service.events().patch(calendarId=ROOM, eventId="series0001",
+                           body={"summary": "Renamed", "description": "v2"}).execute()
+
+    items = all_instances(service)["items"]
+    assert [(i["summary"], i["description"], i["start"]["dateTime"]) for i in items[:3]] == [
+        ("Renamed", "v2", "2030-03-11T11:00:00"), ("Own title", "v2", "2030-03-18T09:00:00+00:00"),
+        ("Renamed", "v2", "2030-03-25T09:00:00+00:00")]
