@@ -1,4 +1,5 @@
-"""Run the whole system on one machine, on the embedded defaults: `make run`.
+"""Run the whole system on one machine, on the embedded defaults: `make run`, or
+`python -m scripts.devstack` from the repository root.
 
 Starts the local Google Calendar emulator (seeded with demo rooms, people and a service
 account), migrates a fresh SQLite database under instance/, then the three processes of
@@ -25,7 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = ROOT / "instance"
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT))  # run as a script: make the project's packages importable
 
 
 def log(message: str) -> None:
