@@ -2,33 +2,44 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The Procfile runner of `make run` (pyproject.toml's "dev" extra); production runs the Procfile its own way.
+HONCHO := honcho==2.0.0
 
 .PHONY: run test lint bench venv
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt
+
+# `make run`: the runtime lock and the Procfile runner only.
+$(BIN)/.run-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt $(HONCHO)
 	touch $@
 
-venv: $(BIN)/.installed
+# `make test`, `make lint`, `make bench`: the runtime lock plus the test tools.
+$(BIN)/.test-installed: requirements.txt requirements-test.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@
 
-## Run the whole system on the embedded defaults (SQLite, local Redis, the Calendar emulator).
-run: venv
+venv: $(BIN)/.test-installed
+
+## Run the whole system on the embedded defaults (SQLite, local Redis, the Calendar emulator):
+## the Procfile's processes plus the emulator, under honcho.
+run: $(BIN)/.run-installed
 	scripts/ensure-services.sh redis
-	$(BIN)/python scripts/devstack.py
+	$(BIN)/python -m scripts.devstack
 
 ## Lint, then every test on SQLite and PostgreSQL with real Redis and headless Chromium.
-test: venv
+test: $(BIN)/.test-installed
 	scripts/ensure-services.sh redis postgres chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-lint: venv
+lint: $(BIN)/.test-installed
 	$(BIN)/ruff check .
 
 ## Benchmarks: not tests; they print a table (see benchmarks/README.md).
-bench: venv
+bench: $(BIN)/.test-installed
 	scripts/ensure-services.sh redis postgres
 	command -v wrk >/dev/null || apt-get install -y -qq wrk
 	$(BIN)/python -m benchmarks

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from emulator import DEMO_SERVICE_ACCOUNT as SERVICE_ACCOUNT
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 POSTGRES_SERVER = os.environ.get("BENCH_POSTGRES_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432")
 POSTGRES_DB = os.environ.get("BENCH_POSTGRES_DB", "roombridge_bench")
 # A logical database of its own: the benchmarks flush it, so never the app's (0) or the tests' (13).

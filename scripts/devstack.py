@@ -1,59 +1,104 @@
-"""Run the whole system on one machine, on the embedded defaults: `make run`.
+"""Run the whole system on one machine, on the embedded defaults: `make run`, or
+`.venv/bin/python -m scripts.devstack` from the repository root.
 
-Starts the local Google Calendar emulator (seeded with demo rooms, people and a service
-account), migrates a fresh SQLite database under instance/, then the three processes of
-the Procfile (web, worker, scheduler), puts the demo rooms in scope once the web process
-answers, and prints the URL. Ctrl-C stops everything; if one process dies, all stop.
+Before anything starts: refuses at once, with the cause, when a port it needs is taken;
+then seeds the demo: a fresh SQLite database under instance/ (migrated), the demo rooms in
+scope, an API token for alice@example.com, and instance/demo.env for the command-line
+tools. Then it hands over to honcho, the Procfile runner, with the repository's Procfile
+as it is (web, worker, scheduler) plus one more line for the local Google Calendar
+emulator. Ctrl-C (or any process dying) makes honcho stop every process group: SIGTERM,
+then SIGKILL after five seconds, so nothing is left holding a port.
 
-The emulator keeps its calendars in memory, so each start begins from a fresh demo
-database too (instance/demo.sqlite3): nothing here is meant to outlive the demo.
+The emulator keeps its calendars in memory and makes a new service-account key each start,
+so each start begins from a fresh demo database too: nothing here outlives the demo.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shlex
-import signal
+import socket
 import subprocess
 import sys
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = ROOT / "instance"
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT))  # run as a script: make the project's packages importable
+DEMO_ENV_NAMES = ("ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "GOOGLE_SERVICE_ACCOUNT_FILE",
+                  "GOOGLE_CALENDAR_API_URL", "WEBHOOK_BASE_URL", "ADMIN_EMAILS")
 
 
 def log(message: str) -> None:
     print(f"devstack | {message}", flush=True)
 
 
-def wait_for(url: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 (loopback only)
-                if answer.status < 500:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{url} did not answer within {seconds:.0f}s")
-        time.sleep(0.2)
+def port_holder(port: int) -> str:
+    """Who listens on the port, as `ss` names it ("gunicorn (pid 123)"), or "" if unknown."""
+    try:
+        out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if 'users:(("' not in out:
+        return ""
+    name, _, rest = out.split('users:(("', 1)[1].partition('"')
+    pid = rest.split("pid=", 1)[1].split(",", 1)[0] if "pid=" in rest else "?"
+    return f"{name} (pid {pid})"
 
 
-def pipe_output(name: str, proc: subprocess.Popen) -> None:
-    for line in proc.stdout:
-        print(f"{name:>9} | {line.rstrip()}", flush=True)
+def taken_ports(wanted: dict[int, tuple[str, str]]) -> list[str]:
+    """One line per port of `wanted` ({port: (host, process)}) that cannot be bound now, with its cause."""
+    problems = []
+    for port, (host, process) in wanted.items():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is fine
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                cause = "Address already in use" if error.errno == errno.EADDRINUSE else error.strerror
+                holder = port_holder(port)
+                problems.append(f"port {port} ({process}) on {host}: {cause}"
+                                + (f", held by {holder}" if holder else ""))
+    return problems
+
+
+def seed_rooms(env: dict[str, str]) -> None:
+    """Put the emulator's demo rooms in scope in the app's database.
+
+    Directly, not through `flask rooms add` (which asks Google first): Google, the emulator,
+    is not running yet, and its demo seed shares every demo room with the demo service
+    account as writer. The scheduler's first channel renewal, at its start, opens each
+    room's push channel.
+    """
+    from emulator import DEMO_ROOMS
+    from roombridge import db
+    from roombridge.models import Room
+    from webapp import create_app
+
+    app = create_app(**{name: env[name] for name in ("ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY")})
+    with app.app_context():
+        session = db.session()
+        for spec in DEMO_ROOMS:
+            session.add(Room(calendar_id=spec["email"], name=spec["name"], capacity=spec["capacity"],
+                             building=spec["building"], floor=spec["floor"], features=spec["features"],
+                             time_zone=spec["time_zone"], in_scope=True, access_role="writer"))
+        session.commit()
+    db.engine(app).dispose()
 
 
 def main() -> int:
     web_port = int(os.environ.get("PORT", "5000"))
     emulator_port = int(os.environ.get("EMULATOR_PORT", "8085"))
+    # The Procfile's web process binds 0.0.0.0; the emulator binds the loopback only.
+    problems = taken_ports({web_port: ("0.0.0.0", "web"), emulator_port: ("127.0.0.1", "emulator")})  # noqa: S104
+    if problems:
+        for problem in problems:
+            log(problem)
+        log("nothing started: stop what holds the port, or choose others with PORT=... EMULATOR_PORT=...")
+        return 1
+
     INSTANCE.mkdir(exist_ok=True)
     database = INSTANCE / "demo.sqlite3"
     for leftover in INSTANCE.glob("demo.sqlite3*"):
@@ -62,11 +107,14 @@ def main() -> int:
     if not secret_file.exists():
         secret_file.write_text(secrets.token_hex(32))
     key_file = INSTANCE / "service-account.json"
+    key_file.unlink(missing_ok=True)  # the emulator writes this start's key; never read the last one's
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     web_url = f"http://127.0.0.1:{web_port}"
 
     env = dict(
         os.environ,
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the Procfile's gunicorn, flask, python: this venv's
+        ENV="development",  # the only mode that allows AUTH_MODE=dev; explicit, whatever the default
         DATABASE_URL=f"sqlite:///{database}",
         REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         SECRET_KEY=secret_file.read_text().strip(),
@@ -79,82 +127,35 @@ def main() -> int:
         OIDC_CLIENT_SECRET="dev-secret",  # noqa: S106 (the emulator's demo client, not a secret)
         ADMIN_EMAILS=os.environ.get("ADMIN_EMAILS", "admin@example.com"),
         PYTHONUNBUFFERED="1",
+        # Ctrl-C: gunicorn's workers get 3 s to finish a request (not 30), inside honcho's 5 s before SIGKILL.
+        GUNICORN_CMD_ARGS=os.environ.get("GUNICORN_CMD_ARGS", "--graceful-timeout 3"),
     )
     flask = [str(BIN / "flask"), "--app", "wsgi"]
-    procs: dict[str, subprocess.Popen] = {}
+    subprocess.run([*flask, "db", "upgrade"], cwd=ROOT, env=env, check=True)
+    seed_rooms(env)
+    token = subprocess.run([*flask, "tokens", "create", "alice@example.com"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    env_file = INSTANCE / "demo.env"
+    env_file.write_text("".join(f"export {name}={shlex.quote(env[name])}\n" for name in DEMO_ENV_NAMES))
 
-    def start(name: str, argv: list[str]) -> None:
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        procs[name] = proc
-        threading.Thread(target=pipe_output, args=(name, proc), daemon=True).start()
+    # The repository's Procfile, verbatim, plus the emulator: the demo proves the Procfile.
+    procfile = INSTANCE / "Procfile.demo"
+    emulator_line = (f"emulator: python -m emulator --port {emulator_port} --seed demo "
+                     f"--key-out {shlex.quote(str(key_file))}")
+    procfile.write_text((ROOT / "Procfile").read_text().rstrip("\n") + "\n" + emulator_line + "\n")
 
-    def stop_all(*_args) -> None:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(0)))
-    try:
-        start(
-            "emulator",
-            [str(BIN / "python"), "-m", "emulator", "--port", str(emulator_port), "--seed", "demo",
-             "--key-out", str(key_file)],
-        )
-        wait_for(f"{emulator_url}/_emulator/clock")
-        log("Google Calendar emulator is up: " + emulator_url)
-
-        subprocess.run([*flask, "db", "upgrade"], cwd=ROOT, env=env, check=True)
-        start(
-            "web",
-            [str(BIN / "gunicorn"), "--workers", "2", "--threads", "4", "--bind", f"127.0.0.1:{web_port}",
-             "--access-logfile", "-", "wsgi:app"],
-        )
-        start("worker", [*flask, "worker"])
-        start("scheduler", [*flask, "scheduler"])
-        wait_for(f"{web_url}/healthz")
-
-        from emulator import DEMO_ROOMS
-
-        for room in DEMO_ROOMS:
-            subprocess.run(
-                [*flask, "rooms", "add", room["email"], "--name", room["name"],
-                 "--capacity", str(room["capacity"]), "--building", room["building"],
-                 "--floor", str(room["floor"]), "--features", ",".join(room["features"]),
-                 "--time-zone", room["time_zone"]],
-                cwd=ROOT, env=env, check=False,
-            )
-        env_file = INSTANCE / "demo.env"
-        env_file.write_text("".join(
-            f"export {name}={shlex.quote(env[name])}\n"
-            for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "GOOGLE_SERVICE_ACCOUNT_FILE",
-                         "GOOGLE_CALENDAR_API_URL", "WEBHOOK_BASE_URL", "ADMIN_EMAILS")
-        ))
-        token = subprocess.run([*flask, "tokens", "create", "alice@example.com"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        log(f"Roombridge is running: {web_url}")
-        log(f"  sign in as any demo person; admin@example.com has the admin console ({web_url}/admin)")
-        log(f"  the Google Calendar emulator: {emulator_url} (control API: see emulator/__init__.py)")
-        log(f"  an API token for alice@example.com: {token}")
-        log(f"    curl -H 'Authorization: Bearer {token}' {web_url}/api/v1/rooms")
-        log(f"  the CLI against this demo: . {env_file.relative_to(ROOT)} && .venv/bin/flask --app wsgi rooms list")
-        log("Ctrl-C stops everything.")
-        while all(proc.poll() is None for proc in procs.values()):
-            time.sleep(0.5)
-        dead = [name for name, proc in procs.items() if proc.poll() is not None]
-        log(f"{', '.join(dead)} stopped; stopping the rest")
-        return 1
-    except KeyboardInterrupt:
-        log("stopping")
-        return 0
-    finally:
-        stop_all()
+    log(f"Roombridge: {web_url} (as soon as web is up, below)")
+    log(f"  sign in as any demo person; admin@example.com has the admin console ({web_url}/admin)")
+    log(f"  the Google Calendar emulator: {emulator_url} (control API: see emulator/__init__.py)")
+    log(f"  an API token for alice@example.com: {token}")
+    log(f"    curl -H 'Authorization: Bearer {token}' {web_url}/api/v1/rooms")
+    log(f"  the CLI against this demo: . {env_file.relative_to(ROOT)} && .venv/bin/flask --app wsgi rooms list")
+    log(f"  honcho runs {procfile.relative_to(ROOT)} (the Procfile plus the emulator); Ctrl-C stops everything.")
+    honcho = str(BIN / "honcho")
+    os.chdir(ROOT)
+    os.execve(honcho, [honcho,  # noqa: S606 (our own venv's honcho, fixed arguments) "start", "--procfile", str(procfile), "--app-root", str(ROOT),
+                       "--port", str(web_port)], env)
+    return 0  # not reached: this process is honcho now
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from roombridge.models import Reservation, ReservationStatus, Room, WatchChannel
 from roombridge.queue import redis
 from roombridge.sync import take_push
 from tests.factories import make_room
+from tests.support import SERVICE_ACCOUNT
 
-SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 ROOM = "atlas@resource.calendar.google.com"
 
 

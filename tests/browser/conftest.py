@@ -4,10 +4,11 @@
 (rooms, people, the service account, the `roombridge-dev` sign-in client), the app on a live
 port in AUTH_MODE=oidc against the emulator's provider, the demo rooms in the app's database,
 and an RQ worker process draining every queue, so bookings really reach the emulator.
-`page` is a fresh browser context per test (one Chromium for the whole run); `sign_in(page,
-stack, email)` goes through the emulator's account picker; `screenshot(page, name)` saves to
-test-artifacts/; `assert_accessible(page)` runs the vendored axe-core and fails on serious or
-critical violations.
+`page` is a fresh browser context per test (one Chromium for the whole run). The helpers the
+tests call are in tests/support.py: `sign_in_browser(page, stack, email)` goes through the
+emulator's account picker; `screenshot(page, name)` saves to test-artifacts/;
+`assert_accessible(page)` runs the vendored axe-core and fails on serious or critical
+violations.
 
 Browser tests use SQLite only: what they prove does not depend on the database, and each one
 costs seconds.
@@ -19,8 +20,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,11 @@ from emulator import DEMO_ROOMS, seed_demo
 from emulator.oidc import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from roombridge import db
 from roombridge.models import Room
+from tests.support import Stack, screenshot, start_worker, stop_worker
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-AXE = Path(__file__).with_name("axe.min.js")
 CHROMIUM = os.environ.get("ROOMBRIDGE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
-BLOCKING_IMPACTS = ("serious", "critical")
 
 
 def pytest_collection_modifyitems(items):
@@ -88,25 +84,6 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
 
 
-@dataclasses.dataclass
-class Stack:
-    url: str
-    app: object
-    emulator: object
-    rooms: dict[str, int]  # room name -> id in the app
-
-
-def _worker_env(app, key_file: str) -> dict[str, str]:
-    config = app.config["ROOMBRIDGE"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMBRIDGE_")}
-    for name in ("ENV", "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "GOOGLE_CALENDAR_API_URL", "WEBHOOK_BASE_URL",
-                 "AUTH_MODE", "OIDC_ISSUER", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET"):
-        env[name] = str(getattr(config, name))
-    env["GOOGLE_SERVICE_ACCOUNT_FILE"] = key_file
-    env["ADMIN_EMAILS"] = ",".join(sorted(config.ADMIN_EMAILS))
-    return env
-
-
 @pytest.fixture
 def stack(make_app, emulator, live_server_factory, tmp_path):
     key = seed_demo(emulator)
@@ -136,53 +113,12 @@ def stack(make_app, emulator, live_server_factory, tmp_path):
         session.commit()
 
     log_file = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed after the worker ends
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "worker"], cwd=ROOT, env=_worker_env(app, str(key_file)),
-        stdout=log_file, stderr=subprocess.STDOUT,
-    )
+    worker = start_worker(app, output=log_file)
     try:
-        yield Stack(url=server.url, app=app, emulator=emulator, rooms=rooms)
+        yield Stack(app=app, emulator=emulator, rooms=rooms, url=server.url)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(5)
+        stop_worker(worker)
         log_file.close()
         log = (tmp_path / "worker.log").read_text(errors="replace")
         if "Traceback" in log:
             print("worker log:\n" + log[-4000:])
-
-
-def sign_in(page, stack: Stack, email: str = "alice@example.com", next_path: str = "/") -> None:
-    """Sign in as a person would: the app sends the browser to the emulator's account picker."""
-    page.goto(f"{stack.url}/signin?next={next_path}")
-    page.wait_for_url(f"{stack.emulator.url}/o/oauth2/v2/auth*")
-    page.get_by_role("button", name=email).click()
-    page.wait_for_url(f"{stack.url}{next_path}*")
-
-
-def screenshot(page, name: str, full_page: bool = True) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
-    return path
-
-
-def assert_accessible(page, *, context: str | None = None) -> list[dict]:
-    """Run axe-core (vendored, never fetched) on the page; fail on serious or critical violations."""
-    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
-        page.add_script_tag(path=str(AXE))
-    results = page.evaluate("""async (selector) => await window.axe.run(selector || document, {
-        resultTypes: ['violations'],
-        runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']},
-    })""", context)
-    blocking = [v for v in results["violations"] if v["impact"] in BLOCKING_IMPACTS]
-    report = "\n".join(
-        f"- {v['id']} ({v['impact']}): {v['help']}\n    " + "\n    ".join(n["html"][:160] for n in v["nodes"][:5])
-        for v in blocking
-    )
-    assert not blocking, f"accessibility violations on {page.url}:\n{report}"
-    return results["violations"]
-

@@ -7,7 +7,7 @@ import re
 from playwright.sync_api import expect
 
 from emulator import DEMO_SERVICE_ACCOUNT
-from tests.browser.conftest import assert_accessible, screenshot, sign_in
+from tests.support import assert_accessible, screenshot, sign_in_browser
 
 NOVA = "room-nova@resource.calendar.google.com"
 UNSHARED = "room-vault@resource.calendar.google.com"
@@ -19,7 +19,7 @@ def test_admin_adds_a_room_renews_its_channel_and_resyncs_it(stack, page):
     stack.emulator.state.share(NOVA, DEMO_SERVICE_ACCOUNT, "writer")
     stack.emulator.state.add_calendar(UNSHARED, "Vault", kind="room")
 
-    sign_in(page, stack, "admin@example.com", next_path="/admin/")
+    sign_in_browser(page, stack, "admin@example.com", next_path="/admin/")
     expect(page.get_by_role("heading", name="Admin console")).to_be_visible()
     expect(page.locator("#stat-scope")).to_contain_text("https://www.googleapis.com/auth/calendar.events")
     expect(page.locator("#stat-mode")).to_contain_text("Room mode")
@@ -89,7 +89,7 @@ def test_admin_adds_a_room_renews_its_channel_and_resyncs_it(stack, page):
 
 
 def test_a_non_admin_is_refused(stack, page):
-    sign_in(page, stack, "alice@example.com")
+    sign_in_browser(page, stack, "alice@example.com")
     expect(page.get_by_role("link", name="Admin")).to_have_count(0)
     response = page.goto(f"{stack.url}/admin/")
     assert response.status == 403

@@ -6,8 +6,7 @@ from datetime import date, timedelta
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import assert_accessible, screenshot, sign_in
-from tests.conftest import wait_until
+from tests.support import assert_accessible, screenshot, sign_in_browser, wait_until
 
 DAY = (date.today() + timedelta(days=3)).isoformat()
 ATLAS = "room-atlas@resource.calendar.google.com"
@@ -18,7 +17,7 @@ def _room_events(stack, calendar_id=ATLAS):
 
 
 def test_find_book_edit_and_cancel_a_room(stack, page):
-    sign_in(page, stack, "alice@example.com")
+    sign_in_browser(page, stack, "alice@example.com")
     expect(page.get_by_role("heading", name="Find a room")).to_be_visible()
     expect(page.get_by_text("Alice Archer")).to_be_visible()
 
@@ -96,7 +95,7 @@ def test_every_page_is_accessible_and_works_by_keyboard_on_a_phone(stack, browse
     context.set_default_timeout(10_000)
     page = context.new_page()
     try:
-        sign_in(page, stack, "admin@example.com")
+        sign_in_browser(page, stack, "admin@example.com")
         expect(page.get_by_role("link", name="Admin")).to_be_visible()
         assert_accessible(page)
         screenshot(page, "phone-room-finder")
@@ -151,7 +150,7 @@ def test_a_booking_made_in_google_shows_up_for_everyone(stack, page):
     booked = wait_until(mirrored, timeout=20)
     assert (booked.organiser_email, booked.title) == ("bob@example.com", "Budget call")
 
-    sign_in(page, stack, "alice@example.com")
+    sign_in_browser(page, stack, "alice@example.com")
     page.get_by_label("Date").fill(DAY)
     page.get_by_label("From").fill("14:00")
     page.get_by_label("To").fill("14:30")
@@ -161,7 +160,7 @@ def test_a_booking_made_in_google_shows_up_for_everyone(stack, page):
     screenshot(page, "room-finder-google-booking")
 
     page.get_by_role("button", name="Sign out").click()
-    sign_in(page, stack, "bob@example.com", next_path="/reservations")
+    sign_in_browser(page, stack, "bob@example.com", next_path="/reservations")
     expect(page.get_by_role("link", name="Budget call", exact=True)).to_be_visible()
     expect(page.get_by_text("Google", exact=True)).to_be_visible()
     assert_accessible(page)

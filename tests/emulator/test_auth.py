@@ -4,7 +4,7 @@ import pytest
 import requests
 from google.auth.exceptions import RefreshError
 
-from .conftest import ACCOUNT, ROOM, calendar_service, error_of, timed_event
+from .support import ACCOUNT, ROOM, calendar_service, error_of, timed_event
 
 
 def test_the_real_client_builds_from_static_discovery_and_gets_a_token(emulator, service):

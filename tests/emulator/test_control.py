@@ -7,7 +7,7 @@ import requests
 
 from emulator import DEMO_ROOMS, DEMO_SERVICE_ACCOUNT, seed_demo
 
-from .conftest import ROOM, calendar_service, error_of, timed_event
+from .support import ROOM, calendar_service, error_of, timed_event
 
 
 def test_faults_fail_the_next_matching_calls_with_googles_body(emulator, service):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from .conftest import ACCOUNT, OTHER_ROOM, ROOM, calendar_service, error_of, timed_event
+from .support import ACCOUNT, OTHER_ROOM, ROOM, calendar_service, error_of, timed_event
 
 
 def test_insert_then_get_returns_googles_event_shape(service):

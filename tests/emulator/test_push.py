@@ -5,7 +5,7 @@ from datetime import datetime
 
 import pytest
 
-from .conftest import ROOM, error_of, timed_event
+from .support import ROOM, error_of, timed_event
 
 PUSH_HEADERS = {"X-Goog-Channel-Id", "X-Goog-Channel-Token", "X-Goog-Channel-Expiration",
                 "X-Goog-Resource-Id", "X-Goog-Resource-Uri", "X-Goog-Resource-State",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from .conftest import ROOM, error_of, timed_event
+from .support import ROOM, error_of, timed_event
 
 
 def _insert_many(service, count):

@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import DATABASES, POSTGRES_SERVER
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def worker_env(app, **extra: str) -> dict[str, str]:
-    """The environment of a worker process that shares the app's database, Redis and Google."""
-    config = app.config["ROOMBRIDGE"]
-    return {**os.environ, "ENV": "test", "SECRET_KEY": "test-secret", "DATABASE_URL": config.DATABASE_URL,
-            "REDIS_URL": config.REDIS_URL, "GOOGLE_SERVICE_ACCOUNT_FILE": config.GOOGLE_SERVICE_ACCOUNT_FILE,
-            "GOOGLE_CALENDAR_API_URL": config.GOOGLE_CALENDAR_API_URL, **extra}
-
-
-def start_worker(app, *queues: str, burst: bool = False) -> subprocess.Popen:
-    """`flask --app wsgi worker` as its own process, as the Procfile runs it."""
-    args = [sys.executable, "-m", "flask", "--app", "wsgi", "worker", *(["--burst"] if burst else []), *queues]
-    # Its own process group: the worker forks RQ's scheduler, and a kill must take both, as the
-    # death of a machine or a container would (killing only the worker orphans the scheduler).
-    return subprocess.Popen(args, cwd=REPO, env=worker_env(app), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-
+from tests.support import DATABASES, POSTGRES_SERVER
 
 
 class PostgresDatabase:

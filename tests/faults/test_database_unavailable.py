@@ -23,7 +23,7 @@ from rq.registry import ScheduledJobRegistry
 
 from roombridge import channels, db, migrate
 from roombridge.queue import queue, redis
-from tests.conftest import TEST_SETTINGS, run_jobs, wait_until
+from tests.support import TEST_SETTINGS, run_jobs, wait_until
 from tests.sync_support import ROOM, pushes_counted, reservations, rfc, soon, watched_room
 from webapp import create_app
 

@@ -20,8 +20,7 @@ from roombridge import booking, db
 from roombridge.gcal import event_id_for
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
 from roombridge.queue import redis
-from tests.conftest import kill_worker, wait_until
-from tests.faults.conftest import start_worker
+from tests.support import kill_worker, start_worker, wait_until
 from tests.sync_support import ROOM, add_room, soon
 
 

@@ -17,8 +17,8 @@ from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Room, WatchChannel
 from roombridge.queue import redis
-from tests.conftest import SERVICE_ACCOUNT, run_jobs, shared_room, wait_until
 from tests.factories import make_room
+from tests.support import SERVICE_ACCOUNT, run_jobs, shared_room, wait_until
 
 ATLAS = "atlas@resource.calendar.google.com"
 STOP_PATH = "/calendar/v3/channels/stop"

@@ -13,10 +13,9 @@ from roombridge import booking, db
 from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
 from roombridge.models import Reservation, ReservationStatus
 from roombridge.queue import queue
-from tests.conftest import run_jobs
 from tests.factories import make_reservation, make_room
+from tests.support import SERVICE_ACCOUNT, run_jobs
 
-SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 ROOM = "room-orion@resource.calendar.google.com"
 OTHER_ROOM = "room-vega@resource.calendar.google.com"
 LONDON = ZoneInfo("Europe/London")

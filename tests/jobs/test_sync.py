@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -16,11 +12,9 @@ from roombridge import db
 from roombridge.models import Room, RoomSyncState
 from roombridge.queue import queue
 from roombridge.sync import request_sync, run_sync_job
-from tests.conftest import kill_worker, run_jobs, wait_until
 from tests.factories import make_room
+from tests.support import SERVICE_ACCOUNT, kill_worker, run_jobs, start_worker, wait_until
 from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -64,7 +58,7 @@ def test_syncs_of_a_room_start_at_least_the_minimum_interval_apart(emulator, mak
 
 
 def test_a_room_google_refuses_records_the_reason_and_does_not_fail_the_job(emulator, google_app, room_id):
-    emulator.state.unshare(ROOM, "roombridge@demo-project.iam.gserviceaccount.com")
+    emulator.state.unshare(ROOM, SERVICE_ACCOUNT)
     with google_app.app_context():
         assert run_sync_job(room_id) is None
         state = db.session().get(RoomSyncState, room_id)
@@ -79,19 +73,9 @@ def test_out_of_scope_room_is_not_synced(emulator, google_app, room_id):
     assert sync_runs(emulator) == 0
 
 
-def _worker_env(app, service_account_file, emulator) -> dict:
-    config = app.config["ROOMBRIDGE"]
-    return {
-        **os.environ,
-        "ENV": "test", "SECRET_KEY": "test-secret", "DATABASE_URL": config.DATABASE_URL,
-        "REDIS_URL": config.REDIS_URL, "GOOGLE_SERVICE_ACCOUNT_FILE": service_account_file,
-        "GOOGLE_CALENDAR_API_URL": emulator.calendar_api_url, "SYNC_MIN_INTERVAL_SECONDS": "0",
-    }
-
-
 @pytest.mark.slow
 def test_worker_killed_mid_sync_leaves_the_old_state_and_the_next_sync_gets_it_right(
-        emulator, google_app, room_id, service_account_file):
+        emulator, google_app, room_id):
     start = soon()
     emulator.state.book("bob@example.com", ROOM, "Before", rfc(start), rfc(start + timedelta(minutes=30)))
     with google_app.app_context():
@@ -109,9 +93,7 @@ def test_worker_killed_mid_sync_leaves_the_old_state_and_the_next_sync_gets_it_r
     calls_before = len(emulator.state.requests(calendar=ROOM))
     with google_app.app_context():
         assert request_sync(room_id) is True
-    worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--burst", "sync"],
-                              cwd=REPO, env=_worker_env(google_app, service_account_file, emulator),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = start_worker(google_app, "sync", burst=True, SYNC_MIN_INTERVAL_SECONDS="0")
     try:
         wait_until(lambda: len(emulator.state.requests(calendar=ROOM)) >= calls_before + 3, timeout=30,
                  what="the worker to be paging")

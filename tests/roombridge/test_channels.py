@@ -17,9 +17,9 @@ from roombridge.models import AuditEntry, Room, WatchChannel
 from roombridge.queue import redis
 from roombridge.sync import take_push
 from tests.factories import make_room
+from tests.support import SERVICE_ACCOUNT
 from tests.sync_support import take_pushes
 
-SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 ATLAS = "atlas@resource.calendar.google.com"
 BOREALIS = "borealis@resource.calendar.google.com"
 T0 = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
@@ -212,7 +212,7 @@ def test_integration_health_summary(emulator, ctx, gapp):
 
 def test_an_idle_renewal_pass_costs_the_same_queries_for_many_rooms(emulator, gapp, ctx):
     """The pass runs every scheduler tick: with nothing due it must not query per room."""
-    from tests.conftest import counting_statements
+    from tests.support import counting_statements
 
     session, gw, config = ctx
 

@@ -12,8 +12,8 @@ from roombridge.db import utcnow
 from roombridge.models import ReservationSource, ReservationStatus, RoomSyncState, WatchChannel
 from roombridge.queue import queue, redis
 from roombridge.sync import take_push
-from tests.conftest import run_jobs
 from tests.factories import make_reservation, make_room
+from tests.support import run_jobs
 
 
 def _channel(room, name, now, **fields):

@@ -19,8 +19,8 @@ from roombridge.gcal import (
     reservation_id_of,
 )
 from tests.factories import make_room
+from tests.support import SERVICE_ACCOUNT
 
-SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
 ROOM = "atlas@resource.calendar.google.com"
 OTHER_ROOM = "borealis@resource.calendar.google.com"
 T0 = datetime(2030, 1, 7, 10, 0, tzinfo=UTC)

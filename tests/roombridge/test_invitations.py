@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime
 
 import pytest
@@ -10,6 +9,7 @@ from icalendar import Calendar
 
 from roombridge import invitations
 from tests.factories import make_reservation, make_room
+from tests.support import free_port
 
 
 @pytest.fixture
@@ -83,8 +83,6 @@ def test_the_mail_is_text_plus_calendar_and_arrives_over_smtp(reservation, smtp_
 def test_without_smtp_url_mail_is_skipped_and_a_dead_server_raises_for_retry(reservation):
     message = invitations.to_email(invitations.build_invitation(reservation, "REQUEST"), "rooms@example.com")
     assert invitations.send(message, "") is False
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again when the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(OSError):
         invitations.send(message, f"smtp://127.0.0.1:{port}", timeout=2)

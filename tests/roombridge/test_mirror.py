@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
 from roombridge.mirror import NO_TITLE, Action, decide, read_event
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
+from tests.support import SERVICE_ACCOUNT
 
 ROOM = "room-a@resource.calendar.google.com"
 
@@ -148,7 +149,7 @@ def own_event(**overrides) -> dict:
     event = {
         "id": event_id_for(10), "etag": '"ours"', "status": "confirmed", "updated": "2030-01-01T08:00:00.000Z",
         "summary": "Planning", "organizer": {"email": ROOM, "self": True},
-        "creator": {"email": "roombridge@demo-project.iam.gserviceaccount.com"},
+        "creator": {"email": SERVICE_ACCOUNT},
         "start": {"dateTime": "2030-01-07T10:00:00Z"}, "end": {"dateTime": "2030-01-07T11:00:00Z"},
         "extendedProperties": {"private": {RESERVATION_PROPERTY: "10"}},
     }

@@ -9,8 +9,8 @@ from roombridge import channels, db, rooms
 from roombridge.gcal import CalendarGateway, CalendarNotInScope
 from roombridge.models import AuditEntry, Room, WatchChannel
 from roombridge.queue import queue
-from tests.conftest import SERVICE_ACCOUNT, shared_room
 from tests.factories import make_room
+from tests.support import SERVICE_ACCOUNT, shared_room
 
 ATLAS = "atlas@resource.calendar.google.com"
 BOREALIS = "borealis@resource.calendar.google.com"
@@ -48,7 +48,7 @@ def test_a_room_not_shared_with_the_service_account_is_refused_with_a_clear_mess
     session, gw, config, now = ctx
     with pytest.raises(rooms.RoomRefused) as refused:
         rooms.add_room(session, gw, config, BOREALIS, name="Borealis", now=now)
-    assert "not shared with roombridge@demo-project.iam.gserviceaccount.com" in str(refused.value)
+    assert f"not shared with {SERVICE_ACCOUNT}" in str(refused.value)
     assert session.scalar(sa.select(sa.func.count()).select_from(Room)) == 0
     assert watch_calls(emulator) == [] and queue("sync").count == 0
 

@@ -224,9 +224,9 @@ def test_room_lock_is_exclusive_and_expires_when_its_holder_dies(app):
         assert not other.acquire()
         holder._stop.set()  # the holder "dies": no more renewals, no release
         holder._thread.join()
-        started = time.monotonic()
+        # Unrenewed, the dead holder's lock lapses by its own TTL (Redis counts it down), not by a release.
+        assert 0 < redis().pttl("roombridge:sync:lock:7") <= 300
         assert other.acquire(wait_seconds=2)
-        assert time.monotonic() - started < 0.6
         holder.release()  # a late release must not free the lock someone else now holds
         assert redis().get("roombridge:sync:lock:7") == other.value.encode()
         other.release()

@@ -15,8 +15,8 @@ from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room, RoomSyncState, WatchChannel
 from roombridge.queue import queue, redis
-from tests.conftest import SERVICE_ACCOUNT, counting_statements, invoke_ok, run_jobs, shared_room
 from tests.factories import make_reservation, make_room
+from tests.support import SERVICE_ACCOUNT, counting_statements, invoke_ok, run_jobs, shared_room
 from tests.sync_support import take_pushes
 from tests.webapp.signin import csrf_token, sign_in
 

@@ -16,8 +16,8 @@ from openapi_spec_validator import validate as validate_openapi
 from roombridge import api_tokens, db
 from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
 from roombridge.models import ApiToken, Reservation, ReservationStatus
-from tests.conftest import invoke_ok, run_jobs
 from tests.factories import make_reservation, make_room
+from tests.support import SERVICE_ACCOUNT, invoke_ok, run_jobs
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -240,7 +240,7 @@ def test_openapi_is_valid_and_describes_every_route_and_answer(api):
 def test_a_reservation_made_by_the_api_lands_on_the_room_calendar(make_app, emulator, service_account_file):
     calendar_id = "room-api@resource.calendar.google.com"
     emulator.state.add_calendar(calendar_id, "Api room", kind="room")
-    emulator.state.share(calendar_id, "roombridge@demo-project.iam.gserviceaccount.com", "writer")
+    emulator.state.share(calendar_id, SERVICE_ACCOUNT, "writer")
     app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file, GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url)
     with app.app_context():
         session = db.session()

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from roombridge import booking, db
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
-from tests.conftest import counting_statements
 from tests.factories import make_reservation, make_room
+from tests.support import counting_statements
 from tests.webapp.signin import csrf_token, sign_in
 from webapp.pages import day_segments
 

@@ -1,0 +1,264 @@
+"""What tests share besides fixtures: settings, constants and helpers, defined once.
+
+Tests import these from here; the conftest.py files keep only fixtures (and import from here
+what their fixtures need).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from click.testing import Result
+
+from emulator import DEMO_SERVICE_ACCOUNT
+from roombridge import db
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REDIS_URL = os.environ.get("ROOMBRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+POSTGRES_SERVER = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432")
+# One database per test process (overridable), so two runs on one server never drop each other's.
+POSTGRES_DB = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_DB", f"roombridge_test_{os.getpid()}")
+DATABASES = [d for d in os.environ.get("ROOMBRIDGE_TEST_DATABASES", "sqlite,postgresql").split(",") if d]
+
+# The app's service account in the emulator: the demo's own, so tests and the demo seed agree.
+SERVICE_ACCOUNT = DEMO_SERVICE_ACCOUNT
+TEST_SETTINGS = dict(ENV="test", SECRET_KEY="test-secret", ADMIN_EMAILS=frozenset({"admin@example.com"}))
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (closed again at once: a server may take it, or nothing)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def counting_statements(app):
+    """Collect every SQL statement the app's engine sends while the block runs (N+1 checks)."""
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    engine = db.engine(app)
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll until `predicate()` is truthy and return it; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def invoke_ok(runner, args: list[str]) -> Result:
+    """Run a CLI command and fail with its output when it does not exit 0."""
+    result = runner.invoke(args=args)
+    assert result.exit_code == 0, f"{args} exited {result.exit_code}:\n{result.output}\n{result.exception!r}"
+    return result
+
+
+# --- Google: rooms in the emulator, a live app server it can push to, jobs run for real ---------
+
+
+def shared_room(emulator, calendar_id: str, name: str, role: str | None = "writer") -> None:
+    """A room calendar in the emulator, shared with the app's service account (role None: not shared)."""
+    emulator.state.add_calendar(calendar_id, name, kind="room")
+    if role:
+        emulator.state.share(calendar_id, SERVICE_ACCOUNT, role)
+
+
+class LiveServer:
+    """Serves an app on a real port in a thread, so the emulator can POST push notifications."""
+
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+def run_jobs(app, queues=("push", "sync", "channels", "default"), max_jobs: int | None = None) -> int:
+    """Run queued jobs in this process with a real RQ worker until the queues are empty.
+
+    Returns how many jobs ran (rq 3 keeps the counts in Redis, not on the worker object).
+    """
+    from rq import SimpleWorker
+
+    from roombridge.queue import queue, redis
+
+    with app.app_context():
+        worker = SimpleWorker([queue(q) for q in queues], connection=redis())
+        worker.work(burst=True, max_jobs=max_jobs)
+        worker.refresh()
+        return worker.successful_job_count + worker.failed_job_count
+
+
+# --- worker processes: `flask --app wsgi worker`, as the Procfile runs it ------------------------
+
+# The settings a worker process shares with the test's app (the rest keep their defaults).
+_WORKER_SETTINGS = ("ENV", "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "GOOGLE_SERVICE_ACCOUNT_FILE",
+                    "GOOGLE_CALENDAR_API_URL", "WEBHOOK_BASE_URL", "AUTH_MODE", "OIDC_ISSUER", "OIDC_CLIENT_ID",
+                    "OIDC_CLIENT_SECRET")
+
+
+def worker_env(app, **extra: str) -> dict[str, str]:
+    """The environment of a worker process on the app's database, Redis and Google; `extra` adds settings."""
+    config = app.config["ROOMBRIDGE"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMBRIDGE_")}
+    for name in _WORKER_SETTINGS:
+        value = getattr(config, name)
+        if value is not None:
+            env[name] = str(value)
+    env["ADMIN_EMAILS"] = ",".join(sorted(config.ADMIN_EMAILS))
+    return {**env, **extra}
+
+
+def start_worker(app, *queues: str, burst: bool = False, output=subprocess.DEVNULL,
+                 **settings: str) -> subprocess.Popen:
+    """A worker process on the app's settings (plus `settings`), in a process group of its own.
+
+    Its own group: the worker forks RQ's scheduler, and a kill must take both, as the death of
+    a machine or a container would (killing only the worker orphans the scheduler).
+    """
+    args = [sys.executable, "-m", "flask", "--app", "wsgi", "worker", *(["--burst"] if burst else []), *queues]
+    return subprocess.Popen(args, cwd=ROOT, env=worker_env(app, **settings), stdout=output,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    """SIGTERM the worker's process group (a warm shutdown); SIGKILL it if it has not ended in 10 s."""
+    try:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        kill_worker(worker)
+
+
+def kill_worker(worker: subprocess.Popen) -> None:
+    """SIGKILL the worker and every process it started."""
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    worker.wait(10)
+
+
+@dataclasses.dataclass
+class Stack:
+    """An end-to-end installation: the app (served on a live port), the emulator, a worker process."""
+
+    app: object
+    emulator: object
+    rooms: dict[str, int]  # room name -> id in the app
+    url: str = ""  # the live server's base URL
+    channel_id: str = ""  # the push channel of the room, when the test opened one
+    api: object = None  # a test client carrying an API token, when the test made one
+
+    @property
+    def room_id(self) -> int:
+        """The id of the stack's only room."""
+        [room_id] = self.rooms.values()
+        return room_id
+
+    def api_reservations(self) -> list[dict]:
+        response = self.api.get(f"/api/v1/reservations?room={self.room_id}")
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["reservations"]
+
+
+# --- mail: a real local SMTP server whose inbox tests read ----------------------------------------
+
+
+class SmtpInbox:
+    """What a local aiosmtpd server received: (envelope recipients, parsed message) pairs."""
+
+    def __init__(self):
+        self.messages: list = []
+        self.url = ""
+
+    async def handle_DATA(self, server, session, envelope):
+        import email
+        import email.policy
+
+        parsed = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        self.messages.append((list(envelope.rcpt_tos), parsed))
+        return "250 OK"
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list:
+        """Poll until `count` messages arrived (SMTP hands over asynchronously), or fail."""
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.messages) >= count, f"expected {count} messages, got {len(self.messages)}"
+        return self.messages
+
+
+# --- the browser: screenshots and accessibility checks (tests/browser) ---------------------------
+
+ARTIFACTS = ROOT / "test-artifacts"
+AXE = ROOT / "tests" / "browser" / "axe.min.js"
+BLOCKING_IMPACTS = ("serious", "critical")
+
+
+def sign_in_browser(page, stack: Stack, email: str = "alice@example.com", next_path: str = "/") -> None:
+    """Sign in as a person would: the app sends the browser to the emulator's account picker."""
+    page.goto(f"{stack.url}/signin?next={next_path}")
+    page.wait_for_url(f"{stack.emulator.url}/o/oauth2/v2/auth*")
+    page.get_by_role("button", name=email).click()
+    page.wait_for_url(f"{stack.url}{next_path}*")
+
+
+def screenshot(page, name: str, full_page: bool = True) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def assert_accessible(page, *, context: str | None = None) -> list[dict]:
+    """Run axe-core (vendored, never fetched) on the page; fail on serious or critical violations."""
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    results = page.evaluate("""async (selector) => await window.axe.run(selector || document, {
+        resultTypes: ['violations'],
+        runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']},
+    })""", context)
+    blocking = [v for v in results["violations"] if v["impact"] in BLOCKING_IMPACTS]
+    report = "\n".join(
+        f"- {v['id']} ({v['impact']}): {v['help']}\n    " + "\n    ".join(n["html"][:160] for n in v["nodes"][:5])
+        for v in blocking
+    )
+    assert not blocking, f"accessibility violations on {page.url}:\n{report}"
+    return results["violations"]
