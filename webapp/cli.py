@@ -108,13 +108,13 @@ rooms_cli = AppGroup("rooms", help="Rooms in scope: add, list, remove.")
 channels_cli = AppGroup("channels", help="Google push channels: list, renew.")
 
 
-def _google():
-    """The session, the Calendar gateway and the settings, or a clean CLI error when Google is not set up."""
+def _google(kind: str):
+    """The session, the Calendar gateway for calls of `kind`, and the settings; a clean error without Google."""
     from roombridge import db
     from roombridge.gcal import CalendarGateway, GoogleError
 
     try:
-        gateway = CalendarGateway.for_app()
+        gateway = CalendarGateway.for_app(kind=kind)
     except GoogleError as error:
         raise click.ClickException(str(error)) from error
     return db.session(), gateway, current_app.config["ROOMBRIDGE"]
@@ -147,7 +147,7 @@ def rooms_add(email, name, capacity, building, floor, features, time_zone) -> No
     from roombridge.db import utcnow
     from roombridge.gcal import GoogleError
 
-    session, gateway, config = _google()
+    session, gateway, config = _google("write")  # someone at the terminal waits, as in the console
     try:
         added = rooms.add_room(session, gateway, config, email, name=name, capacity=capacity, building=building,
                                floor=floor, features=features, time_zone=time_zone, now=utcnow(), actor="cli")
@@ -197,7 +197,7 @@ def rooms_remove(email: str) -> None:
     from roombridge import rooms
     from roombridge.db import utcnow
 
-    session, gateway, _config = _google()
+    session, gateway, _config = _google("write")
     room = _room_or_fail(session, email)
     pending = rooms.remove_room(session, gateway, room, utcnow(), actor="cli")
     click.echo(f"removed {room.calendar_id} from scope")
@@ -246,7 +246,7 @@ def channels_renew(room_email: str | None, due_only: bool) -> None:
     from roombridge.gcal import GoogleError
     from roombridge.rooms import rooms_in_scope
 
-    session, gateway, config = _google()
+    session, gateway, config = _google("renewal")
     if due_only and not room_email:
         report = channels.renew_due(session, gateway, config, utcnow())
         click.echo(f"renewal pass: {report.as_dict() or 'nothing due'}")
@@ -276,7 +276,7 @@ def sync_command(room_email: str, full: bool) -> None:
     from roombridge.queue import redis
     from roombridge.sync import LOCK_WAIT_SECONDS, RoomLock, sync_room_now
 
-    session, gateway, config = _google()
+    session, gateway, config = _google("sync")
     room = _room_or_fail(session, room_email)
     # The same per-room lock as the workers: never two syncs of one room at once.
     lock = RoomLock(redis(), room.id)
