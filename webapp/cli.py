@@ -291,6 +291,35 @@ def sync_command(room_email: str, full: bool) -> None:
     click.echo(f"synced {room.calendar_id} ({'full' if full else 'incremental'}): {report}")
 
 
+google_cli = AppGroup("google", help="The Google Calendar call budget shared by every process.")
+
+
+@google_cli.command("usage")
+@click.option("--minutes", default=10, show_default=True, help="How many minutes back.")
+def google_usage(minutes: int) -> None:
+    """Calls per minute by kind against the budget, the shared pause, Google's last rate-limit answers."""
+    from datetime import UTC, datetime
+
+    from roombridge.call_budget import KINDS
+    from roombridge.gcal import call_budget
+
+    usage = call_budget(current_app).usage(minutes=minutes)
+    reserves = ", ".join(f"{kind} leaves {usage.reserves[kind]}" for kind in KINDS[1:])
+    click.echo(f"budget {usage.calls_per_minute} calls/minute, burst {usage.burst} ({reserves}); "
+               f"{usage.tokens_left:.1f} tokens left now")
+    click.echo(f"pause: {usage.pause_left:.1f}s left (level {usage.pause_level})" if usage.pause_left
+               else f"pause: none (level {usage.pause_level})")
+    click.echo("minute (UTC)\t" + "\t".join(KINDS) + "\ttotal\tof budget\trefused")
+    for row in usage.minutes:
+        at = datetime.fromtimestamp(row.minute * 60, UTC)
+        click.echo(f"{at:%Y-%m-%d %H:%M}\t" + "\t".join(str(row.granted[k]) for k in KINDS)
+                   + f"\t{row.total}\t{row.total / usage.calls_per_minute:.0%}\t{sum(row.refused.values())}")
+    click.echo(f"last rate-limit answers: {len(usage.rate_limits) or 'none'}")
+    for answer in usage.rate_limits:
+        click.echo(f"{datetime.fromtimestamp(answer.at, UTC):%Y-%m-%d %H:%M:%S}Z\t{answer.kind}\t{answer.status} "
+                   f"{answer.reason}\t{answer.what}\tpaused {answer.pause_seconds:.1f}s")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(tokens_cli)
     app.cli.add_command(db_cli)
@@ -299,3 +328,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(rooms_cli)
     app.cli.add_command(channels_cli)
     app.cli.add_command(sync_command)
+    app.cli.add_command(google_cli)
