@@ -16,7 +16,7 @@ from redis import Redis
 from roombridge import db
 from roombridge.call_budget import KINDS, CallBudget
 from roombridge.gcal import CalendarGateway, OverBudget, RetriableGoogleError, call_budget
-from tests.conftest import SERVICE_ACCOUNT, _free_port, wait_until
+from tests.conftest import SERVICE_ACCOUNT, _free_port, invoke_ok, wait_until
 from tests.factories import make_room
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,3 +213,23 @@ def test_writes_get_through_while_two_processes_of_sweeps_are_starved(room_app, 
     assert sum(m.granted["write"] for m in minutes) == 4  # every write got through...
     assert sum(m.refused["sweep"] for m in minutes) > sum(m.granted["sweep"] for m in minutes)  # ...sweeps mostly not
     assert sum(line.get("refused", 0) for lines in outputs for line in lines) > 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_google_usage_shows_calls_by_kind_against_the_budget_the_pause_and_the_last_rate_limits(app, runner):
+    budget = call_budget(app)
+    for kind in ("write", "sync", "sync", "sweep"):
+        assert budget.take(kind).granted
+    budget.pause_after("sync", 403, "userRateLimitExceeded", "list atlas@resource.calendar.google.com")
+
+    output = invoke_ok(runner, ["google", "usage", "--minutes", "2"]).output.splitlines()
+
+    assert output[0].startswith("budget 500 calls/minute, burst 25 (sync leaves 10, sweep leaves 15")
+    assert output[1].startswith("pause: ") and "(level 1)" in output[1] and "none" not in output[1]
+    assert output[2].split("\t") == ["minute (UTC)", *KINDS, "total", "of budget", "refused"]
+    rows = [line.split("\t") for line in output[3:5]]
+    assert sum(int(row[1]) for row in rows) == 1 and sum(int(row[2]) for row in rows) == 2  # write, sync
+    assert sum(int(row[5]) for row in rows) == 4
+    assert output[5] == "last rate-limit answers: 1"
+    assert output[6].split("\t")[1:4] == ["sync", "403 userRateLimitExceeded",
+                                          "list atlas@resource.calendar.google.com"]
