@@ -160,6 +160,23 @@ def test_redis_down_writes_go_ahead_and_background_calls_wait_for_it(room_app, e
     assert _calendar_calls(emulator) == 1
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_rate_limited_call_is_tried_again_after_the_shared_pause(room_app, emulator):
+    app = room_app(GOOGLE_RETRY_BASE_SECONDS=0.2)
+    emulator.state.add_fault(403, times=1, calendar=ROOM, reason="userRateLimitExceeded")
+    emulator.state.clear_requests()
+
+    _list(app, "write")
+
+    assert [r["status"] for r in emulator.state.requests(calendar=ROOM)] == [403, 200]
+    usage = call_budget(app).usage(minutes=2)
+    assert [(a.kind, a.status, a.reason) for a in usage.rate_limits] == [("write", 403, "userRateLimitExceeded")]
+    assert usage.pause_level == 1
+    # The second try was told "paused" by the budget and waited for it, rather than on a backoff of its own.
+    assert sum(m.refused["write"] for m in usage.minutes) >= 1
+    assert sum(m.granted["write"] for m in usage.minutes) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_rate_limit_answer_pauses_every_process(room_app, emulator, redis_url):
