@@ -300,10 +300,15 @@ def google_usage(minutes: int) -> None:
     """Calls per minute by kind against the budget, the shared pause, Google's last rate-limit answers."""
     from datetime import UTC, datetime
 
+    from redis.exceptions import RedisError
+
     from roombridge.call_budget import KINDS
     from roombridge.gcal import call_budget
 
-    usage = call_budget(current_app).usage(minutes=minutes)
+    try:
+        usage = call_budget(current_app).usage(minutes=minutes)
+    except RedisError as error:
+        raise click.ClickException(f"the call budget lives in Redis, which did not answer: {error}") from error
     reserves = ", ".join(f"{kind} leaves {usage.reserves[kind]}" for kind in KINDS[1:])
     click.echo(f"budget {usage.calls_per_minute} calls/minute, burst {usage.burst} ({reserves}); "
                f"{usage.tokens_left:.1f} tokens left now")
