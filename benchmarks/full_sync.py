@@ -53,7 +53,7 @@ def _child(room_id: int, traced: bool) -> None:
     with app.app_context():
         session = db.session()
         room = session.get(Room, room_id)
-        gateway = CalendarGateway.for_app(app)
+        gateway = CalendarGateway.for_app(app, kind="sync")
         gateway.credentials.refresh(Request())  # the token grant is not part of the sync's time
         if traced:
             tracemalloc.start()

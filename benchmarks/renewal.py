@@ -31,7 +31,7 @@ def _pass(stack: Stack, now) -> tuple[float, int, object]:
 
     since = stack.log_mark()
     with stack.app.app_context():
-        gateway = CalendarGateway.for_app(stack.app)
+        gateway = CalendarGateway.for_app(stack.app, kind="renewal")
         started = time.perf_counter()
         report = channels.renew_due(db.session(), gateway, stack.app.config["ROOMBRIDGE"], now)
         elapsed = time.perf_counter() - started

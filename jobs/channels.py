@@ -32,7 +32,8 @@ def _now(now: str | None) -> datetime:
 def renew_channels(now: str | None = None) -> dict:
     """Give every in-scope room a live channel, replace those due, stop the superseded."""
     session = db.session()
-    report = channels.renew_due(session, CalendarGateway.for_app(), current_app.config["ROOMBRIDGE"], _now(now))
+    gateway = CalendarGateway.for_app(kind="renewal")
+    report = channels.renew_due(session, gateway, current_app.config["ROOMBRIDGE"], _now(now))
     if report.as_dict():
         log.info("channel renewal: %s", report.as_dict())
     return report.as_dict()
@@ -46,7 +47,7 @@ def ensure_channel(room_id: int, now: str | None = None) -> str | None:
     if room is None:
         return None
     try:
-        channel = channels.ensure_channel(session, CalendarGateway.for_app(), room,
+        channel = channels.ensure_channel(session, CalendarGateway.for_app(kind="renewal"), room,
                                           current_app.config["ROOMBRIDGE"], _now(now))
     except channels.ChannelRefused:
         return None  # the room now carries the reason; retrying will not help until it is shared again
@@ -60,7 +61,7 @@ def stop_channel(channel_id: str, now: str | None = None) -> bool:
     channel = session.scalar(sa.select(WatchChannel).where(WatchChannel.id == channel_id))
     if channel is None or channel.stopped_at is not None:
         return True
-    return channels.stop_channel(session, CalendarGateway.for_app(), channel, _now(now))
+    return channels.stop_channel(session, CalendarGateway.for_app(kind="renewal"), channel, _now(now))
 
 
 @job("channels", retry=Retry(max=3, interval=[5, 30, 120]))
@@ -75,8 +76,8 @@ def renew_room_channel(room_id: int, actor: str = "system", now: str | None = No
     if room is None or not room.in_scope:
         return None
     try:
-        channel = channels.renew_room(session, CalendarGateway.for_app(), room, current_app.config["ROOMBRIDGE"],
-                                      _now(now), actor=actor)
+        channel = channels.renew_room(session, CalendarGateway.for_app(kind="renewal"), room,
+                                      current_app.config["ROOMBRIDGE"], _now(now), actor=actor)
     except channels.ChannelRefused as refused:
         log.warning("renewal of room %s refused: %s", room_id, refused)
         return None

@@ -116,7 +116,7 @@ def _push(reservation_id: int) -> str:
         return "gone"
     if reservation.source == ReservationSource.GOOGLE:
         return "google's own"  # made in Google: the sync engine mirrors it, we never write it
-    gateway = CalendarGateway.for_app()
+    gateway = CalendarGateway.for_app(kind="write")
     try:
         if reservation.status == ReservationStatus.CANCELLED:
             return _delete(session, config, gateway, reservation)

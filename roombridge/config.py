@@ -56,6 +56,10 @@ class Config:
     GOOGLE_MAX_ATTEMPTS: int = 4
     GOOGLE_RETRY_BASE_SECONDS: float = 0.5
     GOOGLE_TIMEOUT_SECONDS: float = 30.0
+    # The Calendar calls a minute every process together may make (roombridge/call_budget.py):
+    # below Google's 600 per user per minute, for headroom.
+    GOOGLE_CALLS_PER_MINUTE: int = 500
+    METRICS_TOKEN: str = ""  # GET /metrics answers only to "Bearer <this>"; empty: not served
     # Sync and channels.
     SYNC_WINDOW_DAYS_BACK: int = 30
     SYNC_WINDOW_DAYS_AHEAD: int = 365

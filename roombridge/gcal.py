@@ -8,10 +8,16 @@ Every Calendar call of the app goes through `CalendarGateway`, which:
   (GOOGLE_DELEGATED_USER set) it acts as that one booking user;
 - refuses, before any request is made, every calendar id that is not an in-scope room,
   and logs the refusal: least privilege in code, beyond what Google's sharing enforces;
-- retries what can recover (429, 403 rate limits, 5xx, network) a few times with
-  truncated exponential backoff and full jitter, then raises `RetriableGoogleError` for
-  the job queue to retry later; raises `PermanentGoogleError` with Google's reason for
-  what will not get better by waiting (not shared, forbidden, quota exceeded);
+- takes a token of its `kind` (write, sync, sweep, renewal) from the call budget shared by
+  every process (roombridge/call_budget.py) before EVERY Calendar call, list pages, watch and
+  stop included; refused, it raises `OverBudget`, a `RetriableGoogleError` that says when to
+  come back;
+- retries what can recover a few times: a rate-limit answer (429, 403 rateLimitExceeded or
+  userRateLimitExceeded) sets the budget's shared pause, which every process honours before its
+  next call; 5xx and network errors back off here, truncated exponential with full jitter.
+  Then it raises `RetriableGoogleError` for the job queue to retry later; it raises
+  `PermanentGoogleError` with Google's reason for what will not get better by waiting (not
+  shared, forbidden, quota exceeded);
 - makes inserts idempotent: our event ids are deterministic, so a retried insert that
   Google already stored answers 409 ``duplicate`` and we read the event back;
 - pages through events.list to the end and hands back the new sync token.
@@ -40,8 +46,12 @@ from google.oauth2 import service_account
 from google_auth_httplib2 import AuthorizedHttp
 from googleapiclient import discovery
 from googleapiclient.errors import HttpError
+from redis.exceptions import RedisError
 
+from roombridge import metrics
+from roombridge.call_budget import KINDS, CallBudget, Decision
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
+from roombridge.queue import redis
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,14 @@ class RetriableGoogleError(GoogleError):
     """Rate limited, Google failing, or the network: worth trying again later."""
 
     retriable = True
+
+
+class OverBudget(RetriableGoogleError):
+    """Not called: the shared call budget refused (exhausted, paused, or Redis unreachable)."""
+
+    def __init__(self, message: str, *, reason: str, retry_after: float):
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
 
 
 class PermanentGoogleError(GoogleError):
@@ -141,6 +159,18 @@ def _parse_error(err: HttpError) -> tuple[int, str | None, str]:
     return status, reason, message
 
 
+def is_rate_limit(error: GoogleError) -> bool:
+    return error.status == 429 or (error.status == 403 and error.reason in RATE_LIMIT_REASONS)
+
+
+def _outcome(error: GoogleError) -> str:
+    if is_rate_limit(error):
+        return "rate_limited"
+    if error.reason == "network":
+        return "network"
+    return "server_error" if (error.status or 0) >= 500 else "client_error"
+
+
 def classify(err: HttpError) -> GoogleError:
     """Turn Google's answer into one of our errors, by the rules in DESIGN.md."""
     status, reason, message = _parse_error(err)
@@ -168,6 +198,8 @@ class CalendarGateway:
         api_url: str,
         *,
         in_scope: Callable[[str], bool],
+        budget: CallBudget,
+        kind: str,
         delegated: bool = False,
         max_attempts: int = 4,
         retry_base: float = 0.5,
@@ -176,6 +208,10 @@ class CalendarGateway:
         self.credentials = credentials
         self.delegated = delegated
         self._in_scope = in_scope
+        if kind not in KINDS:
+            raise ValueError(f"unknown call kind {kind!r}; one of {', '.join(KINDS)}")
+        self.budget = budget
+        self.kind = kind
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         http = AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
@@ -186,8 +222,11 @@ class CalendarGateway:
         )
 
     @classmethod
-    def for_app(cls, app: Flask | None = None) -> CalendarGateway:
-        """The gateway of the current app; the allowlist is the in-scope rooms in its database."""
+    def for_app(cls, app: Flask | None = None, *, kind: str) -> CalendarGateway:
+        """The gateway of the current app for calls of `kind` (see roombridge/call_budget.py).
+
+        The allowlist is the in-scope rooms in its database; the budget is shared in its Redis.
+        """
         from roombridge import db
         from roombridge.models import Room
 
@@ -208,6 +247,8 @@ class CalendarGateway:
             _credentials(app, config),
             config.GOOGLE_CALENDAR_API_URL,
             in_scope=in_scope,
+            budget=call_budget(app),
+            kind=kind,
             delegated=config.delegated_mode,
             max_attempts=config.GOOGLE_MAX_ATTEMPTS,
             retry_base=config.GOOGLE_RETRY_BASE_SECONDS,
@@ -227,19 +268,57 @@ class CalendarGateway:
         attempt = 0
         while True:
             attempt += 1
+            self._take_budget(what)
             try:
-                return request.execute(num_retries=0)
+                answer = request.execute(num_retries=0)
             except HttpError as err:
                 error = classify(err)
             except (OSError, httplib2.HttpLib2Error) as err:  # refused, reset, timed out
                 error = RetriableGoogleError(f"{type(err).__name__}: {err}", reason="network")
+            else:
+                metrics.GOOGLE_CALLS.labels(self.kind, "ok").inc()
+                return answer
+            metrics.GOOGLE_CALLS.labels(self.kind, _outcome(error)).inc()
+            # A rate limit pauses every process (the next _take_budget waits for it), not just this one.
+            paused = is_rate_limit(error) and self._pause_everyone(error, what)
             if not error.retriable or attempt >= self.max_attempts:
                 log.info("%s failed after %d attempt(s): %s", what, attempt, error)
                 raise error
-            # Truncated exponential backoff with full jitter (Google's advice for rate limits).
-            delay = random.uniform(0, min(32.0, self.retry_base * 2 ** (attempt - 1)))
-            log.info("%s: %s; retrying in %.2fs", what, error, delay)
-            time.sleep(delay)
+            if not paused:
+                # Truncated exponential backoff with full jitter (Google's advice).
+                delay = random.uniform(0, min(32.0, self.retry_base * 2 ** (attempt - 1)))
+                log.info("%s: %s; retrying in %.2fs", what, error, delay)
+                time.sleep(delay)
+
+    def _take_budget(self, what: str) -> None:
+        """A token of our kind, waiting as long as the kind may; else OverBudget. Redis down: writes go on."""
+        try:
+            decision: Decision = self.budget.acquire(self.kind)
+        except RedisError as err:
+            metrics.BUDGET_REFUSALS.labels(self.kind, "unavailable").inc()
+            if self.kind == "write":
+                # A person is waiting, and Google's own quota still stands behind us.
+                log.warning("%s: call budget unavailable (%s); a write goes ahead without it", what, err)
+                return
+            raise OverBudget(f"{what}: the call budget is unavailable ({type(err).__name__}); try again later",
+                             reason="budgetUnavailable", retry_after=30.0) from err
+        if not decision.granted:
+            metrics.BUDGET_REFUSALS.labels(self.kind, decision.verdict).inc()
+            raise OverBudget(f"{what}: the {self.kind} budget is {decision.verdict}; "
+                             f"try again in {decision.retry_after:.1f}s",
+                             reason=f"budget{decision.verdict.capitalize()}", retry_after=decision.retry_after)
+
+    def _pause_everyone(self, error: GoogleError, what: str) -> bool:
+        """Record the rate-limit answer and set the shared pause; False when Redis cannot (back off here)."""
+        metrics.GOOGLE_RATE_LIMITS.labels(self.kind, error.reason or str(error.status)).inc()
+        try:
+            left = self.budget.pause_after(self.kind, error.status, error.reason, what)
+        except RedisError:
+            log.warning("%s: rate limited and the shared pause could not be set; backing off here", what)
+            return False
+        log.warning("%s: Google rate limit (%s %s); every process pauses %.2fs", what, error.status, error.reason,
+                    left)
+        return True
 
     # --- events ----------------------------------------------------------------------------
 
@@ -395,6 +474,12 @@ def _rfc3339(moment: datetime) -> str:
 
 
 _credentials_lock = threading.Lock()
+
+
+def call_budget(app: Flask) -> CallBudget:
+    """The app's view of the shared budget (its Redis, its GOOGLE_CALLS_PER_MINUTE)."""
+    config: Config = app.config["ROOMBRIDGE"]
+    return CallBudget(redis(app), config.GOOGLE_CALLS_PER_MINUTE, pause_base=config.GOOGLE_RETRY_BASE_SECONDS)
 
 
 def _credentials(app: Flask, config: Config):

@@ -234,7 +234,7 @@ def run_sync_job(room_id: int, full: bool = False) -> SyncReport | None:
         try:
             # Before the listing: pushes counted after this are followed by another sync, which adds them.
             channels.absorb_push_stats(session, conn, room_id, utcnow())
-            return sync_room_now(session, CalendarGateway.for_app(app), room, config, full=full)
+            return sync_room_now(session, CalendarGateway.for_app(app, kind="sync"), room, config, full=full)
         except PermanentGoogleError as error:
             # Waiting will not help (unshared, forbidden, quota): keep the reason for admins.
             session.rollback()

@@ -47,7 +47,8 @@ def watched_room(emulator, app, live_server_factory) -> tuple[int, WatchChannel]
     config = dataclasses.replace(app.config["ROOMBRIDGE"], WEBHOOK_BASE_URL=server.url)
     with app.app_context():
         session = db.session()
-        channel = create_channel(session, CalendarGateway.for_app(), session.get(Room, room_id), config, utcnow())
+        gateway = CalendarGateway.for_app(kind="renewal")
+        channel = create_channel(session, gateway, session.get(Room, room_id), config, utcnow())
     return room_id, channel
 
 

@@ -28,10 +28,11 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     db.init_app(app, config.database_url(app.instance_path))
     rq_wiring.init_app(app, config.REDIS_URL)
 
-    from webapp import cli, health
+    from webapp import cli, health, metrics
     from webhooks import bp as webhooks_bp
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(webhooks_bp)
     cli.init_app(app)
     from webapp import auth, pages

@@ -108,13 +108,13 @@ rooms_cli = AppGroup("rooms", help="Rooms in scope: add, list, remove.")
 channels_cli = AppGroup("channels", help="Google push channels: list, renew.")
 
 
-def _google():
-    """The session, the Calendar gateway and the settings, or a clean CLI error when Google is not set up."""
+def _google(kind: str):
+    """The session, the Calendar gateway for calls of `kind`, and the settings; a clean error without Google."""
     from roombridge import db
     from roombridge.gcal import CalendarGateway, GoogleError
 
     try:
-        gateway = CalendarGateway.for_app()
+        gateway = CalendarGateway.for_app(kind=kind)
     except GoogleError as error:
         raise click.ClickException(str(error)) from error
     return db.session(), gateway, current_app.config["ROOMBRIDGE"]
@@ -147,7 +147,7 @@ def rooms_add(email, name, capacity, building, floor, features, time_zone) -> No
     from roombridge.db import utcnow
     from roombridge.gcal import GoogleError
 
-    session, gateway, config = _google()
+    session, gateway, config = _google("write")  # someone at the terminal waits, as in the console
     try:
         added = rooms.add_room(session, gateway, config, email, name=name, capacity=capacity, building=building,
                                floor=floor, features=features, time_zone=time_zone, now=utcnow(), actor="cli")
@@ -197,7 +197,7 @@ def rooms_remove(email: str) -> None:
     from roombridge import rooms
     from roombridge.db import utcnow
 
-    session, gateway, _config = _google()
+    session, gateway, _config = _google("write")
     room = _room_or_fail(session, email)
     pending = rooms.remove_room(session, gateway, room, utcnow(), actor="cli")
     click.echo(f"removed {room.calendar_id} from scope")
@@ -246,7 +246,7 @@ def channels_renew(room_email: str | None, due_only: bool) -> None:
     from roombridge.gcal import GoogleError
     from roombridge.rooms import rooms_in_scope
 
-    session, gateway, config = _google()
+    session, gateway, config = _google("renewal")
     if due_only and not room_email:
         report = channels.renew_due(session, gateway, config, utcnow())
         click.echo(f"renewal pass: {report.as_dict() or 'nothing due'}")
@@ -276,7 +276,7 @@ def sync_command(room_email: str, full: bool) -> None:
     from roombridge.queue import redis
     from roombridge.sync import LOCK_WAIT_SECONDS, RoomLock, sync_room_now
 
-    session, gateway, config = _google()
+    session, gateway, config = _google("sync")
     room = _room_or_fail(session, room_email)
     # The same per-room lock as the workers: never two syncs of one room at once.
     lock = RoomLock(redis(), room.id)
@@ -291,6 +291,40 @@ def sync_command(room_email: str, full: bool) -> None:
     click.echo(f"synced {room.calendar_id} ({'full' if full else 'incremental'}): {report}")
 
 
+google_cli = AppGroup("google", help="The Google Calendar call budget shared by every process.")
+
+
+@google_cli.command("usage")
+@click.option("--minutes", default=10, show_default=True, help="How many minutes back.")
+def google_usage(minutes: int) -> None:
+    """Calls per minute by kind against the budget, the shared pause, Google's last rate-limit answers."""
+    from datetime import UTC, datetime
+
+    from redis.exceptions import RedisError
+
+    from roombridge.call_budget import KINDS
+    from roombridge.gcal import call_budget
+
+    try:
+        usage = call_budget(current_app).usage(minutes=minutes)
+    except RedisError as error:
+        raise click.ClickException(f"the call budget lives in Redis, which did not answer: {error}") from error
+    reserves = ", ".join(f"{kind} leaves {usage.reserves[kind]}" for kind in KINDS[1:])
+    click.echo(f"budget {usage.calls_per_minute} calls/minute, burst {usage.burst} ({reserves}); "
+               f"{usage.tokens_left:.1f} tokens left now")
+    click.echo(f"pause: {usage.pause_left:.1f}s left (level {usage.pause_level})" if usage.pause_left
+               else f"pause: none (level {usage.pause_level})")
+    click.echo("minute (UTC)\t" + "\t".join(KINDS) + "\ttotal\tof budget\trefused")
+    for row in usage.minutes:
+        at = datetime.fromtimestamp(row.minute * 60, UTC)
+        click.echo(f"{at:%Y-%m-%d %H:%M}\t" + "\t".join(str(row.granted[k]) for k in KINDS)
+                   + f"\t{row.total}\t{row.total / usage.calls_per_minute:.0%}\t{sum(row.refused.values())}")
+    click.echo(f"last rate-limit answers: {len(usage.rate_limits) or 'none'}")
+    for answer in usage.rate_limits:
+        click.echo(f"{datetime.fromtimestamp(answer.at, UTC):%Y-%m-%d %H:%M:%S}Z\t{answer.kind}\t{answer.status} "
+                   f"{answer.reason}\t{answer.what}\tpaused {answer.pause_seconds:.1f}s")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(tokens_cli)
     app.cli.add_command(db_cli)
@@ -299,3 +333,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(rooms_cli)
     app.cli.add_command(channels_cli)
     app.cli.add_command(sync_command)
+    app.cli.add_command(google_cli)

@@ -43,6 +43,7 @@ from sqlalchemy.exc import OperationalError
 
 from roombridge import channels, db
 from roombridge.db import utcnow
+from roombridge.metrics import WEBHOOK_PUSHES
 from roombridge.models import WatchChannel
 from roombridge.queue import redis
 from roombridge.sync import take_push
@@ -55,9 +56,13 @@ TOKEN_MAX = 256
 RESOURCE_ID_MAX = 256
 CHANGE_STATES = {"exists", "not_exists"}  # events only send exists; not_exists is a change all the same
 STATES = {"sync"} | CHANGE_STATES
+# Answers that mean the push was taken; every other answer is a refusal, counted by its text.
+TAKEN = frozenset({"sync requested", "sync already requested", "sync recorded"})
 
 
 def _answer(status: int, text: str) -> Response:
+    # One in-process counter increment (a few microseconds), the texts a small fixed set.
+    WEBHOOK_PUSHES.labels("taken" if text in TAKEN else "refused", text).inc()
     return Response(text + "\n", status=status, mimetype="text/plain")
 
 

@@ -138,7 +138,7 @@ def test_a_booking_made_in_google_shows_up_for_everyone(stack, page):
     with stack.app.app_context():
         session = db.session()
         atlas = session.get(Room, stack.rooms["Atlas"])
-        channels.create_channel(session, CalendarGateway.for_app(), atlas, stack.app.config["ROOMBRIDGE"],
+        channels.create_channel(session, CalendarGateway.for_app(kind="renewal"), atlas, stack.app.config["ROOMBRIDGE"],
                                 db.utcnow())
     stack.emulator.state.book("bob@example.com", ATLAS, "Budget call", f"{DAY}T14:00:00+00:00",
                               f"{DAY}T15:00:00+00:00")

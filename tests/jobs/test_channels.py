@@ -152,7 +152,7 @@ def atlas(make_google_app, emulator):
     shared_room(emulator, ATLAS, "Atlas")
     app = make_google_app(GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
     with app.app_context():
-        added = rooms.add_room(db.session(), CalendarGateway.for_app(), app.config["ROOMBRIDGE"], ATLAS,
+        added = rooms.add_room(db.session(), CalendarGateway.for_app(kind="write"), app.config["ROOMBRIDGE"], ATLAS,
                                name="Atlas", now=utcnow())
         yield added.room.id, added.channel.id
 

@@ -97,7 +97,7 @@ def gapp(make_app, emulator, service_account_file):
 @pytest.fixture
 def ctx(gapp):
     with gapp.app_context():
-        yield db.session(), CalendarGateway.for_app(), gapp.config["ROOMBRIDGE"]
+        yield db.session(), CalendarGateway.for_app(kind="renewal"), gapp.config["ROOMBRIDGE"]
 
 
 def emulator_channel(emulator, channel_id):

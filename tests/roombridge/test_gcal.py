@@ -52,7 +52,7 @@ def rooms(emulator, google_app):
 @pytest.fixture
 def gw(rooms):
     with rooms.app_context():
-        gateway = CalendarGateway.for_app()
+        gateway = CalendarGateway.for_app(kind="write")
         gateway.retry_base = 0.01  # keep the backoff real but short
         yield gateway
 
@@ -64,7 +64,7 @@ def calendar_calls(emulator, calendar_id=None):
 def test_token_flow_then_calls_reuse_the_token(emulator, gw, rooms):
     gw.insert_event(ROOM, event_id_for(1), event_body(1))
     with rooms.app_context():
-        CalendarGateway.for_app().get_event(ROOM, event_id_for(1))
+        CalendarGateway.for_app(kind="write").get_event(ROOM, event_id_for(1))
     token_calls = [r for r in emulator.state.requests() if r["path"] == "/token"]
     assert len(token_calls) == 1 and token_calls[0]["status"] == 200
     assert [r["status"] for r in calendar_calls(emulator, ROOM)] == [200, 200]
@@ -158,7 +158,7 @@ def test_delegated_mode_acts_as_the_booking_user_and_may_invite(emulator, make_a
     with app.app_context():
         make_room(db.session(), calendar_id=ROOM)
         db.session().commit()
-        gw = CalendarGateway.for_app()
+        gw = CalendarGateway.for_app(kind="write")
         assert gw.delegated
         body = event_body(12, attendees=[{"email": "alice@example.com"}])
         created = gw.insert_event(ROOM, event_id_for(12), body, send_updates="all")

@@ -22,7 +22,7 @@ def ctx(make_google_app, emulator):
     shared_room(emulator, BOREALIS, "Borealis", role=None)  # exists, shared with nobody
     app = make_google_app(GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
     with app.app_context():
-        yield db.session(), CalendarGateway.for_app(), app.config["ROOMBRIDGE"], emulator.state.clock.now()
+        yield db.session(), CalendarGateway.for_app(kind="write"), app.config["ROOMBRIDGE"], emulator.state.clock.now()
 
 
 def watch_calls(emulator):

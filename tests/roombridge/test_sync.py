@@ -25,7 +25,8 @@ def sync(app, room_id, full=False, **kwargs):
     with app.app_context():
         session = db.session()
         room = session.get(Room, room_id)
-        return sync_room_now(session, CalendarGateway.for_app(), room, app.config["ROOMBRIDGE"], full=full, **kwargs)
+        gateway = CalendarGateway.for_app(kind="sync")
+        return sync_room_now(session, gateway, room, app.config["ROOMBRIDGE"], full=full, **kwargs)
 
 
 def test_google_booking_is_mirrored_then_moved_then_cancelled(emulator, google_app, room_id):
@@ -72,7 +73,7 @@ def our_confirmed_booking(app, room_id, start):
         session = db.session()
         mine = make_reservation(session, session.get(Room, room_id), start=start, status=ReservationStatus.CONFIRMED)
         session.commit()
-        event = CalendarGateway.for_app().insert_event(ROOM, event_id_for(mine.id), {
+        event = CalendarGateway.for_app(kind="write").insert_event(ROOM, event_id_for(mine.id), {
             "summary": "Planning", "start": {"dateTime": rfc(start)},
             "end": {"dateTime": rfc(start + timedelta(hours=1))},
             "extendedProperties": {"private": {RESERVATION_PROPERTY: str(mine.id)}}})

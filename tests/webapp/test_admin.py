@@ -139,8 +139,8 @@ def _add_atlas(app):
     """Atlas in scope with a live channel, through the domain (as the CLI would)."""
     with app.app_context():
         session = db.session()
-        added = rooms.add_room(session, CalendarGateway.for_app(), app.config["ROOMBRIDGE"], ATLAS, name="Atlas",
-                               now=utcnow(), actor="test")
+        added = rooms.add_room(session, CalendarGateway.for_app(kind="write"), app.config["ROOMBRIDGE"], ATLAS,
+                               name="Atlas", now=utcnow(), actor="test")
         queue("sync").empty()  # the first full sync is not what these tests are about
         redis().flushdb()
         return added.room.id, added.channel.id
