@@ -22,10 +22,12 @@ run: venv
 test: venv
 	scripts/ensure-services.sh redis postgres chromium
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 ## Benchmarks: not tests; they print a table (see benchmarks/README.md).
 bench: venv

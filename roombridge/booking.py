@@ -1,10 +1,12 @@
 """Booking rules: who may reserve which room when, recurring series, edits and cancellations.
 
 Plain domain code, called by the booking pages and the JSON API alike, testable without
-HTTP. Every function takes the session and commits itself; only after the commit does it
-enqueue the Google write (`jobs.reservations.push_reservation`), so a job never sees a
-reservation that might still roll back. If the enqueue fails (Redis down), the reservation
-stays committed as pending and the periodic `requeue_stale_pending` picks it up.
+HTTP. Each command (book, edit, cancel, retry) runs in its own unit of work
+(roombridge/unit_of_work.py), or joins the caller's, and announces `ReservationChanged` for
+each reservation whose Google event must change; the write job is queued only after the
+commit, so it never sees a reservation that might still roll back. If queueing fails (Redis
+down), the reservation stays committed as pending and the periodic `requeue_stale_pending`
+picks it up.
 
 The no-overlap rule is checked twice: first with a SELECT, for messages that name the
 clashing reservation, then by the database itself (exclusion constraint on PostgreSQL,
@@ -14,21 +16,18 @@ trigger on SQLite), which has the last word when two requests race for one slot.
 from __future__ import annotations
 
 import logging
-import random
-import time as clock
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from roombridge.config import Config
-from roombridge.db import begin_write
 from roombridge.models import (
     LIVE_STATUSES,
     Reservation,
@@ -37,6 +36,7 @@ from roombridge.models import (
     Room,
     audit,
 )
+from roombridge.unit_of_work import InvitationDue, ReservationChanged, announce, run_retrying, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +126,6 @@ class NotFound(BookingError):
 # --- small helpers -----------------------------------------------------------------------------
 
 
-def room_zone(room: Room) -> ZoneInfo:
-    try:
-        return ZoneInfo(room.time_zone or "UTC")
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        log.warning("room %s has an unknown time zone %r; using UTC", room.id, room.time_zone)
-        return ZoneInfo("UTC")
-
-
 def is_admin(config: Config, email: str) -> bool:
     return email.strip().lower() in config.ADMIN_EMAILS
 
@@ -204,7 +196,7 @@ def _check_times(
     check_notice: bool = True,
 ) -> None:
     """The time rules for one occurrence, in the room's zone; messages go under `field_name`."""
-    zone = room_zone(room)
+    zone = room.zone
     local_start, local_end = start.astimezone(zone), end.astimezone(zone)
     when = f"{local_start:%Y-%m-%d %H:%M}"
     prefix = "" if field_name in ("start", "end") else f"The occurrence on {when}: "
@@ -421,49 +413,44 @@ def _is_overlap_violation(exc: IntegrityError) -> bool:
     return "reservation_overlap" in text or "ex_reservations_no_overlap" in text
 
 
-def _conflict_after_race(session: Session, room_id: int, spans, exclude_ids=()) -> Conflict:
-    """The database refused an overlap a concurrent booking made; name what it clashed with."""
-    session.rollback()
-    clashes = [c for found in find_clashes(session, room_id, spans, exclude_ids).values() for c in found]
+class _OverlapRace(Exception):
+    """The database refused an overlap a concurrent booking made; raised inside the unit, answered after it."""
+
+    def __init__(self, room_id: int, spans: Sequence[tuple[datetime, datetime]], exclude_ids: Sequence[int] = ()):
+        super().__init__(f"overlap in room {room_id}")
+        self.room_id, self.spans, self.exclude_ids = room_id, list(spans), list(exclude_ids)
+
+
+def _flush_refusing_overlap(session: Session, room_id: int, spans, exclude_ids: Sequence[int] = ()) -> None:
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if not _is_overlap_violation(exc):
+            raise
+        raise _OverlapRace(room_id, spans, exclude_ids) from exc
+
+
+def _conflict_after_race(session: Session, race: _OverlapRace) -> Conflict:
+    """Name what the refused overlap clashed with (read after the unit rolled back)."""
+    found = find_clashes(session, race.room_id, race.spans, race.exclude_ids)
+    clashes = [c for per_span in found.values() for c in per_span]
     unique = list({c.reservation_id: c for c in clashes}.values())
     return Conflict(unique)
-
-
-DEADLOCK_RETRIES = 5
-# PostgreSQL: deadlock detected, serialization failure. Bookings racing for one slot can make
-# the exclusion constraint's waits form a cycle; PostgreSQL then aborts one of them.
-TRANSIENT_SQLSTATES = {"40P01", "40001"}
-
-
-def _retrying_deadlocks(session: Session, attempt):
-    """Run a booking unit of work again when the database aborted it to break a deadlock.
-
-    The retry starts afresh: by then the winner of the race has committed, so the retry either
-    finds the clash and answers Conflict with its name, or (the winner lost too) succeeds.
-    """
-    for tries in range(1, DEADLOCK_RETRIES + 1):
-        try:
-            return attempt()
-        except OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) not in TRANSIENT_SQLSTATES or tries == DEADLOCK_RETRIES:
-                raise
-            session.rollback()
-            log.info("booking aborted by the database (%s); trying again", exc.orig.sqlstate)
-            clock.sleep(random.uniform(0.05, 0.1) * tries)
 
 
 # --- booking ---------------------------------------------------------------------------------
 
 
 def book(session: Session, config: Config, request: BookingRequest, now: datetime | None = None) -> BookingResult:
-    """Reserve a room (one occurrence or a series) and queue the write to its Google calendar."""
-    return _retrying_deadlocks(session, lambda: _book_once(session, config, request, now))
+    """Reserve a room (one occurrence or a series); the write to its Google calendar follows the commit."""
+    try:
+        return run_retrying(session, lambda: _book_once(session, config, request, now))
+    except _OverlapRace as race:
+        raise _conflict_after_race(session, race) from race.__cause__
 
 
 def _book_once(session: Session, config: Config, request: BookingRequest, now: datetime | None) -> BookingResult:
     now = now or datetime.now(UTC)
-    # Read, then write: on SQLite take the write lock first, so racing bookings queue up.
-    begin_write(session)
     errors: dict[str, list[str]] = {}
     organiser = _organiser(request.organiser_email, errors)
     title, description = _check_text(request.title, request.description, errors)
@@ -477,12 +464,11 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
         if end <= start:
             _add(errors, "end", "The end must be after the start.")
         else:
-            spans = expand(request.recurrence, start, end, room_zone(room), config.MAX_OCCURRENCES, errors)
+            spans = expand(request.recurrence, start, end, room.zone, config.MAX_OCCURRENCES, errors)
             for index, (occ_start, occ_end) in enumerate(spans):
                 _check_times(room, policy, occ_start, occ_end, now, errors,
                              field_name="start" if index == 0 else "recurrence")
     if errors:
-        session.rollback()
         raise InvalidBooking(errors)
     assert room is not None
 
@@ -490,7 +476,6 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
     skipped: list[datetime] = []
     if clashes:
         if not request.skip_conflicts or len(clashes) == len(spans):
-            session.rollback()
             raise Conflict([c for index in sorted(clashes) for c in clashes[index]])
         skipped = [spans[i][0] for i in sorted(clashes)]
         spans = [span for i, span in enumerate(spans) if i not in clashes]
@@ -512,21 +497,15 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
         for occ_start, occ_end in spans
     ]
     session.add_all(reservations)
-    try:
-        session.flush()
-        for reservation in reservations:
-            audit(session, organiser, "reservation.create", reservation, room_id=room.id,
-                  start=reservation.start_at.isoformat(), end=reservation.end_at.isoformat(),
-                  source=str(request.source), series_id=series_id)
-        session.commit()
-    except IntegrityError as exc:
-        if not _is_overlap_violation(exc):
-            raise
-        raise _conflict_after_race(session, request.room_id, spans) from exc
+    _flush_refusing_overlap(session, room.id, spans)
+    for reservation in reservations:
+        audit(session, organiser, "reservation.create", reservation, room_id=room.id,
+              start=reservation.start_at.isoformat(), end=reservation.end_at.isoformat(),
+              source=str(request.source), series_id=series_id)
+        announce(session, ReservationChanged(reservation.id))
     warnings = _capacity_warning(room, organiser, attendees)
     if skipped:
         warnings.append(f"{len(skipped)} clashing occurrence(s) were left out.")
-    enqueue_push([r.id for r in reservations])
     return BookingResult(reservations=reservations, warnings=warnings, skipped=skipped)
 
 
@@ -598,7 +577,7 @@ def day_timeline(session: Session, rooms: list[Room], day: date) -> dict[int, li
         return {}
     windows = {}
     for room in rooms:
-        zone = room_zone(room)
+        zone = room.zone
         windows[room.id] = (
             datetime.combine(day, time(0), zone).astimezone(UTC),
             datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(UTC),
@@ -666,7 +645,6 @@ _UNSET = object()
 
 
 def _changeable(session: Session, reservation_id: int, actor_email: str, actor_is_admin: bool) -> Reservation:
-    begin_write(session)
     reservation = session.get(Reservation, reservation_id)
     if reservation is None or not can_see(reservation, actor_email, actor_is_admin):
         raise NotFound(f"no reservation {reservation_id}")
@@ -690,14 +668,24 @@ def edit(
     description=_UNSET,
     now: datetime | None = None,
 ) -> BookingResult:
-    """Change a reservation; every rule is checked again on the result. Queues the Google update."""
-    return _retrying_deadlocks(session, lambda: _edit_once(
-        session, config, reservation_id, actor_email=actor_email, actor_is_admin=actor_is_admin, room_id=room_id,
-        title=title, start=start, end=end, attendees=attendees, description=description, now=now))
+    """Change a reservation; every rule is checked again on the result. The Google update follows the commit."""
+    freed: set[int] = set()  # rooms where the edit may have freed a slot
+    try:
+        result = run_retrying(session, lambda: _edit_once(
+            session, config, reservation_id, actor_email=actor_email, actor_is_admin=actor_is_admin,
+            room_id=room_id, title=title, start=start, end=end, attendees=attendees, description=description,
+            now=now, freed=freed))
+    except _OverlapRace as race:
+        raise _conflict_after_race(session, race) from race.__cause__
+    if freed:
+        # The old slot may be free now for a Google booking kept as a conflict.
+        _settle_after(session, freed, actor_email.strip().lower())
+    return result
 
 
 def _edit_once(session: Session, config: Config, reservation_id: int, *, actor_email: str, actor_is_admin: bool,
-               room_id, title, start, end, attendees, description, now: datetime | None) -> BookingResult:
+               room_id, title, start, end, attendees, description, now: datetime | None,
+               freed: set[int]) -> BookingResult:
     now = now or datetime.now(UTC)
     reservation = _changeable(session, reservation_id, actor_email, actor_is_admin)
     if reservation.source == ReservationSource.GOOGLE:
@@ -725,15 +713,12 @@ def _edit_once(session: Session, config: Config, reservation_id: int, *, actor_e
         _check_times(room, Policy.for_room(room, config), new_start, new_end, now, errors,
                      check_notice=when_changed)
     if errors:
-        session.rollback()
         raise InvalidBooking(errors)
     assert room is not None and new_start is not None and new_end is not None
 
     span = [(new_start, new_end)]
-    new_room_id = room.id  # read now: a failed commit expires every loaded object
-    clashes = find_clashes(session, new_room_id, span, exclude_ids=[reservation.id])
+    clashes = find_clashes(session, room.id, span, exclude_ids=[reservation.id])
     if clashes:
-        session.rollback()
         raise Conflict(clashes[0])
 
     removed = [a for a in (reservation.attendees or []) if a not in new_attendees]
@@ -748,20 +733,14 @@ def _edit_once(session: Session, config: Config, reservation_id: int, *, actor_e
         reservation.status = ReservationStatus.PENDING
         reservation.status_reason = None
         audit(session, actor_email.strip().lower(), "reservation.edit", reservation, changes=changes)
-    try:
-        session.commit()
-    except IntegrityError as exc:
-        if not _is_overlap_violation(exc):
-            raise
-        raise _conflict_after_race(session, new_room_id, span, [reservation_id]) from exc
+    _flush_refusing_overlap(session, room.id, span, [reservation_id])
     if changes:
-        enqueue_push([reservation.id])
+        announce(session, ReservationChanged(reservation.id))
         if removed and reservation.google_event_id:
-            enqueue_cancel_notice(reservation.id, removed)
+            # Attendees dropped by the edit are told they are no longer invited (room mode mail).
+            announce(session, InvitationDue(reservation.id, "CANCEL", tuple(removed)))
         if {"start_at", "end_at", "room_id"} & changes.keys():
-            # The old slot may be free now for a Google booking kept as a conflict.
-            touched = {reservation.room_id, *changes.get("room_id", [])}
-            _settle_after(session, touched, actor_email.strip().lower())
+            freed.update({reservation.room_id, *changes.get("room_id", [])})
     return BookingResult(
         reservations=[reservation],
         warnings=_capacity_warning(room, reservation.organiser_email, new_attendees),
@@ -774,33 +753,34 @@ def _jsonable(value):
 
 def cancel(session: Session, config: Config, reservation_id: int, *, actor_email: str,
            actor_is_admin: bool) -> Reservation:
-    """Cancel a reservation and queue the deletion of its Google event. Cancelling twice is harmless."""
-    reservation = _changeable(session, reservation_id, actor_email, actor_is_admin)
-    if reservation.status == ReservationStatus.CANCELLED:
-        return reservation
-    if reservation.source == ReservationSource.GOOGLE:
-        raise NotAllowed("This booking was made in Google Calendar; cancel it there.")
-    reservation.status = ReservationStatus.CANCELLED
-    reservation.status_reason = f"cancelled by {actor_email.strip().lower()}"
-    audit(session, actor_email.strip().lower(), "reservation.cancel", reservation)
-    session.commit()
-    enqueue_push([reservation.id])
-    _settle_after(session, [reservation.room_id], actor_email.strip().lower())
+    """Cancel a reservation; the deletion of its Google event follows the commit. Cancelling twice is harmless."""
+    actor = actor_email.strip().lower()
+    with unit_of_work(session):
+        reservation = _changeable(session, reservation_id, actor_email, actor_is_admin)
+        if reservation.status == ReservationStatus.CANCELLED:
+            return reservation
+        if reservation.source == ReservationSource.GOOGLE:
+            raise NotAllowed("This booking was made in Google Calendar; cancel it there.")
+        reservation.status = ReservationStatus.CANCELLED
+        reservation.status_reason = f"cancelled by {actor}"
+        audit(session, actor, "reservation.cancel", reservation)
+        announce(session, ReservationChanged(reservation.id))
+    _settle_after(session, [reservation.room_id], actor)
     return reservation
 
 
-def retry_push(session: Session, reservation_id: int, *, actor_email: str, actor_is_admin: bool) -> Reservation:
+def retry_write(session: Session, reservation_id: int, *, actor_email: str, actor_is_admin: bool) -> Reservation:
     """Try the Google write of a failed reservation again (failed -> pending, re-queued)."""
-    reservation = _changeable(session, reservation_id, actor_email, actor_is_admin)
-    if reservation.status not in (ReservationStatus.FAILED, ReservationStatus.PENDING):
-        raise InvalidBooking({"status": [f"Only a failed or pending reservation can be retried, not a "
-                                         f"{reservation.status} one."]})
-    if reservation.status == ReservationStatus.FAILED:
-        reservation.status = ReservationStatus.PENDING
-        reservation.status_reason = None
-        audit(session, actor_email.strip().lower(), "reservation.retry", reservation)
-        session.commit()
-    enqueue_push([reservation.id])
+    with unit_of_work(session):
+        reservation = _changeable(session, reservation_id, actor_email, actor_is_admin)
+        if reservation.status not in (ReservationStatus.FAILED, ReservationStatus.PENDING):
+            raise InvalidBooking({"status": [f"Only a failed or pending reservation can be retried, not a "
+                                             f"{reservation.status} one."]})
+        if reservation.status == ReservationStatus.FAILED:
+            reservation.status = ReservationStatus.PENDING
+            reservation.status_reason = None
+            audit(session, actor_email.strip().lower(), "reservation.retry", reservation)
+        announce(session, ReservationChanged(reservation.id))
     return reservation
 
 
@@ -808,11 +788,10 @@ def retry_push(session: Session, reservation_id: int, *, actor_email: str, actor
 
 
 def _settle_after(session: Session, room_ids: Iterable[int], actor: str) -> None:
-    """Settle conflicts after a committed change; the change stands even if this fails."""
+    """Settle conflicts in a unit of work after a committed change; the change stands even if this fails."""
     try:
-        _retrying_deadlocks(session, lambda: settle_conflicts(session, room_ids, actor=actor))
+        run_retrying(session, lambda: settle_conflicts(session, room_ids, actor=actor))
     except Exception:
-        session.rollback()
         # The next change in the room (here, or a sync) tries again; admins see the conflict meanwhile.
         log.warning("could not settle conflicts in room(s) %s", room_ids, exc_info=True)
 
@@ -823,13 +802,13 @@ def settle_conflicts(session: Session, room_ids: Iterable[int], *, actor: str = 
 
     Called after a reservation is cancelled or moved (here, or in Google through the sync).
     Each promotion runs in a savepoint, so the database's no-overlap rule decides: a booking
-    that still overlaps a live reservation stays a conflict. Commits; returns the promoted ids.
+    that still overlaps a live reservation stays a conflict. Returns the promoted ids; run it
+    in a write unit of work.
     """
     room_ids = sorted(set(room_ids))
     if not room_ids:
         return []
     now = now or datetime.now(UTC)
-    begin_write(session)
     waiting = session.scalars(
         sa.select(Reservation)
         .where(Reservation.room_id.in_(room_ids), Reservation.status == ReservationStatus.CONFLICT,
@@ -847,39 +826,6 @@ def settle_conflicts(session: Session, room_ids: Iterable[int], *, actor: str = 
             continue  # still overlaps something live: stays a conflict for admins
         audit(session, actor, "reservation.conflict_settled", reservation)
         promoted.append(reservation.id)
-    session.commit()
     if promoted:
         log.info("conflicts settled in room(s) %s: %s", room_ids, promoted)
     return promoted
-
-
-# --- after commit: hand the Google write to the queue -------------------------------------------
-
-
-def enqueue_push(reservation_ids: Iterable[int]) -> bool:
-    """Queue the Google write of each reservation; False (logged) if Redis would not take them.
-
-    Never raises: the reservations are committed, and `requeue_stale_pending` finds any
-    left pending, so the caller's booking has succeeded either way.
-    """
-    from jobs.reservations import push_reservation
-
-    ok = True
-    for reservation_id in reservation_ids:
-        try:
-            push_reservation.enqueue(reservation_id)
-        except Exception:  # Redis down or unreachable: the periodic requeue takes over
-            log.warning("could not queue the Google write of reservation %s; it stays pending", reservation_id,
-                        exc_info=True)
-            ok = False
-    return ok
-
-
-def enqueue_cancel_notice(reservation_id: int, recipients: list[str]) -> None:
-    """Tell attendees dropped by an edit that they are no longer invited (room mode mail)."""
-    from jobs.reservations import send_invitations
-
-    try:
-        send_invitations.enqueue(reservation_id, "CANCEL", recipients)
-    except Exception:
-        log.warning("could not queue the cancellation notice of reservation %s", reservation_id, exc_info=True)

@@ -261,7 +261,7 @@ def live_server_factory():
         server.__exit__(None, None, None)
 
 
-def run_jobs(app, queues=("push", "sync", "channels", "default"), max_jobs: int | None = None) -> int:
+def run_jobs(app, queues=("write", "sync", "channels", "default"), max_jobs: int | None = None) -> int:
     """Run queued jobs in this process with a real RQ worker until the queues are empty.
 
     Returns how many jobs ran (rq 3 keeps the counts in Redis, not on the worker object).

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from roombridge.booking import MAX_ATTENDEES, MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH, room_zone
+from roombridge.booking import MAX_ATTENDEES, MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH
 from roombridge.models import Reservation, Room
 
 # Far enough for any booking, near enough that time-zone arithmetic never overflows.
@@ -138,7 +138,7 @@ def rfc3339(moment: datetime | None) -> str | None:
 
 
 def reservation_json(reservation: Reservation, warnings: list[str] | None = None) -> dict:
-    zone = room_zone(reservation.room)
+    zone = reservation.room.zone
     answer = {
         "id": reservation.id,
         "room_id": reservation.room_id,

@@ -46,7 +46,7 @@ def test_a_booking_is_stored_pending_and_its_google_write_queued(session, config
     assert stored.attendees == ["bob@example.com", "carol@example.com"]
     assert stored.start_at == datetime(2030, 1, 7, 10, tzinfo=UTC)  # London is UTC in January
     assert result.warnings == []
-    jobs = queue("push").jobs
+    jobs = queue("write").jobs
     assert [j.args for j in jobs] == [(reservation.id,)]
     assert session.scalar(sa.select(AuditEntry.action)) == "reservation.create"
 
@@ -77,7 +77,7 @@ def test_rules_refuse_with_a_message_per_field(session, config, start, end, fiel
         book(session, config, request(room, start, end))
     assert any(fragment in message for message in caught.value.errors[field]), caught.value.errors
     assert session.scalar(sa.select(sa.func.count(Reservation.id))) == 0
-    assert queue("push").count == 0
+    assert queue("write").count == 0
 
 
 def test_room_policies_override_the_defaults_in_the_rooms_own_zone(session, config):
@@ -205,7 +205,7 @@ def test_edit_rechecks_rules_and_only_organiser_or_admin_may(session, config):
     day = date(2030, 1, 7)
     mine = book(session, config, request(room, at(day, 10), at(day, 11), attendees=["bob@example.com"])).reservations[0]
     theirs = book(session, config, request(room, at(day, 12), at(day, 13), organiser_email="carol@example.com"))
-    queue("push").empty()
+    queue("write").empty()
 
     with pytest.raises(booking.NotAllowed):  # bob attends, so he sees it, but may not change it
         booking.edit(session, config, mine.id, actor_email="bob@example.com", actor_is_admin=False, title="Mine")
@@ -225,22 +225,22 @@ def test_edit_rechecks_rules_and_only_organiser_or_admin_may(session, config):
     moved = result.reservations[0]
     assert (moved.room_id, moved.start_at, moved.title, moved.status) == (
         other_room.id, datetime(2030, 1, 7, 12, tzinfo=UTC), "Moved", ReservationStatus.PENDING)
-    assert [j.args for j in queue("push").jobs] == [(mine.id,)]
+    assert [j.args for j in queue("write").jobs] == [(mine.id,)]
 
 
-def test_cancel_and_retry_push(session, config):
+def test_cancel_and_retry_write(session, config):
     room = make_room(session)
     failed = make_reservation(session, room, status=ReservationStatus.FAILED, status_reason="forbidden")
     session.commit()
     with pytest.raises(booking.NotFound):
         booking.cancel(session, config, failed.id, actor_email="mallory@example.com", actor_is_admin=False)
-    again = booking.retry_push(session, failed.id, actor_email="admin@example.com", actor_is_admin=True)
+    again = booking.retry_write(session, failed.id, actor_email="admin@example.com", actor_is_admin=True)
     assert (again.status, again.status_reason) == (ReservationStatus.PENDING, None)
     cancelled = booking.cancel(session, config, failed.id, actor_email="alice@example.com", actor_is_admin=False)
     assert cancelled.status == ReservationStatus.CANCELLED
-    assert [j.args for j in queue("push").jobs] == [(failed.id,), (failed.id,)]
+    assert [j.args for j in queue("write").jobs] == [(failed.id,), (failed.id,)]
     with pytest.raises(booking.InvalidBooking):
-        booking.retry_push(session, failed.id, actor_email="alice@example.com", actor_is_admin=False)
+        booking.retry_write(session, failed.id, actor_email="alice@example.com", actor_is_admin=False)
 
 
 def test_google_made_reservations_are_changed_in_google_only(session, config):
