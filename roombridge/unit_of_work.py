@@ -170,7 +170,9 @@ def end_read(session: Session) -> None:
         return
     if session.new or session.dirty or session.deleted:
         raise RuntimeError("changes made outside a unit of work")
-    session.commit()  # nothing to write; unlike rollback, keeps the loaded objects usable
+    # Unlike rollback, keeps the loaded objects usable. (Rows already flushed outside any unit,
+    # as test factories do, are committed with it; domain code never writes outside a unit.)
+    session.commit()
 
 
 def _after_commit(unit: _Unit) -> None:
