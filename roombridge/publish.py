@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from roombridge.booking import event_description
 from roombridge.config import Config
 from roombridge.gcal import (
     RESERVATION_PROPERTY,
@@ -37,6 +36,31 @@ log = logging.getLogger(__name__)
 
 # A write still pending after this long has lost its job (or used up its retries): queue it again.
 STALE_AFTER = timedelta(minutes=5)
+
+
+# In room mode the event carries no Google attendees, so its description ends with who
+# booked and who is invited, after this mark. The sync engine strips it again
+# (`description_from_event`), so our own footer never comes back as an edit made in Google.
+EVENT_FOOTER_MARK = "\n\n--\nRoombridge: "
+
+
+def event_description(reservation: Reservation, *, delegated: bool) -> str:
+    """The Google event description of a reservation (room mode: with the booking footer)."""
+    description = reservation.description or ""
+    if delegated:
+        return description  # Google lists the attendees itself
+    footer = f"booked by {reservation.organiser_email}"
+    others = [a for a in reservation.attendees or [] if a != reservation.organiser_email]
+    if others:
+        footer += "\nAttendees: " + ", ".join(others)
+    return description + EVENT_FOOTER_MARK + footer
+
+
+def description_from_event(text: str | None) -> str:
+    """The reservation's own description inside a Google event description: our footer removed."""
+    text = text or ""
+    head, mark, _ = text.rpartition(EVENT_FOOTER_MARK)
+    return head if mark else text
 
 
 def event_body(reservation: Reservation, config: Config) -> dict:

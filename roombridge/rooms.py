@@ -10,15 +10,14 @@ before the room leaves the gateway's allowlist; reservations are kept, syncing s
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from roombridge import channels
+from roombridge.booking.rules import ROOM_FIELDS, check_room_fields
 from roombridge.config import Config
 from roombridge.gcal import AccessCheck, CalendarGateway, GoogleError, RetriableGoogleError, is_room_calendar
 from roombridge.models import Room, RoomHealth, WatchChannel, audit
@@ -29,9 +28,7 @@ log = logging.getLogger(__name__)
 
 WRITE_ROLES = ("writer", "owner")
 ACCESS_PROBLEM_PREFIX = "Access check: "
-EDITABLE_FIELDS = ("name", "capacity", "building", "floor", "features", "time_zone", "bookable_hours",
-                   "max_duration_minutes", "max_days_ahead", "min_notice_minutes")
-HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
+EDITABLE_FIELDS = ROOM_FIELDS
 
 
 class RoomRefused(ValueError):
@@ -57,66 +54,11 @@ def rooms_in_scope(session: Session) -> list[Room]:
     return list(session.scalars(sa.select(Room).where(Room.in_scope.is_(True)).order_by(Room.name, Room.id)))
 
 
-def parse_features(raw: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    if raw is None:
-        return []
-    items = raw.split(",") if isinstance(raw, str) else raw
-    seen: list[str] = []
-    for item in (i.strip() for i in items):
-        if item and item not in seen:
-            seen.append(item)
-    return seen
-
-
-# Far past any real room or policy, and inside every database's integer column.
-LARGEST_NUMBER = 1_000_000
-
-
 def _validated(changes: dict) -> dict:
     """Check and normalise editable fields; RoomRefused names the first bad one."""
-    unknown = set(changes) - set(EDITABLE_FIELDS)
-    if unknown:
-        raise RoomRefused(f"cannot change {', '.join(sorted(unknown))}")
-    clean = dict(changes)
-    if "name" in clean:
-        clean["name"] = (clean["name"] or "").strip()
-        if not clean["name"]:
-            raise RoomRefused("A room needs a name.")
-        if len(clean["name"]) > 200:
-            raise RoomRefused("The name is longer than 200 characters.")
-    for number in ("capacity", "max_duration_minutes", "max_days_ahead", "min_notice_minutes"):
-        if number not in clean:
-            continue
-        if clean[number] in ("", None):
-            clean[number] = None
-            continue
-        try:
-            clean[number] = int(clean[number])
-        except (TypeError, ValueError):
-            raise RoomRefused(f"{number.replace('_', ' ').capitalize()} must be a whole number.") from None
-        if clean[number] < (1 if number != "min_notice_minutes" else 0):
-            raise RoomRefused(f"{number.replace('_', ' ').capitalize()} is too small.")
-        if clean[number] > LARGEST_NUMBER:
-            raise RoomRefused(f"{number.replace('_', ' ').capitalize()} is too large.")
-    for text in ("building", "floor"):
-        if text in clean:
-            clean[text] = (clean[text] or "").strip() or None
-    if "features" in clean:
-        clean["features"] = parse_features(clean["features"])
-    if "time_zone" in clean:
-        clean["time_zone"] = (clean["time_zone"] or "").strip() or "UTC"
-        try:
-            ZoneInfo(clean["time_zone"])
-        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
-            raise RoomRefused(
-                f"Unknown time zone {clean['time_zone']!r} (use an IANA name such as Europe/London)."
-            ) from None
-    if clean.get("bookable_hours"):
-        if not HOURS.match(clean["bookable_hours"].strip()):
-            raise RoomRefused("Bookable hours look like 08:00-18:00.")
-        clean["bookable_hours"] = clean["bookable_hours"].strip()
-    elif "bookable_hours" in clean:
-        clean["bookable_hours"] = None
+    clean, errors = check_room_fields(changes)
+    if errors:
+        raise RoomRefused(next(iter(errors.values()))[0])
     return clean
 
 

@@ -9,9 +9,9 @@ import pytest
 from icalendar import Calendar
 
 from jobs.reservations import requeue_stale_pending, write_reservation
-from roombridge import booking, db
+from roombridge import booking, db, publish
 from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
-from roombridge.models import Reservation, ReservationStatus
+from roombridge.models import Reservation, ReservationStatus, Room
 from roombridge.queue import queue
 from tests.conftest import run_jobs
 from tests.factories import make_reservation, make_room
@@ -86,7 +86,7 @@ def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_se
     assert "attendees" not in event  # room mode: Google forbids them for the service account
     assert "bob@example.com" in event["description"]  # the room calendar shows who is invited
     # ... and the sync engine gets the reservation's own description back from it, unchanged.
-    assert booking.description_from_event(event["description"]) == reservation.description == ""
+    assert publish.description_from_event(event["description"]) == reservation.description == ""
     assert datetime.fromisoformat(event["start"]["dateTime"]) == start
 
     [(rcpts, message)] = smtp_server.wait_for(1)
@@ -251,7 +251,7 @@ def test_requeue_stale_pending_recovers_a_lost_job(google, emulator):
     app, (room_id, _) = google
     with app.app_context():
         session = db.session()
-        room = session.get(booking.Room, room_id)
+        room = session.get(Room, room_id)
         start, _ = slot()
         lost = make_reservation(session, room, start.astimezone(UTC))
         fresh = make_reservation(session, room, start.astimezone(UTC) + timedelta(hours=2))

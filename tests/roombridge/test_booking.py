@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from roombridge import booking
+from roombridge import booking, publish
 from roombridge.models import AuditEntry, Reservation, ReservationSource, ReservationStatus, Room
 from roombridge.queue import queue
 from tests.factories import make_reservation, make_room
@@ -130,7 +130,8 @@ def test_the_database_has_the_last_word_when_the_select_saw_nothing(session, con
         return {} if len(calls) == 1 else real_find_clashes(*args, **kwargs)
 
     real_find_clashes = booking.find_clashes
-    monkeypatch.setattr(booking, "find_clashes", blind_first_time)
+    for module in (booking.commands, booking.conflicts):  # the command's SELECT, and the naming after a race
+        monkeypatch.setattr(module, "find_clashes", blind_first_time)
     with pytest.raises(booking.Conflict) as caught:
         book(session, config, request(room, at(date(2030, 1, 7), 10, 30), at(date(2030, 1, 7), 11, 30)))
     assert len(calls) == 2  # the SELECT, then the naming of the clash after the database refused
@@ -309,12 +310,12 @@ def test_the_event_footer_is_added_for_room_mode_and_stripped_back(session):
     room = make_room(session)
     reservation = make_reservation(session, room, description="Agenda:\n1. plans",
                                    attendees=["bob@example.com"])
-    text = booking.event_description(reservation, delegated=False)
+    text = publish.event_description(reservation, delegated=False)
     assert "alice@example.com" in text and "bob@example.com" in text
-    assert booking.description_from_event(text) == "Agenda:\n1. plans"
-    assert booking.description_from_event("Typed in Google") == "Typed in Google"
-    assert booking.description_from_event(None) == ""
-    assert booking.event_description(reservation, delegated=True) == "Agenda:\n1. plans"
+    assert publish.description_from_event(text) == "Agenda:\n1. plans"
+    assert publish.description_from_event("Typed in Google") == "Typed in Google"
+    assert publish.description_from_event(None) == ""
+    assert publish.event_description(reservation, delegated=True) == "Agenda:\n1. plans"
 
 
 def _google_conflict(session, room, over, start=None, minutes=60):
