@@ -33,10 +33,12 @@ run: $(BIN)/.run-installed
 test: $(BIN)/.test-installed
 	scripts/ensure-services.sh redis postgres chromium
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.test-installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 ## Benchmarks: not tests; they print a table (see benchmarks/README.md).
 bench: $(BIN)/.test-installed

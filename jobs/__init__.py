@@ -2,12 +2,18 @@
 
 `job(...)` is the one decorator every job uses. It fixes the queue, the timeout and how
 long a failed job is kept, and gives the function an ``enqueue`` method that uses the
-current app's Redis. Enqueue only after the transaction that made the work has committed.
+current app's Redis. Jobs are thin: they take ids, open the unit of work (or call the core
+function that opens its own) and call the core.
+
+The core never imports this package: it announces what it did after each commit
+(roombridge/unit_of_work.py), and `install(app)` subscribes the enqueues that turn those
+announcements into jobs. Every app that may run core code installs them.
 
 The worker (`flask --app wsgi worker`) is an RQ SimpleWorker holding one app for the
 life of the process; every job runs in a fresh app context of that app, so it gets its
 own database session, closed when the job ends. Called inside an app context (tests,
-the CLI), a job uses that app.
+the CLI), a job uses that app. A job run with no app at all builds `worker_app()`: the
+core's app, without the web package.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from flask import Flask, current_app, has_app_context
 from rq import Retry
 from rq.job import Job
 
+from roombridge.app import create_core_app
 from roombridge.queue import queue as named_queue
+from roombridge.unit_of_work import InvitationDue, ReservationChanged, SyncRequested, subscribe
 
 DEFAULT_TIMEOUT = 300
 FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay a week for admins to see and retry
@@ -39,10 +47,25 @@ def _app_for_job() -> Flask:
     if has_app_context():
         return current_app._get_current_object()
     if _worker_app is None:
-        from webapp import create_app
-
-        _worker_app = create_app()
+        _worker_app = worker_app()
     return _worker_app
+
+
+def worker_app() -> Flask:
+    """An app for running jobs: the core and these jobs' subscriptions, no web package."""
+    app = create_core_app()
+    install(app)
+    return app
+
+
+def install(app: Flask) -> None:
+    """Subscribe, in `app`, the jobs that the core's announcements ask for."""
+    from jobs.reservations import on_invitation_due, on_reservation_changed
+    from jobs.sync import on_sync_requested
+
+    subscribe(app, ReservationChanged, on_reservation_changed)
+    subscribe(app, InvitationDue, on_invitation_due)
+    subscribe(app, SyncRequested, on_sync_requested)
 
 
 def job(

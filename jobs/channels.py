@@ -82,6 +82,5 @@ def renew_room_channel(room_id: int, actor: str = "system", now: str | None = No
         log.warning("renewal of room %s refused: %s", room_id, refused)
         return None
     except CalendarNotInScope:
-        session.rollback()  # taken out of scope meanwhile: its channels were stopped then
-        return None
+        return None  # taken out of scope meanwhile: its channels were stopped then
     return channel.id

@@ -1,16 +1,29 @@
 """Sync jobs: mirror one room from Google, and the periodic safety net over every room.
 
-Enqueue `sync_room` only through `roombridge.sync.request_sync`, which coalesces requests.
+`sync_room` is enqueued only through the core's coalescing (`roombridge.sync.request_sync`
+and the webhook's `take_push`), which announce `SyncRequested` once they set the room's
+queued marker; `on_sync_requested` turns that into the job. The job holds the room's lock
+(one sync of a room at a time across workers), waits its turn (pacing), and calls the
+engine (roombridge/sync.py).
 """
 
 from __future__ import annotations
 
+import logging
+
 import sqlalchemy as sa
+from flask import current_app
 from rq import Retry
 
 from jobs import job
-from roombridge import db
+from roombridge import db, sync
+from roombridge.config import Config
+from roombridge.gcal import CalendarGateway
 from roombridge.models import Room
+from roombridge.queue import redis
+from roombridge.unit_of_work import SyncRequested, unit_of_work
+
+log = logging.getLogger(__name__)
 
 # Retried: Google unavailable after the gateway's own retries, a reservation edited while we
 # applied (StaleDataError), a booking that took the slot between our check and our write.
@@ -18,12 +31,32 @@ from roombridge.models import Room
 SYNC_RETRY = Retry(max=4, interval=[2, 10, 60, 300])
 
 
+def on_sync_requested(event: SyncRequested) -> None:
+    sync_room.enqueue(event.room_id)
+
+
 @job("sync", timeout=900, retry=SYNC_RETRY)
 def sync_room(room_id: int, full: bool = False) -> dict | None:
-    """Sync one room (lock, pacing and coalescing in roombridge.sync); returns a summary."""
-    from roombridge.sync import run_sync_job
-
-    report = run_sync_job(room_id, full)
+    """Sync one room under its lock, paced and coalesced; returns a summary (None: not synced now)."""
+    config: Config = current_app.config["ROOMBRIDGE"]
+    conn = redis()
+    lock = sync.RoomLock(conn, room_id)
+    if not lock.acquire(wait_seconds=sync.LOCK_WAIT_SECONDS):
+        # Another worker has been syncing this room for long; try again later. The queued
+        # marker is still set, so requests meanwhile do not pile up more jobs.
+        log.info("room %s is being synced elsewhere; re-queued", room_id)
+        sync_room.enqueue(room_id, full)
+        return None
+    try:
+        full = sync.take_turn(conn, room_id, float(config.SYNC_MIN_INTERVAL_SECONDS), full)
+        try:
+            report = sync.run_sync(db.session(), conn, CalendarGateway.for_app(kind="sync"), config, room_id, full)
+        except Exception:
+            if full:
+                sync.keep_full_request(conn, room_id)
+            raise
+    finally:
+        lock.release()
     if report is None:
         return None
     return {"changes": report.changes, "pages": report.pages, "full": report.full, "events": report.events,
@@ -37,7 +70,6 @@ def safety_net_sync() -> int:
     Cheap: a room with no change costs one events.list call; a room already queued costs
     nothing. Returns how many syncs were enqueued.
     """
-    from roombridge.sync import request_sync
-
-    room_ids = list(db.session().scalars(sa.select(Room.id).where(Room.in_scope.is_(True)).order_by(Room.id)))
-    return sum(1 for room_id in room_ids if request_sync(room_id))
+    with unit_of_work(write=False) as session:
+        room_ids = list(session.scalars(sa.select(Room.id).where(Room.in_scope.is_(True)).order_by(Room.id)))
+    return sum(1 for room_id in room_ids if sync.request_sync(room_id))

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from roombridge.booking import normalise_email
-from roombridge.db import begin_write
 from roombridge.models import ApiToken, audit
+from roombridge.unit_of_work import unit_of_work
 
 PREFIX = "rb_"
 # Writing last_used_at on every request would turn each read into a write; once a minute says enough.
@@ -34,15 +34,14 @@ class NewToken:
 
 
 def create(session: Session, email: str, *, actor: str = "system") -> NewToken:
-    """Make a token for `email` (a valid address; ValueError if not) and commit it."""
+    """Make a token for `email` (a valid address; ValueError if not) and store it."""
     owner = normalise_email(email)
-    begin_write(session)
     token = PREFIX + secrets.token_urlsafe(32)
-    record = ApiToken(user_email=owner, token_hash=hash_token(token), prefix=token[: len(PREFIX) + 6])
-    session.add(record)
-    session.flush()
-    audit(session, actor, "api_token.create", record, user_email=owner, prefix=record.prefix)
-    session.commit()
+    with unit_of_work(session):
+        record = ApiToken(user_email=owner, token_hash=hash_token(token), prefix=token[: len(PREFIX) + 6])
+        session.add(record)
+        session.flush()
+        audit(session, actor, "api_token.create", record, user_email=owner, prefix=record.prefix)
     return NewToken(token, record)
 
 
@@ -58,9 +57,8 @@ def verify(session: Session, token: str | None, now: datetime | None = None) -> 
         return None
     now = now or datetime.now(UTC)
     if record.last_used_at is None or now - record.last_used_at >= LAST_USED_RESOLUTION:
-        begin_write(session)
-        session.execute(sa.update(ApiToken).where(ApiToken.id == record.id).values(last_used_at=now))
-        session.commit()
+        with unit_of_work(session):
+            session.execute(sa.update(ApiToken).where(ApiToken.id == record.id).values(last_used_at=now))
     return record.user_email
 
 
@@ -69,7 +67,6 @@ def revoke(session: Session, token_or_prefix: str, *, email: str | None = None, 
 
     Returns how many were revoked.
     """
-    begin_write(session)
     query = sa.select(ApiToken).where(ApiToken.revoked_at.is_(None))
     if token_or_prefix.startswith(PREFIX) and len(token_or_prefix) > len(PREFIX) + 6:
         query = query.where(ApiToken.token_hash == hash_token(token_or_prefix))
@@ -78,11 +75,11 @@ def revoke(session: Session, token_or_prefix: str, *, email: str | None = None, 
     if email:
         query = query.where(ApiToken.user_email == email.strip().lower())
     now = datetime.now(UTC)
-    records = session.scalars(query).all()
-    for record in records:
-        record.revoked_at = now
-        audit(session, actor, "api_token.revoke", record, user_email=record.user_email, prefix=record.prefix)
-    session.commit()
+    with unit_of_work(session):
+        records = session.scalars(query).all()
+        for record in records:
+            record.revoked_at = now
+            audit(session, actor, "api_token.revoke", record, user_email=record.user_email, prefix=record.prefix)
     return len(records)
 
 

@@ -13,7 +13,9 @@ all renew in the same minute again. Every moment lies at least a safety margin b
 several scheduler ticks, so a missed tick or a slow worker still renews in time.
 
 Functions here take the session, the gateway and `now`; they never read the clock, so tests
-(and the hour of simulated time) drive them with the emulator's clock.
+(and the hour of simulated time) drive them with the emulator's clock. Those that call Google
+open their own short units of work around it (roombridge/unit_of_work.py), never one across
+the call, and refuse to run inside a caller's unit.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ import sqlalchemy as sa
 from redis import Redis
 from sqlalchemy.orm import Session
 
-from roombridge import db
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
 from roombridge.gcal import CalendarGateway, CalendarNotInScope, GoogleError, PermanentGoogleError
-from roombridge.models import Room, WatchChannel, audit
+from roombridge.models import Room, RoomHealth, WatchChannel, audit
 from roombridge.queue import LuaScript
 from roombridge.queue import redis as app_redis
+from roombridge.unit_of_work import after_commit, outside_units, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ class RenewalReport:
     stop_failed: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # room calendar id -> reason
     retry_later: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # room calendar id -> an error of ours (database, ...)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -128,61 +131,66 @@ def create_channel(session: Session, gateway: CalendarGateway, room: Room, confi
                    actor: str = "system") -> WatchChannel:
     """Open a new channel on the room's calendar and save it with Google's own expiration.
 
-    Commits. A permanent refusal (calendar no longer shared, ...) marks the room unhealthy
-    with Google's reason and raises ChannelRefused; a retriable error propagates unchanged.
+    A permanent refusal (calendar no longer shared, ...) marks the room unhealthy with
+    Google's reason and raises ChannelRefused; a retriable error propagates unchanged.
     """
+    outside_units(session)
     # Saved before the watch call: Google sends the "sync" handshake at once, possibly before
     # its answer reaches us, and the webhook must know the channel (and its token) by then.
     channel = WatchChannel(id=str(uuid.uuid4()), room_id=room.id, token=secrets.token_urlsafe(32),
                            address=webhook_address(config), created_at=now)
-    session.add(channel)
-    session.commit()
+    with unit_of_work(session):
+        session.add(channel)
     try:
         result = gateway.watch(room.calendar_id, channel_id=channel.id, address=channel.address,
                                token=channel.token, ttl_seconds=config.CHANNEL_TTL_SECONDS)
     except BaseException as error:
-        session.rollback()
-        session.delete(channel)  # never opened at Google: nothing to stop
+        refused = isinstance(error, PermanentGoogleError) and not isinstance(error, CalendarNotInScope)
+        with unit_of_work(session):
+            session.delete(channel)  # never opened at Google: nothing to stop
+            if refused:
+                room.health = RoomHealth.CHANNEL_REFUSED
+                room.health_error = f"Google refused a push channel: {error}"
+                audit(session, actor, "channel.refused", room, reason=error.reason, status=error.status)
         forget_channel_quietly(channel.id)  # an early push may have cached it
-        if isinstance(error, PermanentGoogleError) and not isinstance(error, CalendarNotInScope):
-            room.health_error = f"Google refused a push channel: {error}"
-            audit(session, actor, "channel.refused", room, reason=error.reason, status=error.status)
-            session.commit()
+        if refused:
             log.warning("watch refused for %s: %s", room.calendar_id, error)
             raise ChannelRefused(room.health_error) from error
-        session.commit()
         raise
-    channel.resource_id, channel.expiration = result.resource_id, result.expiration
-    if room.health_error and room.health_error.startswith("Google refused a push channel"):
-        room.health_error = None
-    audit(session, actor, "channel.created", channel, room=room.calendar_id,
-          expiration=result.expiration.isoformat())
-    session.commit()
-    cache_channel_quietly(channel)
+    with unit_of_work(session):
+        channel.resource_id, channel.expiration = result.resource_id, result.expiration
+        if room.health == RoomHealth.CHANNEL_REFUSED:
+            room.health, room.health_error = None, None
+        audit(session, actor, "channel.created", channel, room=room.calendar_id,
+              expiration=result.expiration.isoformat())
+        after_commit(session, lambda: cache_channel_quietly(channel))
     return channel
 
 
 def stop_channel(session: Session, gateway: CalendarGateway, channel: WatchChannel, now: datetime,
                  actor: str = "system") -> bool:
-    """channels.stop; True once stopped (or unknown to Google). Failure: stop_pending, retried later. Commits."""
+    """channels.stop; True once stopped (or unknown to Google). Failure: stop_pending, retried later."""
+    outside_units(session)
     try:
         gateway.stop_channel(channel.id, channel.resource_id or "")
     except GoogleError as error:
-        if channel.expiration is not None and now > channel.expiration + GIVE_UP_STOPPING_AFTER:
-            # Long expired: Google delivers nothing on it any more, so there is nothing to stop.
-            channel.stopped_at, channel.stop_pending = now, False
-            channel.stop_error = f"gave up stopping after expiry: {error}"
-            session.commit()
-            cache_channel_quietly(channel)
-            return True
-        channel.stop_pending, channel.stop_error = True, str(error)
-        session.commit()
-        log.info("stopping channel %s failed, will retry: %s", channel.id, error)
-        return False
-    channel.stopped_at, channel.stop_pending, channel.stop_error = now, False, None
-    audit(session, actor, "channel.stopped", channel, room_id=channel.room_id)
-    session.commit()
-    cache_channel_quietly(channel)
+        with unit_of_work(session):
+            if channel.expiration is not None and now > channel.expiration + GIVE_UP_STOPPING_AFTER:
+                # Long expired: Google delivers nothing on it any more, so there is nothing to stop.
+                channel.stopped_at, channel.stop_pending = now, False
+                channel.stop_error = f"gave up stopping after expiry: {error}"
+                after_commit(session, lambda: cache_channel_quietly(channel))
+                gave_up = True
+            else:
+                channel.stop_pending, channel.stop_error = True, str(error)
+                gave_up = False
+        if not gave_up:
+            log.info("stopping channel %s failed, will retry: %s", channel.id, error)
+        return gave_up
+    with unit_of_work(session):
+        channel.stopped_at, channel.stop_pending, channel.stop_error = now, False, None
+        audit(session, actor, "channel.stopped", channel, room_id=channel.room_id)
+        after_commit(session, lambda: cache_channel_quietly(channel))
     return True
 
 
@@ -235,12 +243,14 @@ def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: d
     A failure on one room is recorded and the pass goes on with the others.
     """
     report = RenewalReport()
-    rooms = list(session.scalars(sa.select(Room).where(Room.in_scope.is_(True)).order_by(Room.id)))
-    # One query for every room's channels: the pass runs each scheduler tick, mostly finding nothing due.
-    channels_by_room: dict[int, list[WatchChannel]] = defaultdict(list)
-    for open_channel in open_channels(session):
-        channels_by_room[open_channel.room_id].append(open_channel)
+    with unit_of_work(session, write=False):
+        rooms = list(session.scalars(sa.select(Room).where(Room.in_scope.is_(True)).order_by(Room.id)))
+        # One query for every room's channels: the pass runs each scheduler tick, mostly finding nothing due.
+        channels_by_room: dict[int, list[WatchChannel]] = defaultdict(list)
+        for open_channel in open_channels(session):
+            channels_by_room[open_channel.room_id].append(open_channel)
     current: dict[int, str] = {}
+    # Each room in its own units of work: one room's failure, database errors included, never stops the others.
     for room in rooms:
         try:
             channel = _newest_live(channels_by_room[room.id], now)
@@ -253,19 +263,28 @@ def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: d
         except ChannelRefused as refused:
             report.refused[room.calendar_id] = str(refused)
         except CalendarNotInScope:
-            session.rollback()  # removed from scope meanwhile: its channels are stopped below
+            pass  # removed from scope meanwhile: its channels are stopped below
         except GoogleError as error:
-            session.rollback()
             report.retry_later[room.calendar_id] = str(error)
             log.warning("channel renewal for %s will be retried: %s", room.calendar_id, error)
+        except Exception as error:
+            report.failed[room.calendar_id] = str(error)
+            log.exception("channel renewal for %s failed; the other rooms go on", room.calendar_id)
     in_scope = {room.id for room in rooms}
-    for channel in open_channels(session):
+    with unit_of_work(session, write=False):
+        still_open = open_channels(session)
+    for channel in still_open:
         if channel.id in current.values() or channel.id in report.replaced:
             continue
         superseded = channel.room_id in current or channel.room_id not in in_scope or channel.stop_pending
         expired = channel.expiration is not None and channel.expiration <= now
         if superseded or expired:
-            (report.stopped if stop_channel(session, gateway, channel, now) else report.stop_failed).append(channel.id)
+            try:
+                stopped = stop_channel(session, gateway, channel, now)
+            except Exception:
+                log.exception("stopping channel %s failed; the periodic pass tries again", channel.id)
+                stopped = False
+            (report.stopped if stopped else report.stop_failed).append(channel.id)
     return report
 
 
@@ -356,30 +375,29 @@ def _pending(count, last_at, number) -> PendingPushes:
 
 
 def absorb_push_stats(session: Session, redis: Redis, room_id: int, now: datetime) -> int:
-    """Add the pushes counted in Redis to the rows of the room's channels; commits. Returns how many.
+    """Add the pushes counted in Redis to the rows of the room's channels; returns how many.
 
     Called by the room's sync (under its lock). If the database write fails the counts are put
     back, so they are added by the next sync instead of being lost.
     """
-    ids = list(session.scalars(sa.select(WatchChannel.id).where(
-        WatchChannel.room_id == room_id,
-        sa.or_(WatchChannel.stopped_at.is_(None), WatchChannel.stopped_at > now - RECENTLY_STOPPED))))
-    session.commit()  # ends the read: the write below starts its own (write) transaction
+    with unit_of_work(session, write=False):
+        ids = list(session.scalars(sa.select(WatchChannel.id).where(
+            WatchChannel.room_id == room_id,
+            sa.or_(WatchChannel.stopped_at.is_(None), WatchChannel.stopped_at > now - RECENTLY_STOPPED))))
     taken = {channel_id: _pending(*_TAKE_PUSHES(redis, keys=(channel_key(channel_id),))) for channel_id in ids}
     taken = {channel_id: p for channel_id, p in taken.items() if p.count}
     if not taken:
         return 0
     try:
-        db.begin_write(session)
-        for channel_id, pending in taken.items():
-            values: dict = {"push_count": WatchChannel.push_count + pending.count}
-            if pending.last_push_at is not None:
-                values.update(last_push_at=pending.last_push_at, last_message_number=pending.last_message_number)
-            session.execute(sa.update(WatchChannel).where(WatchChannel.id == channel_id).values(**values)
-                            .execution_options(synchronize_session=False))
-        session.commit()
+        with unit_of_work(session):
+            for channel_id, pending in taken.items():
+                values: dict = {"push_count": WatchChannel.push_count + pending.count}
+                if pending.last_push_at is not None:
+                    values.update(last_push_at=pending.last_push_at,
+                                  last_message_number=pending.last_message_number)
+                session.execute(sa.update(WatchChannel).where(WatchChannel.id == channel_id).values(**values)
+                                .execution_options(synchronize_session=False))
     except Exception:
-        session.rollback()
         pipe = redis.pipeline(transaction=False)
         for channel_id, pending in taken.items():
             pipe.hincrby(channel_key(channel_id), "pushes", pending.count)

@@ -23,7 +23,8 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from sqlalchemy.orm import Session
 
-from roombridge import channels, rooms
+from roombridge import channels
+from roombridge.booking.rules import check_room_fields
 from roombridge.models import Reservation, ReservationStatus, Room, RoomSyncState, WatchChannel
 from roombridge.queue import QUEUE_NAMES
 
@@ -127,18 +128,8 @@ def room_conflicts(session: Session, room: Room, now: datetime, limit: int = 50)
 
 
 def field_errors(values: dict[str, object]) -> dict[str, str]:
-    """Each editable room field's own message, checked by the same rules roombridge.rooms applies.
-
-    rooms.add_room and rooms.edit_room stop at the first bad field with one message; a form
-    wants every message next to its own field, so each field is checked alone.
-    """
-    errors = {}
-    for name, value in values.items():
-        try:
-            rooms._validated({name: value})
-        except rooms.RoomRefused as refused:
-            errors[name] = str(refused)
-    return errors
+    """Each editable room field's own message, by the rules rooms.add_room and rooms.edit_room apply."""
+    return {name: messages[0] for name, messages in check_room_fields(values)[1].items()}
 
 
 # --- failed jobs ----------------------------------------------------------------------------------

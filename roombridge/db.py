@@ -4,11 +4,9 @@ One engine per app; one session per app context (a request, a job, a CLI command
 closed when the context ends. Domain code takes the session as an argument.
 
 SQLite, the embedded default, allows one writer at a time; in WAL mode readers never
-wait. A transaction that reads and then writes must take the write lock when it BEGINs
-(BEGIN IMMEDIATE): otherwise SQLite refuses its first write with "database is locked"
-as soon as another writer committed in between, without waiting. So code that reads
-and then writes starts with `begin_write(session)`; on PostgreSQL that is a no-op. Plain
-reads use an ordinary deferred BEGIN and hold no lock while, say, a job calls Google.
+wait. Transactions are owned by units of work (roombridge/unit_of_work.py): one that may
+write begins with BEGIN IMMEDIATE on SQLite (`begin_write_transaction`, called there only).
+Plain reads use an ordinary deferred BEGIN and hold no lock while, say, a job calls Google.
 A trigger (see the initial migration) refuses overlapping live reservations, as the
 exclusion constraint does on PostgreSQL.
 """
@@ -78,21 +76,15 @@ def _serialise_sqlite(engine: Engine) -> None:
 WRITE_OPTION = "roombridge_write"
 
 
-def begin_write(session: Session) -> Session:
-    """Start `session`'s transaction as a write transaction (SQLite: BEGIN IMMEDIATE).
+def begin_write_transaction(session: Session) -> None:
+    """Begin `session`'s (not yet open) transaction as a write: BEGIN IMMEDIATE on SQLite.
 
-    Call it before the first query of a read-then-write unit of work. A transaction
-    already open with reads only is committed first (it holds nothing worth keeping);
-    one with pending changes is a bug in the caller.
+    Only the unit of work calls this (roombridge/unit_of_work.py): one rule, in one place.
     """
-    if session.get_bind().dialect.name != "sqlite":
-        return session
     if session.in_transaction():
-        if session.new or session.dirty or session.deleted:
-            raise RuntimeError("begin_write() must come before any change in the transaction")
-        session.commit()
-    session.connection(execution_options={WRITE_OPTION: True})
-    return session
+        raise RuntimeError("a write transaction must begin before anything else in it")
+    if session.get_bind().dialect.name == "sqlite":
+        session.connection(execution_options={WRITE_OPTION: True})
 
 
 def init_app(app: Flask, url: str) -> None:

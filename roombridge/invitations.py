@@ -19,9 +19,11 @@ from email.utils import formatdate, make_msgid
 from urllib.parse import unquote, urlsplit
 
 from icalendar import Calendar, Event, vCalAddress, vText
+from sqlalchemy.orm import Session
 
-from roombridge.booking import room_zone
-from roombridge.models import Reservation
+from roombridge.config import Config
+from roombridge.models import Reservation, ReservationStatus
+from roombridge.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ def build_invitation(
         event.add("attendee", attendee, encode=True)
     calendar.add_component(event)
 
-    zone = room_zone(room)
+    zone = room.zone
     local_start, local_end = reservation.start_at.astimezone(zone), reservation.end_at.astimezone(zone)
     when = f"{local_start:%a %d %b %Y, %H:%M}-{local_end:%H:%M} ({room.time_zone})"
     if method == "CANCEL":
@@ -162,3 +164,21 @@ def send(message: EmailMessage, smtp_url: str, timeout: float = 10.0) -> bool:
             client.login(unquote(parts.username), unquote(parts.password or ""))
         client.send_message(message)
     return True
+
+
+def mail_invitation(session: Session, config: Config, reservation_id: int, method: str,
+                    recipients: list[str] | None = None, event_id: str | None = None) -> str:
+    """Mail an iMIP REQUEST or CANCEL of the reservation as stored now; returns what was done.
+
+    Reads in a read unit of work and mails with none open. SMTP errors propagate for the
+    mail job to retry.
+    """
+    with unit_of_work(session, write=False):
+        reservation = session.get(Reservation, reservation_id)
+        if reservation is None:
+            return "gone"
+        if method == "REQUEST" and reservation.status != ReservationStatus.CONFIRMED:
+            return "superseded"  # changed again since; the next publish sends the invitation
+        invitation = build_invitation(reservation, method, event_id=event_id, recipients=recipients)
+    sent = send(to_email(invitation, config.MAIL_FROM), config.SMTP_URL)
+    return f"sent to {len(invitation.recipients)}" if sent else "skipped (no SMTP_URL)"

@@ -21,16 +21,14 @@ def _alembic_config(connection) -> AlembicConfig:
 
 
 def upgrade(app: Flask, revision: str = "head") -> None:
-    # A plain connection (no BEGIN IMMEDIATE listener trouble): alembic manages its transaction.
-    with db.engine(app).connect() as connection:
+    # One transaction for the whole upgrade, committed when the block ends.
+    with db.engine(app).begin() as connection:
         command.upgrade(_alembic_config(connection), revision)
-        connection.commit()
 
 
 def downgrade(app: Flask, revision: str) -> None:
-    with db.engine(app).connect() as connection:
+    with db.engine(app).begin() as connection:
         command.downgrade(_alembic_config(connection), revision)
-        connection.commit()
 
 
 def revision(app: Flask, message: str, autogenerate: bool = True) -> None:

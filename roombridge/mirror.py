@@ -35,9 +35,9 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from roombridge.booking import description_from_event
 from roombridge.gcal import reservation_id_of
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
+from roombridge.publish import description_from_event
 
 TITLE_MAX = 200
 SERIES_ID_MAX = 64

@@ -7,13 +7,17 @@ and for policies such as bookable hours.
 from __future__ import annotations
 
 import enum
+import logging
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from roombridge.db import Base, UTCDateTime, utcnow
+
+log = logging.getLogger(__name__)
 
 
 class ReservationStatus(enum.StrEnum):
@@ -34,13 +38,21 @@ class ReservationSource(enum.StrEnum):
     GOOGLE = "google"
 
 
-def _enum(enum_cls: type[enum.Enum], name: str) -> sa.Enum:
-    # Stored as plain strings with a CHECK, so adding a value is an ordinary migration.
+class RoomHealth(enum.StrEnum):
+    """Why a room is unhealthy (`Room.health`); `Room.health_error` keeps Google's words for admins."""
+
+    CHANNEL_REFUSED = "channel_refused"  # Google refused a push channel on its calendar
+    NO_ACCESS = "no_access"  # the access check found the service account cannot make changes
+
+
+def _enum(enum_cls: type[enum.Enum], name: str, *, check: bool = True) -> sa.Enum:
+    # Stored as plain strings with a CHECK, so adding a value is an ordinary migration. A column
+    # added later has no CHECK (SQLite cannot add one without copying the table and its triggers).
     return sa.Enum(
         enum_cls,
         name=name,
         native_enum=False,
-        create_constraint=True,
+        create_constraint=check,
         length=16,
         values_callable=lambda e: [m.value for m in e],
     )
@@ -70,6 +82,7 @@ class Room(TimestampMixin, Base):
     min_notice_minutes: Mapped[int | None]
     # Integration health, as last seen: the access role Google granted, and why it is unhealthy.
     access_role: Mapped[str | None] = mapped_column(sa.String(32))
+    health: Mapped[RoomHealth | None] = mapped_column(_enum(RoomHealth, "room_health", check=False))
     health_error: Mapped[str | None] = mapped_column(sa.Text)
 
     reservations: Mapped[list[Reservation]] = relationship(back_populates="room")
@@ -78,6 +91,15 @@ class Room(TimestampMixin, Base):
 
     def __repr__(self) -> str:
         return f"<Room {self.id} {self.calendar_id}>"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The room's time zone; UTC (logged) if its name is unknown here."""
+        try:
+            return ZoneInfo(self.time_zone or "UTC")
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            log.warning("room %s has an unknown time zone %r; using UTC", self.id, self.time_zone)
+            return ZoneInfo("UTC")
 
 
 class Reservation(TimestampMixin, Base):
@@ -102,6 +124,8 @@ class Reservation(TimestampMixin, Base):
         _enum(ReservationStatus, "reservation_status"), default=ReservationStatus.PENDING
     )
     status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # Cancelled here, and Google refused to delete its event for good: no periodic retry.
+    google_delete_failed: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     source: Mapped[ReservationSource] = mapped_column(_enum(ReservationSource, "reservation_source"))
     # Recurring bookings made here share a series id; instances from Google carry the series' event id.
     series_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)

@@ -2,7 +2,7 @@
 
 Queues have names so that a slow full sync never delays a booking's write to Google:
 
-- ``push``: write a reservation to Google (someone is waiting for "confirmed").
+- ``write``: publish a reservation to Google (someone is waiting for "confirmed").
 - ``sync``: mirror a room from Google.
 - ``channels``: create, renew and stop watch channels; periodic safety nets.
 - ``default``: anything else (e-mail).
@@ -23,7 +23,7 @@ from rq import Queue
 
 log = logging.getLogger(__name__)
 
-QUEUE_NAMES = ("push", "sync", "channels", "default")
+QUEUE_NAMES = ("write", "sync", "channels", "default")
 EXTENSION_KEY = "roombridge.redis"
 
 

@@ -10,26 +10,25 @@ before the room leaves the gateway's allowlist; reservations are kept, syncing s
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from roombridge import channels
+from roombridge.booking.rules import ROOM_FIELDS, check_room_fields
 from roombridge.config import Config
 from roombridge.gcal import AccessCheck, CalendarGateway, GoogleError, RetriableGoogleError, is_room_calendar
-from roombridge.models import Room, WatchChannel, audit
+from roombridge.models import Room, RoomHealth, WatchChannel, audit
+from roombridge.sync import request_sync
+from roombridge.unit_of_work import outside_units, unit_of_work
 
 log = logging.getLogger(__name__)
 
 WRITE_ROLES = ("writer", "owner")
 ACCESS_PROBLEM_PREFIX = "Access check: "
-EDITABLE_FIELDS = ("name", "capacity", "building", "floor", "features", "time_zone", "bookable_hours",
-                   "max_duration_minutes", "max_days_ahead", "min_notice_minutes")
-HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
+EDITABLE_FIELDS = ROOM_FIELDS
 
 
 class RoomRefused(ValueError):
@@ -55,66 +54,11 @@ def rooms_in_scope(session: Session) -> list[Room]:
     return list(session.scalars(sa.select(Room).where(Room.in_scope.is_(True)).order_by(Room.name, Room.id)))
 
 
-def parse_features(raw: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    if raw is None:
-        return []
-    items = raw.split(",") if isinstance(raw, str) else raw
-    seen: list[str] = []
-    for item in (i.strip() for i in items):
-        if item and item not in seen:
-            seen.append(item)
-    return seen
-
-
-# Far past any real room or policy, and inside every database's integer column.
-LARGEST_NUMBER = 1_000_000
-
-
 def _validated(changes: dict) -> dict:
     """Check and normalise editable fields; RoomRefused names the first bad one."""
-    unknown = set(changes) - set(EDITABLE_FIELDS)
-    if unknown:
-        raise RoomRefused(f"cannot change {', '.join(sorted(unknown))}")
-    clean = dict(changes)
-    if "name" in clean:
-        clean["name"] = (clean["name"] or "").strip()
-        if not clean["name"]:
-            raise RoomRefused("A room needs a name.")
-        if len(clean["name"]) > 200:
-            raise RoomRefused("The name is longer than 200 characters.")
-    for number in ("capacity", "max_duration_minutes", "max_days_ahead", "min_notice_minutes"):
-        if number not in clean:
-            continue
-        if clean[number] in ("", None):
-            clean[number] = None
-            continue
-        try:
-            clean[number] = int(clean[number])
-        except (TypeError, ValueError):
-            raise RoomRefused(f"{number.replace('_', ' ').capitalize()} must be a whole number.") from None
-        if clean[number] < (1 if number != "min_notice_minutes" else 0):
-            raise RoomRefused(f"{number.replace('_', ' ').capitalize()} is too small.")
-        if clean[number] > LARGEST_NUMBER:
-            raise RoomRefused(f"{number.replace('_', ' ').capitalize()} is too large.")
-    for text in ("building", "floor"):
-        if text in clean:
-            clean[text] = (clean[text] or "").strip() or None
-    if "features" in clean:
-        clean["features"] = parse_features(clean["features"])
-    if "time_zone" in clean:
-        clean["time_zone"] = (clean["time_zone"] or "").strip() or "UTC"
-        try:
-            ZoneInfo(clean["time_zone"])
-        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
-            raise RoomRefused(
-                f"Unknown time zone {clean['time_zone']!r} (use an IANA name such as Europe/London)."
-            ) from None
-    if clean.get("bookable_hours"):
-        if not HOURS.match(clean["bookable_hours"].strip()):
-            raise RoomRefused("Bookable hours look like 08:00-18:00.")
-        clean["bookable_hours"] = clean["bookable_hours"].strip()
-    elif "bookable_hours" in clean:
-        clean["bookable_hours"] = None
+    clean, errors = check_room_fields(changes)
+    if errors:
+        raise RoomRefused(next(iter(errors.values()))[0])
     return clean
 
 
@@ -131,13 +75,15 @@ def add_room(session: Session, gateway: CalendarGateway, config: Config, calenda
              now: datetime, actor: str = "system", capacity: int | None = None, building: str | None = None,
              floor: str | None = None, features=None, time_zone: str = "UTC") -> AddedRoom:
     """Bring a room calendar into scope; refused with RoomRefused unless Google says we may write to it."""
+    outside_units(session)
     calendar_id = normalise_calendar_id(calendar_id)
     if not is_room_calendar(calendar_id):
         raise RoomRefused(f"{calendar_id or 'That'} is not a room calendar address "
                           "(they end in @resource.calendar.google.com).")
     details = _validated(dict(name=name, capacity=capacity, building=building, floor=floor,
                               features=features, time_zone=time_zone))
-    room = find_room(session, calendar_id)
+    with unit_of_work(session, write=False):
+        room = find_room(session, calendar_id)
     if room is not None and room.in_scope:
         raise RoomRefused(f"{calendar_id} is already in scope as {room.name!r}.")
     try:
@@ -147,56 +93,56 @@ def add_room(session: Session, gateway: CalendarGateway, config: Config, calenda
     problem = access_problem(check)
     if problem:
         raise RoomRefused(f"{calendar_id} was not added: {problem}.")
-    if room is None:
-        room = Room(calendar_id=calendar_id, **details)
-        session.add(room)
-    else:
-        for key, value in details.items():
-            setattr(room, key, value)
-    room.in_scope, room.access_role, room.health_error = True, check.role, None
-    session.flush()
-    audit(session, actor, "room.added", room, calendar_id=calendar_id, role=check.role)
-    session.commit()
+    with unit_of_work(session):
+        room = find_room(session, calendar_id)  # again, inside the write: it may have been added meanwhile
+        if room is not None and room.in_scope:
+            raise RoomRefused(f"{calendar_id} is already in scope as {room.name!r}.")
+        if room is None:
+            room = Room(calendar_id=calendar_id, **details)
+            session.add(room)
+        else:
+            for key, value in details.items():
+                setattr(room, key, value)
+        room.in_scope, room.access_role, room.health, room.health_error = True, check.role, None, None
+        session.flush()
+        audit(session, actor, "room.added", room, calendar_id=calendar_id, role=check.role)
 
     # The channel before the first full sync: a change made in between is still reported.
     channel, channel_problem = None, None
     try:
         channel = channels.create_channel(session, gateway, room, config, now, actor)
     except (channels.ChannelRefused, GoogleError) as error:
-        session.rollback()
         channel_problem = str(error)
         log.warning("room %s added without a channel for now: %s", calendar_id, error)
-    from roombridge.sync import request_sync
-
     request_sync(room.id, full=True)
     return AddedRoom(room, channel, channel_problem)
 
 
 def edit_room(session: Session, room: Room, actor: str = "system", **changes) -> Room:
-    """Change a room's description or booking policy (not its calendar: remove and add for that). Commits."""
+    """Change a room's description or booking policy (not its calendar: remove and add for that)."""
     clean = _validated(changes)
-    before = {k: getattr(room, k) for k in clean}
-    for key, value in clean.items():
-        setattr(room, key, value)
-    changed = {k: [before[k], v] for k, v in clean.items() if before[k] != v}
-    if changed:
-        audit(session, actor, "room.edited", room, changes=changed)
-    session.commit()
+    with unit_of_work(session):
+        before = {k: getattr(room, k) for k in clean}
+        for key, value in clean.items():
+            setattr(room, key, value)
+        changed = {k: [before[k], v] for k, v in clean.items() if before[k] != v}
+        if changed:
+            audit(session, actor, "room.edited", room, changes=changed)
     return room
 
 
 def remove_room(session: Session, gateway: CalendarGateway, room: Room, now: datetime,
                 actor: str = "system") -> list[WatchChannel]:
-    """Take the room out of scope: stop its channels, then drop it from the allowlist. Commits.
+    """Take the room out of scope: stop its channels, then drop it from the allowlist.
 
     Returns the channels whose stop failed; they are kept as stop_pending and the periodic
     job retries them (channels.stop names no calendar, so it works for a room out of scope).
     """
     pending = channels.stop_room_channels(session, gateway, room, now, actor)
-    room.in_scope = False
-    audit(session, actor, "room.removed", room, calendar_id=room.calendar_id,
-          channels_pending_stop=[c.id for c in pending])
-    session.commit()
+    with unit_of_work(session):
+        room.in_scope = False
+        audit(session, actor, "room.removed", room, calendar_id=room.calendar_id,
+              channels_pending_stop=[c.id for c in pending])
     return pending
 
 
@@ -208,21 +154,22 @@ class AccessReport:
 
 
 def check_rooms_access(session: Session, gateway: CalendarGateway, rooms: list[Room]) -> list[AccessReport]:
-    """Ask Google, room by room, what the service account may do; record it on each room. Commits."""
-    reports = []
+    """Ask Google, room by room, what the service account may do; record it on each room."""
+    outside_units(session)
+    reports, answers = [], []
     for room in rooms:
         try:
             check = gateway.check_access(room.calendar_id)
-            problem = access_problem(check)
         except GoogleError as error:
-            check, problem = AccessCheck(False, None, None), f"could not ask Google: {error}"
-            reports.append(AccessReport(room, room.access_role, problem))
+            reports.append(AccessReport(room, room.access_role, f"could not ask Google: {error}"))
             continue
-        room.access_role = check.role
-        if problem:
-            room.health_error = ACCESS_PROBLEM_PREFIX + problem
-        elif room.health_error and room.health_error.startswith(ACCESS_PROBLEM_PREFIX):
-            room.health_error = None
-        reports.append(AccessReport(room, check.role, problem))
-    session.commit()
+        answers.append((room, check, access_problem(check)))
+        reports.append(AccessReport(room, check.role, answers[-1][2]))
+    with unit_of_work(session):
+        for room, check, problem in answers:
+            room.access_role = check.role
+            if problem:
+                room.health, room.health_error = RoomHealth.NO_ACCESS, ACCESS_PROBLEM_PREFIX + problem
+            elif room.health == RoomHealth.NO_ACCESS:
+                room.health, room.health_error = None, None
     return reports

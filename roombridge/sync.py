@@ -45,11 +45,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app
 from redis import Redis
 from sqlalchemy.orm import Session
 
-from roombridge import channels, db
+from roombridge import channels
 from roombridge.booking import settle_conflicts
 from roombridge.config import Config
 from roombridge.db import utcnow
@@ -65,6 +64,7 @@ from roombridge.models import (
     audit,
 )
 from roombridge.queue import LuaScript, RedisLock, redis
+from roombridge.unit_of_work import InvitationDue, SyncRequested, announce, dispatch, run_retrying, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,9 @@ def request_sync(room_id: int, full: bool = False) -> bool:
 
 
 def _enqueue_marked(conn: Redis, room_id: int) -> None:
-    """Enqueue the sync whose ``queued`` marker the caller has just set."""
-    from jobs.sync import sync_room
-
+    """Have the sync whose ``queued`` marker the caller has just set enqueued (by jobs/sync.py)."""
     try:
-        sync_room.enqueue(room_id)
+        dispatch(SyncRequested(room_id))
     except Exception:
         # Not enqueued: let the next request try again instead of waiting for the marker to expire.
         try:
@@ -188,7 +186,7 @@ class RoomLock(RedisLock):
         super().__init__(conn, _key("lock", room_id), ttl_seconds)
 
 
-# --- the job body: lock, pace, sync ------------------------------------------------------------------
+# --- what a sync job does, between taking the lock and letting it go (jobs/sync.py) ------------------
 
 
 def _redis_now(conn: Redis) -> float:
@@ -197,71 +195,64 @@ def _redis_now(conn: Redis) -> float:
     return seconds + micros / 1e6
 
 
-def _wait_for_turn(conn: Redis, room_id: int, min_interval: float) -> None:
-    """Sleep until `min_interval` has passed since the previous sync of the room started."""
+def take_turn(conn: Redis, room_id: int, min_interval: float, full: bool) -> bool:
+    """Pace and coalesce (see the module docstring); returns whether this sync must be full.
+
+    Sleeps until `min_interval` has passed since the previous sync of the room started, then
+    clears the room's ``queued`` marker: from here on any request enqueues one follow-up, as
+    its change may come after our listing.
+    """
     started = conn.get(_key("started", room_id))
     if started is not None:
         delay = float(started) + min_interval - _redis_now(conn)
         if delay > 0:
             time.sleep(delay)
     conn.set(_key("started", room_id), repr(_redis_now(conn)), ex=max(60, int(min_interval * 10)))
+    conn.delete(_key("queued", room_id))
+    return bool(conn.getdel(_key("full", room_id))) or full
 
 
-def run_sync_job(room_id: int, full: bool = False) -> SyncReport | None:
-    """What `jobs.sync.sync_room` does; returns None when the room was not synced now."""
-    from jobs.sync import sync_room
+def keep_full_request(conn: Redis, room_id: int) -> None:
+    """A full sync failed: its retry must still be a full sync."""
+    conn.set(_key("full", room_id), 1, ex=QUEUED_TTL_SECONDS)
 
-    app = current_app._get_current_object()
-    config: Config = app.config["ROOMBRIDGE"]
-    conn = redis()
-    lock = RoomLock(conn, room_id)
-    if not lock.acquire(wait_seconds=LOCK_WAIT_SECONDS):
-        # Another worker has been syncing this room for long; try again later. The queued
-        # marker is still set, so requests meanwhile do not pile up more jobs.
-        log.info("room %s is being synced elsewhere; re-queued", room_id)
-        sync_room.enqueue(room_id, full)
-        return None
-    try:
-        _wait_for_turn(conn, room_id, float(config.SYNC_MIN_INTERVAL_SECONDS))
-        # From here on, any request enqueues one follow-up: its change may be after our listing.
-        conn.delete(_key("queued", room_id))
-        full = bool(conn.getdel(_key("full", room_id))) or full
-        session = db.session()
+
+def run_sync(session: Session, conn: Redis, gateway: CalendarGateway, config: Config, room_id: int,
+              full: bool = False) -> SyncReport | None:
+    """Sync the room if it is in scope (the caller holds its `RoomLock`); None when not synced.
+
+    A permanent Google error is kept on the room's sync state for admins and ends the sync;
+    any other error is kept too, and raised for the job to retry.
+    """
+    with unit_of_work(session, write=False):
         room = session.get(Room, room_id)
         if room is None or not room.in_scope:
             log.info("room %s is gone or out of scope; not synced", room_id)
             return None
+    try:
+        # Before the listing: pushes counted after this are followed by another sync, which adds them.
+        channels.absorb_push_stats(session, conn, room_id, utcnow())
+        return sync_room_now(session, gateway, room, config, full=full)
+    except PermanentGoogleError as error:
+        # Waiting will not help (unshared, forbidden, quota): keep the reason for admins.
+        record_failure(session, room_id, error)
+        log.warning("sync of room %s failed permanently: %s", room_id, error)
+        return None
+    except Exception as error:
         try:
-            # Before the listing: pushes counted after this are followed by another sync, which adds them.
-            channels.absorb_push_stats(session, conn, room_id, utcnow())
-            return sync_room_now(session, CalendarGateway.for_app(app, kind="sync"), room, config, full=full)
-        except PermanentGoogleError as error:
-            # Waiting will not help (unshared, forbidden, quota): keep the reason for admins.
-            session.rollback()
             record_failure(session, room_id, error)
-            log.warning("sync of room %s failed permanently: %s", room_id, error)
-            return None
-        except Exception as error:
-            session.rollback()
-            if full:
-                # The retry must still be a full sync.
-                conn.set(_key("full", room_id), 1, ex=QUEUED_TTL_SECONDS)
-            try:
-                record_failure(session, room_id, error)
-            except Exception:
-                log.warning("could not record the sync failure of room %s", room_id, exc_info=True)
-            raise
-    finally:
-        lock.release()
+        except Exception:
+            log.warning("could not record the sync failure of room %s", room_id, exc_info=True)
+        raise
 
 
 def record_failure(session: Session, room_id: int, error: Exception) -> None:
-    db.begin_write(session)
-    state = session.get(RoomSyncState, room_id) or RoomSyncState(room_id=room_id, sync_count=0)
-    state.last_error = str(error)[:2000]
-    state.last_error_at = utcnow()
-    session.add(state)
-    session.commit()
+    with unit_of_work(session):
+        state = session.get(RoomSyncState, room_id, populate_existing=True) or RoomSyncState(
+            room_id=room_id, sync_count=0)
+        state.last_error = str(error)[:2000]
+        state.last_error_at = utcnow()
+        session.add(state)
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -334,13 +325,11 @@ def _read_all(listing, spool: _Spool) -> None:
         spool.add(page)
 
 
-def _list(session: Session, gateway: CalendarGateway, calendar_id: str, sync_token: str | None,
-          config: Config, page_size: int) -> _Listing:
+def _list(gateway: CalendarGateway, calendar_id: str, sync_token: str | None, config: Config,
+          page_size: int) -> _Listing:
+    """Read every page, with no transaction open, so SQLite writers are not held up while pages arrive."""
     if sync_token:
         listing = gateway.list_events(calendar_id, sync_token=sync_token, page_size=page_size)
-        # The gateway's scope check read the database; end that transaction before talking to
-        # Google, so SQLite writers are not held up while pages arrive.
-        session.commit()
         spool = _Spool()
         try:
             _read_all(listing, spool)
@@ -354,7 +343,6 @@ def _list(session: Session, gateway: CalendarGateway, calendar_id: str, sync_tok
     started_at = utcnow()
     window = sync_window(config, started_at)
     listing = gateway.list_events(calendar_id, time_min=window[0], time_max=window[1], page_size=page_size)
-    session.commit()
     spool = _Spool()
     try:
         _read_all(listing, spool)
@@ -368,31 +356,45 @@ def sync_room_now(session: Session, gateway: CalendarGateway, room: Room, config
                   full: bool = False, *, page_size: int = PAGE_SIZE) -> SyncReport:
     """Sync one room now, in this process; the caller makes sure no other sync of it runs."""
     room_id, calendar_id, time_zone = room.id, room.calendar_id, room.time_zone
-    state = session.get(RoomSyncState, room_id)
-    token = None if full or state is None else state.sync_token
-    listing = _list(session, gateway, calendar_id, token, config, page_size)
+    with unit_of_work(session, write=False):
+        state = session.get(RoomSyncState, room_id, populate_existing=True)
+        token = None if full or state is None else state.sync_token
+    listing = _list(gateway, calendar_id, token, config, page_size)
     report = SyncReport(pages=listing.pages, full=listing.window is not None, events=listing.events.count)
 
-    # One write transaction from here: every change, then the new token, then commit.
-    db.begin_write(session)
+    # One write unit from here: every change, then the new token; organisers are told after the commit.
+    try:
+        with unit_of_work(session):
+            _apply_listing(session, room_id, calendar_id, time_zone, listing, report, page_size)
+            if not config.delegated_mode:
+                _tell_organisers(session, report.notices)
+    finally:
+        listing.events.close()
+    log.info("synced room %s: %d event(s), %d change(s), %d page(s)%s", room_id, report.events,
+             report.changes, report.pages, " (full)" if report.full else "")
+    if report.changes:
+        # A booking here cancelled or moved in Google may free a slot a conflict is waiting for.
+        run_retrying(session, lambda: settle_conflicts(session, [room_id], actor=ACTOR))
+    return report
+
+
+def _apply_listing(session: Session, room_id: int, calendar_id: str, time_zone: str, listing: _Listing,
+                   report: SyncReport, page_size: int) -> None:
     full_listing = listing.window is not None
     if full_listing:
         _start_seen(session)
-    try:
-        for chunk in listing.events.chunks(page_size):
-            seen = []
-            for raw in chunk:
-                event = read_event(raw, calendar_id, time_zone)
-                seen.append(event.event_id)
-                apply_event(session, room_id, event, report)
-            if full_listing and seen:
-                session.execute(SEEN_EVENTS.insert(), [{"event_id": event_id} for event_id in seen])
-            # Send this page's changes to the database (same transaction) and let the session
-            # forget them, so memory stays at one page however many events the room has.
-            session.flush()
-            session.expunge_all()
-    finally:
-        listing.events.close()
+    for chunk in listing.events.chunks(page_size):
+        seen = []
+        for raw in chunk:
+            event = read_event(raw, calendar_id, time_zone)
+            seen.append(event.event_id)
+            apply_event(session, room_id, event, report)
+        if full_listing and seen:
+            session.execute(SEEN_EVENTS.insert(), [{"event_id": event_id} for event_id in seen])
+        # Send this page's changes to the database (same transaction) and let the session
+        # forget them, so memory stays at one page however many events the room has.
+        session.flush()
+        session.expunge_all()
     if full_listing:
         cancel_vanished(session, room_id, calendar_id, listing.window, listing.started_at, report)
         session.execute(sa.text(f"DROP TABLE IF EXISTS {SEEN_EVENTS.name}"))
@@ -407,14 +409,6 @@ def sync_room_now(session: Session, gateway: CalendarGateway, room: Room, config
     state.last_error = None
     state.last_error_at = None
     session.add(state)
-    session.commit()
-    log.info("synced room %s: %d event(s), %d change(s), %d page(s)%s", room_id, report.events,
-             report.changes, report.pages, " (full)" if report.full else "")
-    _tell_organisers(report.notices, config)
-    if report.changes:
-        # A booking here cancelled or moved in Google may free a slot a conflict is waiting for.
-        settle_conflicts(session, [room_id], actor=ACTOR)
-    return report
 
 
 def _own_id_in_event_id(event_id: str) -> tuple[int, int] | None:
@@ -570,20 +564,12 @@ def _cancel_vanished_one(session: Session, reservation: Reservation, calendar_id
     report.count(Action.CANCEL)
 
 
-def _tell_organisers(notices: list[tuple[int, str, str]], config: Config) -> None:
-    """Mail the organiser (and attendees) the booking as Google now has it; after commit.
+def _tell_organisers(session: Session, notices: list[tuple[int, str, str]]) -> None:
+    """Room mode: mail the organiser (and attendees) the booking as Google now has it, after the commit.
 
-    Room mode only: in delegated mode the people are Google attendees and Google tells them.
-    A change that left our reservation in CONFLICT gets no update mail (the audit log and
-    the admin page carry it): the invitation would announce a slot the room does not hold.
+    In delegated mode the people are Google attendees and Google tells them. A change that
+    left our reservation in CONFLICT gets no update mail (the audit log and the admin page
+    carry it): the invitation would announce a slot the room does not hold.
     """
-    if not notices or config.delegated_mode:
-        return
-    from jobs.reservations import send_invitations
-
     for reservation_id, method, event_id in notices:
-        try:
-            send_invitations.enqueue(reservation_id, method, None, event_id if method == "CANCEL" else None)
-        except Exception:
-            # The change is committed and audit-logged; a lost e-mail must not undo or repeat it.
-            log.warning("could not queue the %s notice of reservation %s", method, reservation_id, exc_info=True)
+        announce(session, InvitationDue(reservation_id, method, None, event_id if method == "CANCEL" else None))

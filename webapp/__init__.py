@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
-from roombridge import db
-from roombridge import queue as rq_wiring
+import jobs
+from roombridge.app import init_core
 from roombridge.config import Config
 
 
@@ -23,10 +21,8 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
         SESSION_COOKIE_SECURE=config.ENV != "development" and config.ENV != "test",
         TESTING=config.ENV == "test",
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    db.init_app(app, config.database_url(app.instance_path))
-    rq_wiring.init_app(app, config.REDIS_URL)
+    init_core(app, config)
+    jobs.install(app)  # what the core announces after a commit runs as jobs
 
     from webapp import cli, health, metrics
     from webhooks import bp as webhooks_bp

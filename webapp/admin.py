@@ -159,7 +159,6 @@ def add():
         form.add_error("calendar_id", str(refused))
         return render_template("admin/add.html", form=form), 422
     except GoogleError as error:
-        session.rollback()
         form.add_error("calendar_id", f"Google could not be asked about {calendar_id}: {error}")
         return render_template("admin/add.html", form=form), 502
     room = added.room
@@ -199,7 +198,6 @@ def edit(room_id: int):
     try:
         rooms.edit_room(db.session(), found, actor=_actor(), **form.values)
     except rooms.RoomRefused as refused:  # the fields passed one by one; this is about them together
-        db.session().rollback()
         form.add_error("form", str(refused))
         return _room_page(found, form, 422)
     flash("Room details saved.", "success")

@@ -122,7 +122,7 @@ def availability(room_id: int):
     room = _visible_room(room_id)
     query = _load(schemas.AvailabilityQuerySchema(), request.args.to_dict())
     day: date = query["date"]
-    zone = booking.room_zone(room)
+    zone = room.zone
     busy = booking.day_timeline(db.session(), [room], day)[room.id]
     return jsonify(
         room_id=room.id,
@@ -213,7 +213,7 @@ def cancel_reservation(reservation_id: int):
 @bp.post("/reservations/<int:reservation_id>/retry")
 def retry_reservation(reservation_id: int):
     """Try the Google write of a failed reservation again."""
-    reservation = booking.retry_push(db.session(), reservation_id, **_actor())
+    reservation = booking.retry_write(db.session(), reservation_id, **_actor())
     return jsonify(schemas.reservation_json(reservation)), 202
 
 

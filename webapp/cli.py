@@ -257,7 +257,6 @@ def channels_renew(room_email: str | None, due_only: bool) -> None:
         try:
             channel = channels.renew_room(session, gateway, room, config, utcnow(), actor="cli")
         except (channels.ChannelRefused, GoogleError) as error:
-            session.rollback()
             failures += 1
             click.echo(f"{room.calendar_id}: {error}", err=True)
             continue

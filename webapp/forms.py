@@ -14,6 +14,7 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from roombridge import booking
+from roombridge.booking import rules
 from roombridge.models import Reservation, Room
 
 REPEAT_CHOICES = (("none", "Does not repeat"), ("daily", "Every day"), ("weekly", "Every week"))
@@ -115,8 +116,9 @@ class BookingForm:
             return None
         start = datetime.combine(day, start_time, zone)
         end = datetime.combine(day, end_time, zone)
-        if end <= start:
-            self.add_error("end", "The end must be after the start.")
+        span_errors: dict[str, list[str]] = {}
+        if not rules.check_span(start, end, span_errors):
+            self.add_domain_errors(span_errors)
             return None
         return start, end
 
@@ -204,8 +206,8 @@ class FinderQuery:
         if end is None:
             errors["end"] = "Enter an end time as HH:MM."
             end = default_end
-        if end <= start and "end" not in errors:
-            errors["end"] = "The end must be after the start."
+        if "end" not in errors and end <= start:
+            errors["end"] = rules.END_AFTER_START
         people = None
         if args.get("people"):
             try:

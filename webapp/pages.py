@@ -49,7 +49,7 @@ def _config():
 
 
 def _zone(room: Room) -> ZoneInfo:
-    return booking.room_zone(room)
+    return room.zone
 
 
 def _in_scope_rooms(session) -> list[Room]:

@@ -2,7 +2,8 @@
 
 Loading is strict: unknown fields, wrong types, oversize strings, naive or absurd
 datetimes are refused with per-field messages (422) before the domain sees them. The
-domain (roombridge.booking) checks the rules that need the database and the room.
+rules both share (an end after the start, how a series ends, the lengths) are
+roombridge/booking/rules.py's; the domain checks the rules that need the database and the room.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import UTC, date, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from roombridge.booking import MAX_ATTENDEES, MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH, room_zone
+from roombridge.booking import MAX_ATTENDEES, MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH, rules
 from roombridge.models import Reservation, Room
 
 # Far enough for any booking, near enough that time-zone arithmetic never overflows.
@@ -80,11 +81,22 @@ class RecurrenceSchema(StrictSchema):
 
     @validates_schema
     def _count_or_until(self, data, **kwargs):
-        if (data.get("count") is None) == (data.get("until") is None):
-            raise ValidationError("Give either count or until.", "count")
+        errors: dict[str, list[str]] = {}
+        if not rules.check_repeat_end(data.get("count"), data.get("until"), errors, "count"):
+            raise ValidationError(errors)
 
 
-class ReservationCreateSchema(StrictSchema):
+class SpanSchema(StrictSchema):
+    """A start and an end: the end after the start, by the rule the pages and the commands use."""
+
+    @validates_schema
+    def _end_after_start(self, data, **kwargs):
+        errors: dict[str, list[str]] = {}
+        if data.get("start") and data.get("end") and not rules.check_span(data["start"], data["end"], errors):
+            raise ValidationError(errors)
+
+
+class ReservationCreateSchema(SpanSchema):
     room_id = Id(required=True)
     title = Text(MAX_TITLE_LENGTH, required=True, min_length=1)
     description = Text(MAX_DESCRIPTION_LENGTH, load_default="")
@@ -97,24 +109,14 @@ class ReservationCreateSchema(StrictSchema):
         metadata={"description": "store a series without its clashing occurrences instead of refusing it"},
     )
 
-    @validates_schema
-    def _end_after_start(self, data, **kwargs):
-        if data.get("start") and data.get("end") and data["end"] <= data["start"]:
-            raise ValidationError("Must be after start.", "end")
 
-
-class ReservationPatchSchema(StrictSchema):
+class ReservationPatchSchema(SpanSchema):
     room_id = Id()
     title = Text(MAX_TITLE_LENGTH, min_length=1)
     description = Text(MAX_DESCRIPTION_LENGTH)
     start = Instant()
     end = Instant()
     attendees = fields.List(Email(), validate=validate.Length(max=MAX_ATTENDEES))
-
-    @validates_schema
-    def _end_after_start(self, data, **kwargs):
-        if data.get("start") and data.get("end") and data["end"] <= data["start"]:
-            raise ValidationError("Must be after start.", "end")
 
 
 class ReservationQuerySchema(StrictSchema):
@@ -138,7 +140,7 @@ def rfc3339(moment: datetime | None) -> str | None:
 
 
 def reservation_json(reservation: Reservation, warnings: list[str] | None = None) -> dict:
-    zone = room_zone(reservation.room)
+    zone = reservation.room.zone
     answer = {
         "id": reservation.id,
         "room_id": reservation.room_id,

@@ -41,12 +41,13 @@ from flask import Response, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
-from roombridge import channels, db
+from roombridge import channels
 from roombridge.db import utcnow
 from roombridge.metrics import WEBHOOK_PUSHES
 from roombridge.models import WatchChannel
 from roombridge.queue import redis
 from roombridge.sync import take_push
+from roombridge.unit_of_work import unit_of_work
 from webhooks import bp
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,7 @@ def google_calendar_push() -> Response:
     except RedisError:
         log.exception("could not take the push on channel %s; Google will retry", channel_id)
         return _answer(503, "queue unavailable")
-    except OperationalError:
-        db.session().rollback()
+    except OperationalError:  # its unit of work has rolled back
         log.exception("database unavailable for push on channel %s; Google will retry", channel_id)
         return _answer(503, "database unavailable")
     if taken.verdict == "accepted":
@@ -148,31 +148,33 @@ def _refuse(channel_id: str, status: int, reason: str) -> Response:
 
 def _check_in_database(channel_id: str, resource_id: str, token: str, now) -> tuple[int, str] | None:
     """The channel has no entry in Redis: check the push against its row, and write the entry back."""
-    session = db.session()
-    try:
+    with unit_of_work(write=False) as session:
         channel = session.get(WatchChannel, channel_id)
         if channel is not None:
             channels.cache_channel(redis(), channel)
         return _refusal(channel, token, resource_id, now)
-    finally:
-        session.rollback()  # only read
+
+
+class _Refused(Exception):
+    """Raised inside the handshake's unit of work so that it rolls back; carries (status, reason)."""
 
 
 def _record_handshake(channel_id: str, resource_id: str, token: str, now) -> Response:
     """The ``sync`` push that follows events.watch: recorded on the row (it may beat the watch answer)."""
-    session = db.session()
-    db.begin_write(session)
-    # One round trip finds the channel and records the handshake; rolled back below if refused.
-    channel = session.execute(
-        sa.update(WatchChannel)
-        .where(WatchChannel.id == channel_id)
-        .values(sync_received_at=now)
-        .returning(WatchChannel.token, WatchChannel.resource_id, WatchChannel.stopped_at, WatchChannel.expiration)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
-    refusal = _refusal(channel, token, resource_id, now)
-    if refusal is not None:
-        session.rollback()
-        return _refuse(channel_id, *refusal)
-    session.commit()
+    try:
+        with unit_of_work() as session:
+            # One round trip finds the channel and records the handshake; rolled back if refused.
+            channel = session.execute(
+                sa.update(WatchChannel)
+                .where(WatchChannel.id == channel_id)
+                .values(sync_received_at=now)
+                .returning(WatchChannel.token, WatchChannel.resource_id, WatchChannel.stopped_at,
+                           WatchChannel.expiration)
+                .execution_options(synchronize_session=False)
+            ).one_or_none()
+            refusal = _refusal(channel, token, resource_id, now)
+            if refusal is not None:
+                raise _Refused(*refusal)
+    except _Refused as refused:
+        return _refuse(channel_id, *refused.args)
     return _answer(200, "sync recorded")

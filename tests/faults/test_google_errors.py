@@ -69,13 +69,13 @@ def test_500s_then_429s_keep_reservations_pending_then_all_confirm_exactly_once(
     while emulator.state.faults:
         rounds += 1
         assert rounds <= 6, "the outage outlasted every retry"
-        run_jobs(app, queues=("push", "sync"))
+        run_jobs(app, queues=("write", "sync"))
         if emulator.state.faults:
             assert set(_statuses(app)) == {ReservationStatus.PENDING}  # waiting, not failed, not lost
-        _retry_now(app, "push")
+        _retry_now(app, "write")
         _retry_now(app, "sync")
     assert rounds >= 2
-    run_jobs(app, queues=("push", "sync"))
+    run_jobs(app, queues=("write", "sync"))
 
     with app.app_context():
         assert db.session().get(RoomSyncState, room_id).sync_token  # the sync got through in the end

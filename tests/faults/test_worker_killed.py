@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from jobs.reservations import PUSH_LOCK_TTL_SECONDS, requeue_stale_pending
+from jobs.reservations import WRITE_LOCK_TTL_SECONDS, requeue_stale_pending
 from roombridge import booking, db
 from roombridge.gcal import event_id_for
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
@@ -51,7 +51,7 @@ def test_worker_killed_after_google_stored_the_event_leaves_one_event_and_a_conf
         rid = result.reservations[0].id
 
     lock = _hold_write_lock(app)
-    worker = start_worker(app, "push")
+    worker = start_worker(app, "write")
     try:
         wait_until(lambda: _live_events(emulator), timeout=30, what="the worker's insert to reach Google")
     finally:
@@ -69,11 +69,11 @@ def test_worker_killed_after_google_stored_the_event_leaves_one_event_and_a_conf
     # are fast-forwarded here, as the clock would: the stale check by `now`, the lock by its TTL.
     with app.app_context():
         conn = redis()
-        for key in conn.keys("roombridge:push:lock:*"):
-            assert 0 < conn.pttl(key) <= PUSH_LOCK_TTL_SECONDS * 1000  # it would expire on its own
+        for key in conn.keys("roombridge:write:lock:*"):
+            assert 0 < conn.pttl(key) <= WRITE_LOCK_TTL_SECONDS * 1000  # it would expire on its own
             conn.pexpire(key, 1)
         assert requeue_stale_pending(now=datetime.now(UTC) + timedelta(minutes=10)) == [rid]
-    restarted = start_worker(app, "push", burst=True)
+    restarted = start_worker(app, "write", burst=True)
     assert restarted.wait(60) == 0
 
     with app.app_context():

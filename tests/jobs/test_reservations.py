@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from icalendar import Calendar
 
-from jobs.reservations import push_reservation, requeue_stale_pending
-from roombridge import booking, db
+from jobs.reservations import requeue_stale_pending, write_reservation
+from roombridge import booking, db, publish
 from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
-from roombridge.models import Reservation, ReservationStatus
+from roombridge.models import Reservation, ReservationStatus, Room
 from roombridge.queue import queue
 from tests.factories import make_reservation, make_room
 from tests.support import SERVICE_ACCOUNT, run_jobs
@@ -75,7 +75,7 @@ def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_se
     app, (room_id, other_room_id) = google
     start, end = slot()
     rid = book(app, room_id, start, end, attendees=["bob@example.com", "carol@example.com"])
-    run_jobs(app, queues=("push", "default"))
+    run_jobs(app, queues=("write", "default"))
 
     reservation = load(app, rid)
     assert reservation.status == ReservationStatus.CONFIRMED
@@ -85,7 +85,7 @@ def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_se
     assert "attendees" not in event  # room mode: Google forbids them for the service account
     assert "bob@example.com" in event["description"]  # the room calendar shows who is invited
     # ... and the sync engine gets the reservation's own description back from it, unchanged.
-    assert booking.description_from_event(event["description"]) == reservation.description == ""
+    assert publish.description_from_event(event["description"]) == reservation.description == ""
     assert datetime.fromisoformat(event["start"]["dateTime"]) == start
 
     [(rcpts, message)] = smtp_server.wait_for(1)
@@ -104,7 +104,7 @@ def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_se
     with app.app_context():
         booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
                      actor_is_admin=False, start=start + timedelta(hours=2), end=end + timedelta(hours=2))
-    run_jobs(app, queues=("push", "default"))
+    run_jobs(app, queues=("write", "default"))
     [event] = live_events(emulator, ROOM)
     assert datetime.fromisoformat(event["start"]["dateTime"]) == start + timedelta(hours=2)
     [_, (_, update)] = smtp_server.wait_for(2)
@@ -116,7 +116,7 @@ def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_se
     with app.app_context():
         booking.cancel(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
                        actor_is_admin=False)
-    run_jobs(app, queues=("push", "default"))
+    run_jobs(app, queues=("write", "default"))
     assert live_events(emulator, ROOM) == []
     [*_, (rcpts, cancel)] = smtp_server.wait_for(3)
     assert sorted(rcpts) == ["alice@example.com", "bob@example.com", "carol@example.com"]
@@ -131,11 +131,11 @@ def test_a_move_to_another_room_deletes_there_and_inserts_here(google, emulator)
     app, (room_id, other_room_id) = google
     start, end = slot()
     rid = book(app, room_id, start, end)
-    run_jobs(app, queues=("push",))
+    run_jobs(app, queues=("write",))
     with app.app_context():
         booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
                      actor_is_admin=False, room_id=other_room_id)
-    run_jobs(app, queues=("push",))
+    run_jobs(app, queues=("write",))
     assert live_events(emulator, ROOM) == []
     [moved] = live_events(emulator, OTHER_ROOM)
     reservation = load(app, rid)
@@ -154,7 +154,7 @@ def test_delegated_mode_puts_booker_and_attendees_on_the_event(make_app, emulato
         room_id = make_room(db.session(), calendar_id=ROOM).id
         db.session().commit()
     rid = book(app, room_id, *slot(), attendees=["bob@example.com"])
-    run_jobs(app, queues=("push",))
+    run_jobs(app, queues=("write",))
     assert load(app, rid).status == ReservationStatus.CONFIRMED
     [event] = live_events(emulator, ROOM)
     assert {a["email"] for a in event["attendees"]} >= {"alice@example.com", "bob@example.com"}
@@ -169,15 +169,15 @@ def test_a_retried_job_after_a_500_creates_exactly_one_event(google, emulator):
     # More 500s than the gateway retries within one call: the job fails and RQ retries it.
     emulator.state.add_fault(500, times=4, method="POST", calendar=ROOM)
     rid = book(app, room_id, *slot())
-    run_jobs(app, queues=("push",))
+    run_jobs(app, queues=("write",))
     assert load(app, rid).status == ReservationStatus.PENDING
     with app.app_context():
-        [job_id] = queue("push").scheduled_job_registry.get_job_ids()
-        job = queue("push").fetch_job(job_id)
+        [job_id] = queue("write").scheduled_job_registry.get_job_ids()
+        job = queue("write").fetch_job(job_id)
         assert job.retries_left == 4
-        queue("push").scheduled_job_registry.remove(job)
-        queue("push").enqueue_job(job)  # its backoff has passed, as far as this test cares
-    run_jobs(app, queues=("push",))
+        queue("write").scheduled_job_registry.remove(job)
+        queue("write").enqueue_job(job)  # its backoff has passed, as far as this test cares
+    run_jobs(app, queues=("write",))
     assert load(app, rid).status == ReservationStatus.CONFIRMED
     assert [e["id"] for e in live_events(emulator, ROOM)] == [event_id_for(rid, 0)]
 
@@ -186,12 +186,12 @@ def test_insert_is_idempotent_when_google_stored_it_but_we_did_not_hear(google, 
     app, (room_id, _) = google
     rid = book(app, room_id, *slot())
     with app.app_context():
-        push_reservation(rid)
+        write_reservation(rid)
         # As if the answer was lost: run the job again from "pending, nothing recorded".
         reservation = db.session().get(Reservation, rid)
         reservation.status, reservation.google_calendar_id = ReservationStatus.PENDING, None
         db.session().commit()
-        assert push_reservation(rid) == "inserted"
+        assert write_reservation(rid) == "inserted"
     assert len(live_events(emulator, ROOM)) == 1
     assert load(app, rid).status == ReservationStatus.CONFIRMED
 
@@ -206,7 +206,7 @@ def test_pushes_of_one_reservation_take_turns_across_workers(google, emulator, m
     rid = book(app, room_id, *slot())
     emulator.state.clear_requests()
     with app.app_context():
-        other_worker = RedisLock(redis(), f"roombridge:push:lock:{rid}", 30)
+        other_worker = RedisLock(redis(), f"roombridge:write:lock:{rid}", 30)
         assert other_worker.acquire()
     outcome = {}
     pushing = threading.Thread(target=lambda: outcome.setdefault("done", run_with(app, rid)))
@@ -218,16 +218,16 @@ def test_pushes_of_one_reservation_take_turns_across_workers(google, emulator, m
     assert outcome["done"] == "inserted" and load(app, rid).status == ReservationStatus.CONFIRMED
 
     # A worker that never lets go: the job gives up with a retriable error, for RQ to retry later.
-    monkeypatch.setattr(jobs.reservations, "PUSH_LOCK_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(jobs.reservations, "WRITE_LOCK_WAIT_SECONDS", 0.1)
     with app.app_context():
-        assert RedisLock(redis(), f"roombridge:push:lock:{rid}", 30).acquire()
-        with pytest.raises(jobs.reservations.PushBusy):
-            push_reservation(rid)
+        assert RedisLock(redis(), f"roombridge:write:lock:{rid}", 30).acquire()
+        with pytest.raises(jobs.reservations.WriteBusy):
+            write_reservation(rid)
 
 
 def run_with(app, reservation_id):
     with app.app_context():
-        return push_reservation(reservation_id)
+        return write_reservation(reservation_id)
 
 
 def test_a_permanent_403_leaves_the_reservation_failed_with_its_reason(google, emulator):
@@ -235,14 +235,14 @@ def test_a_permanent_403_leaves_the_reservation_failed_with_its_reason(google, e
     emulator.state.add_fault(403, times=1, method="POST", calendar=ROOM, reason="forbiddenForServiceAccounts",
                              message="Service accounts cannot invite attendees")
     rid = book(app, room_id, *slot())
-    run_jobs(app, queues=("push",))
+    run_jobs(app, queues=("write",))
     reservation = load(app, rid)
     assert reservation.status == ReservationStatus.FAILED
     assert reservation.status_reason.startswith("forbiddenForServiceAccounts")
     assert live_events(emulator, ROOM) == []
     with app.app_context():  # an admin retries once the cause is fixed
-        booking.retry_push(db.session(), rid, actor_email="admin@example.com", actor_is_admin=True)
-    run_jobs(app, queues=("push",))
+        booking.retry_write(db.session(), rid, actor_email="admin@example.com", actor_is_admin=True)
+    run_jobs(app, queues=("write",))
     assert load(app, rid).status == ReservationStatus.CONFIRMED
 
 
@@ -250,7 +250,7 @@ def test_requeue_stale_pending_recovers_a_lost_job(google, emulator):
     app, (room_id, _) = google
     with app.app_context():
         session = db.session()
-        room = session.get(booking.Room, room_id)
+        room = session.get(Room, room_id)
         start, _ = slot()
         lost = make_reservation(session, room, start.astimezone(UTC))
         fresh = make_reservation(session, room, start.astimezone(UTC) + timedelta(hours=2))
@@ -260,7 +260,7 @@ def test_requeue_stale_pending_recovers_a_lost_job(google, emulator):
         session.commit()
         assert requeue_stale_pending(now=later) == [lost.id]
         assert requeue_stale_pending(now=later) == []  # not again within the guard period
-    run_jobs(app, queues=("push",))
+    run_jobs(app, queues=("write",))
     assert load(app, lost.id).status == ReservationStatus.CONFIRMED
     assert load(app, fresh.id).status == ReservationStatus.PENDING
 
@@ -268,12 +268,12 @@ def test_requeue_stale_pending_recovers_a_lost_job(google, emulator):
 def test_attendees_dropped_by_an_edit_get_a_cancel(google, emulator, smtp_server):
     app, (room_id, _) = google
     rid = book(app, room_id, *slot(), attendees=["bob@example.com", "carol@example.com"])
-    run_jobs(app, queues=("push", "default"))
+    run_jobs(app, queues=("write", "default"))
     smtp_server.wait_for(1)
     with app.app_context():
         booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
                      actor_is_admin=False, attendees=["bob@example.com"])
-    run_jobs(app, queues=("push", "default"))
+    run_jobs(app, queues=("write", "default"))
     messages = smtp_server.wait_for(3)
     by_method = {calendar_of(m)["METHOD"]: sorted(r) for r, m in messages[1:]}
     assert by_method == {"CANCEL": ["carol@example.com"], "REQUEST": ["alice@example.com", "bob@example.com"]}
@@ -294,4 +294,4 @@ def test_the_requeue_runs_on_the_schedule(app, monkeypatch):
     assert job_id.startswith("periodic-requeue-stale-pending-")
     run_jobs(app, queues=("channels",))
     with app.app_context():
-        assert [j.args for j in queue("push").jobs] == [(stale.id,)]
+        assert [j.args for j in queue("write").jobs] == [(stale.id,)]

@@ -11,7 +11,7 @@ from jobs.sync import safety_net_sync, sync_room
 from roombridge import db
 from roombridge.models import Room, RoomSyncState
 from roombridge.queue import queue
-from roombridge.sync import request_sync, run_sync_job
+from roombridge.sync import request_sync
 from tests.factories import make_room
 from tests.support import SERVICE_ACCOUNT, kill_worker, run_jobs, start_worker, wait_until
 from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
@@ -52,15 +52,15 @@ def test_syncs_of_a_room_start_at_least_the_minimum_interval_apart(emulator, mak
     room_id = add_room(emulator, app)
     with app.app_context():
         first = time.monotonic()
-        run_sync_job(room_id)
-        run_sync_job(room_id)
+        sync_room(room_id)
+        sync_room(room_id)
         assert time.monotonic() - first >= 0.4
 
 
 def test_a_room_google_refuses_records_the_reason_and_does_not_fail_the_job(emulator, google_app, room_id):
     emulator.state.unshare(ROOM, SERVICE_ACCOUNT)
     with google_app.app_context():
-        assert run_sync_job(room_id) is None
+        assert sync_room(room_id) is None
         state = db.session().get(RoomSyncState, room_id)
         assert "notFound" in state.last_error and state.sync_token is None
 

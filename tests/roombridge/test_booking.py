@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from roombridge import booking
+from roombridge import booking, publish
 from roombridge.models import AuditEntry, Reservation, ReservationSource, ReservationStatus, Room
 from roombridge.queue import queue
 from tests.factories import make_reservation, make_room
@@ -46,7 +46,7 @@ def test_a_booking_is_stored_pending_and_its_google_write_queued(session, config
     assert stored.attendees == ["bob@example.com", "carol@example.com"]
     assert stored.start_at == datetime(2030, 1, 7, 10, tzinfo=UTC)  # London is UTC in January
     assert result.warnings == []
-    jobs = queue("push").jobs
+    jobs = queue("write").jobs
     assert [j.args for j in jobs] == [(reservation.id,)]
     assert session.scalar(sa.select(AuditEntry.action)) == "reservation.create"
 
@@ -77,7 +77,7 @@ def test_rules_refuse_with_a_message_per_field(session, config, start, end, fiel
         book(session, config, request(room, start, end))
     assert any(fragment in message for message in caught.value.errors[field]), caught.value.errors
     assert session.scalar(sa.select(sa.func.count(Reservation.id))) == 0
-    assert queue("push").count == 0
+    assert queue("write").count == 0
 
 
 def test_room_policies_override_the_defaults_in_the_rooms_own_zone(session, config):
@@ -130,7 +130,8 @@ def test_the_database_has_the_last_word_when_the_select_saw_nothing(session, con
         return {} if len(calls) == 1 else real_find_clashes(*args, **kwargs)
 
     real_find_clashes = booking.find_clashes
-    monkeypatch.setattr(booking, "find_clashes", blind_first_time)
+    for module in (booking.commands, booking.conflicts):  # the command's SELECT, and the naming after a race
+        monkeypatch.setattr(module, "find_clashes", blind_first_time)
     with pytest.raises(booking.Conflict) as caught:
         book(session, config, request(room, at(date(2030, 1, 7), 10, 30), at(date(2030, 1, 7), 11, 30)))
     assert len(calls) == 2  # the SELECT, then the naming of the clash after the database refused
@@ -205,7 +206,7 @@ def test_edit_rechecks_rules_and_only_organiser_or_admin_may(session, config):
     day = date(2030, 1, 7)
     mine = book(session, config, request(room, at(day, 10), at(day, 11), attendees=["bob@example.com"])).reservations[0]
     theirs = book(session, config, request(room, at(day, 12), at(day, 13), organiser_email="carol@example.com"))
-    queue("push").empty()
+    queue("write").empty()
 
     with pytest.raises(booking.NotAllowed):  # bob attends, so he sees it, but may not change it
         booking.edit(session, config, mine.id, actor_email="bob@example.com", actor_is_admin=False, title="Mine")
@@ -225,22 +226,22 @@ def test_edit_rechecks_rules_and_only_organiser_or_admin_may(session, config):
     moved = result.reservations[0]
     assert (moved.room_id, moved.start_at, moved.title, moved.status) == (
         other_room.id, datetime(2030, 1, 7, 12, tzinfo=UTC), "Moved", ReservationStatus.PENDING)
-    assert [j.args for j in queue("push").jobs] == [(mine.id,)]
+    assert [j.args for j in queue("write").jobs] == [(mine.id,)]
 
 
-def test_cancel_and_retry_push(session, config):
+def test_cancel_and_retry_write(session, config):
     room = make_room(session)
     failed = make_reservation(session, room, status=ReservationStatus.FAILED, status_reason="forbidden")
     session.commit()
     with pytest.raises(booking.NotFound):
         booking.cancel(session, config, failed.id, actor_email="mallory@example.com", actor_is_admin=False)
-    again = booking.retry_push(session, failed.id, actor_email="admin@example.com", actor_is_admin=True)
+    again = booking.retry_write(session, failed.id, actor_email="admin@example.com", actor_is_admin=True)
     assert (again.status, again.status_reason) == (ReservationStatus.PENDING, None)
     cancelled = booking.cancel(session, config, failed.id, actor_email="alice@example.com", actor_is_admin=False)
     assert cancelled.status == ReservationStatus.CANCELLED
-    assert [j.args for j in queue("push").jobs] == [(failed.id,), (failed.id,)]
+    assert [j.args for j in queue("write").jobs] == [(failed.id,), (failed.id,)]
     with pytest.raises(booking.InvalidBooking):
-        booking.retry_push(session, failed.id, actor_email="alice@example.com", actor_is_admin=False)
+        booking.retry_write(session, failed.id, actor_email="alice@example.com", actor_is_admin=False)
 
 
 def test_google_made_reservations_are_changed_in_google_only(session, config):
@@ -309,12 +310,12 @@ def test_the_event_footer_is_added_for_room_mode_and_stripped_back(session):
     room = make_room(session)
     reservation = make_reservation(session, room, description="Agenda:\n1. plans",
                                    attendees=["bob@example.com"])
-    text = booking.event_description(reservation, delegated=False)
+    text = publish.event_description(reservation, delegated=False)
     assert "alice@example.com" in text and "bob@example.com" in text
-    assert booking.description_from_event(text) == "Agenda:\n1. plans"
-    assert booking.description_from_event("Typed in Google") == "Typed in Google"
-    assert booking.description_from_event(None) == ""
-    assert booking.event_description(reservation, delegated=True) == "Agenda:\n1. plans"
+    assert publish.description_from_event(text) == "Agenda:\n1. plans"
+    assert publish.description_from_event("Typed in Google") == "Typed in Google"
+    assert publish.description_from_event(None) == ""
+    assert publish.event_description(reservation, delegated=True) == "Agenda:\n1. plans"
 
 
 def _google_conflict(session, room, over, start=None, minutes=60):

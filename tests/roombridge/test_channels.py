@@ -284,3 +284,32 @@ def test_push_counts_go_back_to_redis_when_the_database_refuses_them(emulator, c
     row = session.get(WatchChannel, channel.id)
     assert (row.push_count, row.last_message_number) == (3, 11)
     assert channels.pending_pushes(conn, [channel.id])[channel.id].count == 0
+
+
+def test_one_rooms_database_failure_never_stops_the_renewal_of_the_others(emulator, ctx, gapp):
+    """Issue #14: the renewal pass isolates each room, database errors included."""
+    session, gw, config = ctx
+    now = emulator.state.clock.now()
+    borealis = make_room(session, calendar_id=BOREALIS, name="Borealis")
+    session.commit()
+    atlas_id = atlas(session).id
+
+    def atlas_locked(_conn, _cursor, statement, parameters, *_args):
+        # As SQLite answered a renewal under load: "database is locked", for Atlas's new channel only.
+        values = parameters.values() if isinstance(parameters, dict) else parameters
+        if statement.lstrip().upper().startswith("INSERT INTO WATCH_CHANNELS") and atlas_id in tuple(values):
+            raise sa.exc.OperationalError(statement, parameters, Exception("database is locked"))
+
+    sa.event.listen(db.engine(gapp), "before_cursor_execute", atlas_locked)
+    try:
+        report = channels.renew_due(session, gw, config, now)
+    finally:
+        sa.event.remove(db.engine(gapp), "before_cursor_execute", atlas_locked)
+    assert "database is locked" in report.failed[ATLAS]
+    [created] = report.created
+    assert channels.current_channel(session, borealis, now).id == created
+    assert channels.current_channel(session, atlas(session), now) is None
+    # The next pass gives Atlas its channel.
+    again = channels.renew_due(session, gw, config, now + timedelta(seconds=10))
+    assert len(again.created) == 1 and not again.failed
+    assert channels.current_channel(session, atlas(session), now + timedelta(seconds=10)).id == again.created[0]

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from roombridge import db
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
+from roombridge.unit_of_work import unit_of_work
 from tests.factories import make_reservation, make_room
 
 T0 = datetime(2030, 1, 7, 10, 0, tzinfo=UTC)
@@ -126,7 +127,7 @@ def test_concurrent_overlapping_bookings_store_exactly_one(app):
 
 
 def test_read_then_write_units_serialise_instead_of_failing(app):
-    """The booking pattern: look for a clash, then insert. Under begin_write no thread sees
+    """The booking pattern: look for a clash, then insert. In a unit of work no thread sees
     'database is locked'; each either stores or finds the clash that the winner made."""
     with app.app_context():
         room_id = make_room(db.session()).id
@@ -140,23 +141,22 @@ def test_read_then_write_units_serialise_instead_of_failing(app):
         with factory() as s:
             s.scalar(sa.select(sa.func.count()).select_from(Reservation))  # an earlier read
             barrier.wait()
-            db.begin_write(s)
-            clash = s.scalar(
-                sa.select(Reservation.id).where(
-                    Reservation.room_id == room_id, Reservation.start_at < T0 + timedelta(minutes=60)
-                )
-            )
-            if clash:
-                outcomes.append("clash seen")
-                return
-            s.add(
-                Reservation(
-                    room_id=room_id, organiser_email="a@example.com", title="t", start_at=T0,
-                    end_at=T0 + timedelta(minutes=60), source=ReservationSource.API,
-                )
-            )
             try:
-                s.commit()
+                with unit_of_work(s):
+                    clash = s.scalar(
+                        sa.select(Reservation.id).where(
+                            Reservation.room_id == room_id, Reservation.start_at < T0 + timedelta(minutes=60)
+                        )
+                    )
+                    if clash:
+                        outcomes.append("clash seen")
+                        return
+                    s.add(
+                        Reservation(
+                            room_id=room_id, organiser_email="a@example.com", title="t", start_at=T0,
+                            end_at=T0 + timedelta(minutes=60), source=ReservationSource.API,
+                        )
+                    )
                 outcomes.append("stored")
             except (IntegrityError, OperationalError):  # PostgreSQL: no lock, the constraint decides
                 outcomes.append("refused")

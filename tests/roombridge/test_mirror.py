@@ -169,7 +169,7 @@ def test_our_own_event_is_recognised_and_never_imported():
 
 
 def test_the_room_mode_footer_of_our_event_is_not_taken_for_a_new_description():
-    from roombridge.booking import event_description
+    from roombridge.publish import event_description
 
     ours = reservation(description="Quarterly plan", attendees=["bob@example.com"])
     text = event_description(ours, delegated=False)

@@ -251,7 +251,7 @@ def test_a_reservation_made_by_the_api_lands_on_the_room_calendar(make_app, emul
     made = client.post("/api/v1/reservations", headers=headers,
                        json={"room_id": room_id, "title": "Launch", "start": start, "end": end})
     assert made.status_code == 201
-    run_jobs(app, queues=("push",))
+    run_jobs(app, queues=("write",))
     shown = client.get(f"/api/v1/reservations/{made.json['id']}", headers=headers).json
     assert shown["status"] == "confirmed"
     [event] = emulator.state.raw_events(calendar_id)

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from roombridge import booking, db
-from roombridge.models import Reservation, ReservationSource, ReservationStatus
+from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room
 from tests.factories import make_reservation, make_room
 from tests.support import counting_statements
 from tests.webapp.signin import csrf_token, sign_in
@@ -37,7 +37,7 @@ def rooms(app):
 def _add(app, room_id, start, end, **fields):
     with app.app_context():
         session = db.session()
-        room = session.get(booking.Room, room_id)
+        room = session.get(Room, room_id)
         reservation = make_reservation(session, room, start=start, end_at=end, **fields)
         session.commit()
         return reservation.id

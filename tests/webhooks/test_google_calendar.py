@@ -238,7 +238,7 @@ def test_weekly_series_and_our_own_reservation(stack):
     ours = stack.api.post("/api/v1/reservations", json={
         "room_id": stack.room_id, "title": "Ours", "start": rfc(start + timedelta(hours=2)),
         "end": rfc(start + timedelta(hours=3))}).get_json()
-    run_jobs(stack.app, queues=("push",))
+    run_jobs(stack.app, queues=("write",))
     wait_until(lambda: stack.api.get(f"/api/v1/reservations/{ours['id']}").get_json()["status"] == "confirmed",
              what="our reservation confirmed")
     wait_until(lambda: sync_runs(emulator) >= 2 and not queued(stack.app), what="the echo to be synced")

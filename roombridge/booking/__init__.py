@@ -1,0 +1,41 @@
+"""Booking: who may reserve which room when, recurring series, edits and cancellations.
+
+Plain domain code, called by the booking pages and the JSON API alike, testable without
+HTTP. By concern:
+
+- `rules`: the field and time rules (and their field-keyed errors) that the API schemas, the
+  forms, the admin's room edits and the commands all share;
+- `recurrence`: daily and weekly series, at the same wall-clock time across DST;
+- `commands`: book, edit, cancel, retry the Google write (each its own unit of work);
+- `queries`: what an actor may see, lists, the day's timeline, the free-room finder;
+- `conflicts`: clash queries, the database's last word on a race, conflicts settling.
+
+Callers read `booking.book(...)`: the public names are re-exported here.
+"""
+
+from roombridge.booking.commands import BookingRequest, BookingResult, book, cancel, edit, retry_write
+from roombridge.booking.conflicts import Clash, Conflict, find_clashes, settle_conflicts
+from roombridge.booking.queries import Busy, can_change, can_see, day_timeline, find_free_rooms, get, list_reservations
+from roombridge.booking.recurrence import FREQUENCIES, Recurrence, expand
+from roombridge.booking.rules import (
+    MAX_ATTENDEES,
+    MAX_DESCRIPTION_LENGTH,
+    MAX_TITLE_LENGTH,
+    BookingError,
+    InvalidBooking,
+    NotAllowed,
+    NotFound,
+    Policy,
+    clean_attendees,
+    is_admin,
+    normalise_email,
+    parse_hours,
+)
+
+__all__ = [
+    "FREQUENCIES", "MAX_ATTENDEES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
+    "BookingResult", "Busy", "Clash", "Conflict", "InvalidBooking", "NotAllowed", "NotFound", "Policy", "Recurrence",
+    "book", "can_change", "can_see", "cancel", "clean_attendees", "day_timeline", "edit", "expand", "find_clashes",
+    "find_free_rooms", "get", "is_admin", "list_reservations", "normalise_email", "parse_hours", "retry_write",
+    "settle_conflicts",
+]
