@@ -16,8 +16,8 @@ from redis import Redis
 from roombridge import db
 from roombridge.call_budget import KINDS, CallBudget
 from roombridge.gcal import CalendarGateway, OverBudget, RetriableGoogleError, call_budget
-from tests.conftest import SERVICE_ACCOUNT, _free_port, invoke_ok, wait_until
 from tests.factories import make_room
+from tests.support import SERVICE_ACCOUNT, free_port, invoke_ok, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ROOM = "atlas@resource.calendar.google.com"
@@ -148,7 +148,7 @@ def test_every_calendar_call_takes_a_token_of_its_kind_pages_watch_and_stop_incl
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_redis_down_writes_go_ahead_and_background_calls_wait_for_it(room_app, emulator):
-    app = room_app(REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens there
+    app = room_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     emulator.state.clear_requests()
 
     _list(app, "write")  # fails open: a person is waiting

@@ -16,8 +16,8 @@ from roombridge import db
 from roombridge.db import utcnow
 from roombridge.models import ReservationStatus, RoomSyncState, WatchChannel
 from roombridge.queue import queue
-from tests.conftest import SERVICE_ACCOUNT
 from tests.factories import make_reservation, make_room
+from tests.support import SERVICE_ACCOUNT
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "scrape-me"
