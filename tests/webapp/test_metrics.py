@@ -60,7 +60,7 @@ def test_gauges_are_read_from_the_database_and_redis_at_each_scrape(make_app):
         make_reservation(session, stale, start=now + timedelta(days=2), status=ReservationStatus.FAILED)
         make_reservation(session, fresh, start=now + timedelta(days=1), status=ReservationStatus.CONFIRMED)
         session.commit()
-        queue("push").enqueue("jobs.reservations.push_reservation", 0)  # waits: no worker runs here
+        queue("write").enqueue("jobs.reservations.write_reservation", 0)  # waits: no worker runs here
 
     found = samples(app.test_client().get("/metrics", headers=AUTH).get_data(as_text=True))
 
@@ -68,7 +68,7 @@ def test_gauges_are_read_from_the_database_and_redis_at_each_scrape(make_app):
     assert found[("roombridge_metrics_source_up", (("source", "redis"),))] == 1
     assert found[("roombridge_reservations", (("status", "pending"),))] == 1
     assert found[("roombridge_reservations", (("status", "failed"),))] == 1
-    assert found[("roombridge_queue_jobs", (("queue", "push"),))] == 1
+    assert found[("roombridge_queue_jobs", (("queue", "write"),))] == 1
     assert found[("roombridge_queue_jobs", (("queue", "sync"),))] == 0
     assert found[("roombridge_google_budget_calls_per_minute", ())] == 500
     assert found[("roombridge_google_budget_tokens_left", ())] == 25
