@@ -73,6 +73,7 @@ def main() -> int:
         GOOGLE_SERVICE_ACCOUNT_FILE=str(key_file),
         GOOGLE_CALENDAR_API_URL=f"{emulator_url}/calendar/v3/",
         WEBHOOK_BASE_URL=web_url,
+        ENV="development",  # the demo; the default is production, which refuses the demo picker
         AUTH_MODE=os.environ.get("AUTH_MODE", "dev"),
         OIDC_ISSUER=emulator_url,
         OIDC_CLIENT_ID="roombridge-dev",

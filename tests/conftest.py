@@ -37,7 +37,9 @@ POSTGRES_DB = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_DB", f"roombridge_test_{o
 DATABASES = [d for d in os.environ.get("ROOMBRIDGE_TEST_DATABASES", "sqlite,postgresql").split(",") if d]
 
 SERVICE_ACCOUNT = "roombridge@demo-project.iam.gserviceaccount.com"
-TEST_SETTINGS = dict(ENV="test", SECRET_KEY="test-secret", ADMIN_EMAILS=frozenset({"admin@example.com"}))
+# ENV and AUTH_MODE said explicitly: the defaults are production and OIDC (fail closed).
+TEST_SETTINGS = dict(ENV="test", AUTH_MODE="dev", SECRET_KEY="test-secret",
+                     ADMIN_EMAILS=frozenset({"admin@example.com"}))
 
 
 def _migrated_app(database_url: str):
@@ -335,24 +337,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_redis_server(port: int, *options: str) -> subprocess.Popen:
+    """A redis-server on loopback `port`, without persistence, with extra `options`; waits until it listens."""
+    import socket
+
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *options]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
 @pytest.fixture
 def own_redis():
     """(url, stop, restart) of a redis-server of this test's own, so stopping it disturbs nobody else."""
-    import socket
-    import subprocess
-    import time
-
     port = _free_port()
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
     def start():
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return proc
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        return start_redis_server(port)
 
     server = {"proc": start()}
 

@@ -74,11 +74,15 @@ def page(browser, request):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
     context.set_default_timeout(10_000)
     tab = context.new_page()
+    refused = []  # the page's own scripts and styles must live within its Content-Security-Policy
+    tab.on("console", lambda message: refused.append(message.text)
+           if "Content Security Policy" in message.text else None)
     yield tab
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         screenshot(tab, f"FAILED-{request.node.name}")
     context.close()
+    assert not refused, "the Content-Security-Policy refused something:\n" + "\n".join(refused)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -173,7 +177,9 @@ def screenshot(page, name: str, full_page: bool = True) -> Path:
 def assert_accessible(page, *, context: str | None = None) -> list[dict]:
     """Run axe-core (vendored, never fetched) on the page; fail on serious or critical violations."""
     if not page.evaluate("() => typeof window.axe !== 'undefined'"):
-        page.add_script_tag(path=str(AXE))
+        # Evaluated through the DevTools protocol, which the page's CSP does not govern; a
+        # <script> tag with the source inline (add_script_tag) would be refused, as it should.
+        page.evaluate(AXE.read_text(encoding="utf-8") + "\n;undefined")
     results = page.evaluate("""async (selector) => await window.axe.run(selector || document, {
         resultTypes: ['violations'],
         runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']},
