@@ -75,6 +75,7 @@ def main() -> int:
         WEBHOOK_BASE_URL=web_url,
         ENV="development",  # the demo; the default is production, which refuses the demo picker
         AUTH_MODE=os.environ.get("AUTH_MODE", "dev"),
+        ALLOWED_DOMAINS=os.environ.get("ALLOWED_DOMAINS", "example.com"),  # the demo people's domain
         OIDC_ISSUER=emulator_url,
         OIDC_CLIENT_ID="roombridge-dev",
         OIDC_CLIENT_SECRET="dev-secret",  # noqa: S106 (the emulator's demo client, not a secret)

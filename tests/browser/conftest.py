@@ -121,7 +121,7 @@ def stack(make_app, emulator, live_server_factory, tmp_path):
     auth._providers.clear()  # a new emulator on a new port: forget discovery of the last one
     app = make_app(
         AUTH_MODE="oidc", OIDC_ISSUER=emulator.url, OIDC_CLIENT_ID=DEMO_CLIENT_ID,
-        OIDC_CLIENT_SECRET=DEMO_CLIENT_SECRET,
+        OIDC_CLIENT_SECRET=DEMO_CLIENT_SECRET, ALLOWED_DOMAINS="example.com",
         GOOGLE_SERVICE_ACCOUNT_FILE=str(key_file), GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
     )
     server = live_server_factory(app)
