@@ -20,6 +20,7 @@ cannot send their credentials by themselves.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import secrets
 import threading
@@ -105,14 +106,21 @@ def _session_user() -> User | None:
     return User(email=email, name=data.get("name") or email, is_admin=email in admins)
 
 
+@contextlib.contextmanager
+def _session_store(doing: str):
+    """Redis, where sessions live; while it is down nobody is taken as signed in (503, not a guess)."""
+    try:
+        yield redis_connection()
+    except redis.exceptions.RedisError:
+        current_app.logger.exception("cannot %s in Redis", doing)
+        abort(503, "Signing in and out is unavailable just now. Please try again shortly.")
+
+
 def _session_is_live(session_id: str | None, email: str) -> bool:
     if not session_id:
         return False
-    try:
-        owner = redis_connection().get(SESSION_KEY.format(session_id))
-    except redis.exceptions.RedisError:
-        current_app.logger.exception("cannot check the session in Redis")
-        abort(503, "Sign-in is unavailable just now. Please try again shortly.")
+    with _session_store("check the session") as store:
+        owner = store.get(SESSION_KEY.format(session_id))
     return owner is not None and owner.decode() == email
 
 
@@ -150,12 +158,8 @@ def sign_in_as(email: str, name: str) -> None:
     email = email.strip().lower()
     session.clear()
     session_id = secrets.token_urlsafe(32)
-    lifetime = current_app.permanent_session_lifetime
-    try:
-        redis_connection().set(SESSION_KEY.format(session_id), email, ex=lifetime)
-    except redis.exceptions.RedisError:
-        current_app.logger.exception("cannot record the session in Redis")
-        abort(503, "Sign-in is unavailable just now. Please try again shortly.")
+    with _session_store("record the session") as store:
+        store.set(SESSION_KEY.format(session_id), email, ex=current_app.permanent_session_lifetime)
     session.permanent = True  # the cookie expires with the Redis key, not at the browser's whim
     session[SESSION_ID] = session_id
     session[SESSION_USER] = {"email": email, "name": name.strip() or email}
@@ -168,11 +172,8 @@ def sign_out() -> None:
     session.clear()
     g.pop("current_user", None)
     if session_id:
-        try:
-            redis_connection().delete(SESSION_KEY.format(session_id))
-        except redis.exceptions.RedisError:
-            current_app.logger.exception("cannot end the session in Redis; it expires with its lifetime")
-            abort(503, "Signing out is unavailable just now. Please try again shortly.")
+        with _session_store("end the session (it expires with its lifetime)") as store:
+            store.delete(SESSION_KEY.format(session_id))
 
 
 def _local_path(target: str | None) -> str:

@@ -292,3 +292,19 @@ def test_id_token_signed_by_another_key_is_refused(oidc_app, emulator):
                         other_pem, algorithm="RS256", headers={"kid": key_id})
     with oidc_app.test_request_context(), pytest.raises(auth.SignInError, match="(?i)signature"):
         auth.verify_id_token(forged, nonce="n")
+
+
+def test_sessions_fail_closed_while_redis_is_down_and_after_it_restarts_empty(make_app, own_redis):
+    from roombridge.queue import redis
+
+    url, stop, restart = own_redis
+    app = make_app(REDIS_URL=url)
+    client = app.test_client()
+    sign_in(client)
+    assert client.get("/reservations").status_code == 200
+
+    stop()
+    assert client.get("/reservations").status_code == 503  # not a guess either way
+    restart()  # without persistence: every session is forgotten, so everyone signs in again
+    assert client.get("/reservations").status_code == 302
+    redis(app).connection_pool.disconnect()
