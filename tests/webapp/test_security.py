@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 from redis import Redis
+from rq.scheduler import RQScheduler
 
 from emulator import seed_demo
 from emulator.oidc import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
@@ -212,10 +214,17 @@ def test_redis_with_a_password_serves_probes_queues_and_workers(make_app):
         assert app.test_client().get("/readyz").status_code == 200
         with app.app_context():
             job = queue("default").enqueue(len, "abc")
-        assert run_jobs(app) == 1
+            later = queue("default").enqueue_in(timedelta(0), len, "abcd")  # a delayed retry's path
+            # The worker's scheduler opens its own connection from the app's: the password must carry over.
+            scheduler = RQScheduler([queue("default")], connection=redis())
+            assert scheduler.acquire_locks() and scheduler.connection.ping()
+            scheduler.enqueue_scheduled_jobs()
+            scheduler.release_locks()
+        assert run_jobs(app) == 2
         with app.app_context():
             job.refresh()
-            assert job.return_value() == 3
+            later.refresh()
+            assert job.return_value() == 3 and later.return_value() == 4
         wrong = make_app(REDIS_URL=f"redis://:wrong@127.0.0.1:{port}/0").test_client().get("/readyz")
         assert wrong.status_code == 503 and wrong.get_json()["failures"] == {"redis": "unavailable"}
     finally:
