@@ -1,3 +1,3 @@
-from webapp import create_app
+from webapp import app_from_environment
 
-app = create_app()
+app = app_from_environment()

@@ -20,13 +20,22 @@ Followed from Google's "OpenID Connect" guide (developers.google.com/identity/op
 - ``GET /oauth2/v3/certs``: the JWKS with the RS256 public key (``kid`` in the token header).
 - ID tokens: RS256, ``iss`` = base URL, ``aud`` = ``azp`` = client id, ``sub`` (stable per
   email), ``email``, ``email_verified`` (true), ``name``, ``nonce`` (if sent), ``iat``,
-  ``exp`` (an hour later). Times are real time, like the service-account grant: the app
-  verifies them with the real clock.
+  ``exp`` (an hour later), and ``hd`` for Workspace accounts only: Google sends "the domain
+  associated with the Google Cloud organization of the user ... only if the user belongs to a
+  Google Cloud organization", never for consumer accounts. Here a person of ``gmail.com`` or
+  ``googlemail.com`` is a consumer account and anyone else a Workspace account of their e-mail's
+  domain, unless the control API says otherwise (a consumer account made with a work address
+  has no ``hd``; a Workspace's secondary domain has the primary's). The ``hd`` request
+  parameter is, as at Google, only a hint: it narrows the picker, not who may be chosen.
+  Times are real time, like the service-account grant: the app verifies them with the real
+  clock.
 
 Clients are registered through the control API: ``POST /_emulator/oidc/clients``
 ``{"client_id", "client_secret", "redirect_uris"?: [...]}``; ``GET`` lists them (without
-secrets). ``seed_demo`` registers ``roombridge-dev`` / ``dev-secret``. A reset of the
-emulator forgets clients and codes, like everything else.
+secrets). ``POST /_emulator/oidc/accounts`` ``{"email", "hd": "domain" | null}`` sets a
+person's hosted domain (null: a consumer account). ``seed_demo`` registers ``roombridge-dev`` /
+``dev-secret``. A reset of the emulator forgets clients, codes and hosted domains, like
+everything else.
 """
 
 import base64
@@ -51,6 +60,7 @@ CODE_LIFETIME = 600
 ID_TOKEN_LIFETIME = 3600
 DEMO_CLIENT_ID = "roombridge-dev"
 DEMO_CLIENT_SECRET = "dev-secret"
+CONSUMER_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 
 
 def _b64(number):
@@ -72,6 +82,7 @@ class OidcProvider:
         self._key = None  # made on first use: most emulators in tests never sign anyone in
         self._clients = {}
         self._codes = {}
+        self._hosted_domains = {}  # email -> hd (None: consumer account), overriding the rule
         self._generation = None
 
     def _current(self):
@@ -82,6 +93,7 @@ class OidcProvider:
             self._generation = generation
             self._clients = {}
             self._codes = {}
+            self._hosted_domains = {}
 
     def _signing_key(self):
         with self.lock:
@@ -105,7 +117,8 @@ class OidcProvider:
             "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": ["openid", "email", "profile"],
             "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-            "claims_supported": ["aud", "email", "email_verified", "exp", "iat", "iss", "name", "sub", "nonce"],
+            "claims_supported": ["aud", "email", "email_verified", "exp", "hd", "iat", "iss", "name", "sub",
+                                 "nonce"],
             "grant_types_supported": ["authorization_code"],
         }
 
@@ -130,6 +143,25 @@ class OidcProvider:
             self._current()
             return [{"client_id": c["client_id"], "redirect_uris": c["redirect_uris"]}
                     for c in self._clients.values()]
+
+    def set_hosted_domain(self, email, hosted_domain):
+        """Make `email` a Workspace account of `hosted_domain`, or (None) a consumer account."""
+        if not email:
+            raise ValueError("email is required")
+        with self.lock:
+            self._current()
+            self._hosted_domains[email.lower()] = hosted_domain.lower() if hosted_domain else None
+        return {"email": email, "hd": self.hosted_domain(email)}
+
+    def hosted_domain(self, email):
+        """The `hd` claim of this person: their Workspace's domain, or None for a consumer account."""
+        email = email.lower()
+        with self.lock:
+            self._current()
+            if email in self._hosted_domains:
+                return self._hosted_domains[email]
+        domain = email.rpartition("@")[2]
+        return None if domain in CONSUMER_DOMAINS else domain
 
     def check_authorization_request(self, params):
         """Return the problem with an authorization request, or None when it may proceed."""
@@ -199,6 +231,9 @@ class OidcProvider:
         }
         if grant["nonce"]:
             claims["nonce"] = grant["nonce"]
+        hosted_domain = self.hosted_domain(grant["email"])
+        if hosted_domain:
+            claims["hd"] = hosted_domain
         key_id, pem, _numbers = self._signing_key()
         id_token = jwt.encode(claims, pem, algorithm="RS256", headers={"kid": key_id})
         return {
@@ -238,16 +273,26 @@ button:hover{{background:#eef2f8}} button:focus-visible{{outline:3px solid #1a56
 """
 
 
+def _matches_hint(provider, email, hint):
+    """Google's `hd` request parameter narrows the accounts offered ("*": any Workspace one); it
+    proves nothing, since the person can edit the URL."""
+    if not hint:
+        return True
+    hosted_domain = provider.hosted_domain(email)
+    return hosted_domain is not None and hint.lower() in ("*", hosted_domain)
+
+
 def _picker(provider, params):
     hidden = "\n".join(
         f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
         for k, v in params.items() if k != "email"
     )
+    offered = [p for p in provider.people() if _matches_hint(provider, p["email"], params.get("hd"))]
     people = "".join(
         f'<li><button type="submit" name="email" value="{html.escape(p["email"])}">'
         f'{html.escape(p.get("name") or p["email"])}<span class="email">{html.escape(p["email"])}</span>'
         f"</button></li>"
-        for p in provider.people()
+        for p in offered
     ) or "<li>No people exist in the emulator yet.</li>"
     return PICKER.format(client=html.escape(params.get("client_id", "")), hidden=hidden, people=people)
 
@@ -309,6 +354,14 @@ def register(app, state):
         body = request.get_json(silent=True) or {}
         return jsonify(provider.register_client(body.get("client_id"), body.get("client_secret"),
                                                 body.get("redirect_uris"))), 201
+
+    @app.post("/_emulator/oidc/accounts")
+    def oidc_set_account():
+        body = request.get_json(silent=True) or {}
+        try:
+            return jsonify(provider.set_hosted_domain(body.get("email"), body.get("hd"))), 200
+        except ValueError as exc:
+            return jsonify(error=str(exc)), 400
 
     @app.get("/_emulator/oidc/clients")
     def oidc_clients():

@@ -27,11 +27,19 @@ def _emails(value: str) -> frozenset[str]:
     return frozenset(e.strip().lower() for e in value.split(",") if e.strip())
 
 
+def _domains(value: str) -> frozenset[str]:
+    return frozenset(d.strip().lower().lstrip("@") for d in value.split(",") if d.strip())
+
+
+# Comma-separated settings, parsed into sets.
+_SETS = {"ADMIN_EMAILS": _emails, "ALLOWED_DOMAINS": _domains}
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting the app understands; the names are the environment variables."""
 
-    ENV: str = "development"  # development | production | test
+    ENV: str = "production"  # production | development | test; a deploy that forgets it fails closed
     SECRET_KEY: str = ""
     DATABASE_URL: str = ""  # empty: SQLite under instance/
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
@@ -39,11 +47,18 @@ class Config:
     GOOGLE_CALENDAR_API_URL: str = GOOGLE_CALENDAR_API_URL
     GOOGLE_DELEGATED_USER: str = ""  # set: delegated mode; empty: room mode
     WEBHOOK_BASE_URL: str = "http://127.0.0.1:5000"
-    AUTH_MODE: str = "dev"  # dev | oidc
+    AUTH_MODE: str = "oidc"  # oidc | dev (development only)
     OIDC_ISSUER: str = "https://accounts.google.com"
     OIDC_CLIENT_ID: str = ""
     OIDC_CLIENT_SECRET: str = ""
     ADMIN_EMAILS: frozenset[str] = field(default_factory=frozenset)
+    # The e-mail domains whose people may sign in (Google's `hd` claim must be one of them too).
+    ALLOWED_DOMAINS: frozenset[str] = field(default_factory=frozenset)
+    SESSION_LIFETIME_HOURS: float = 12.0
+    # Behind a proxy: the public address people use (builds the OIDC redirect URI and absolute
+    # links), and/or how many proxies in front set X-Forwarded-* headers we may believe.
+    PUBLIC_BASE_URL: str = ""
+    PROXY_FIX_HOPS: int = 0
     SMTP_URL: str = ""  # smtp://host:port; empty: invitations are logged, not sent
     MAIL_FROM: str = "roombridge@localhost"
     # Booking policy defaults; rooms may override them.
@@ -95,14 +110,16 @@ class Config:
                 values[f.name] = float(raw)
             elif f.type == "bool":
                 values[f.name] = _bool(raw)
-            elif f.name == "ADMIN_EMAILS":
-                values[f.name] = _emails(raw)
+            elif f.name in _SETS:
+                values[f.name] = _SETS[f.name](raw)
             else:
                 values[f.name] = raw
         if overrides:
             raise ConfigError(f"unknown settings: {', '.join(sorted(overrides))}")
-        if isinstance(values.get("ADMIN_EMAILS"), (list, tuple, set)):
-            values["ADMIN_EMAILS"] = frozenset(e.lower() for e in values["ADMIN_EMAILS"])
+        for name, parse in _SETS.items():  # overrides may be a string or any collection of strings
+            value = values.get(name)
+            if value is not None and not isinstance(value, frozenset):
+                values[name] = parse(value if isinstance(value, str) else ",".join(value))
         config = cls(**values)
         return config.validated()
 
@@ -111,11 +128,21 @@ class Config:
             raise ConfigError(f"ENV must be development, production or test, not {self.ENV!r}")
         if self.AUTH_MODE not in {"dev", "oidc"}:
             raise ConfigError(f"AUTH_MODE must be dev or oidc, not {self.AUTH_MODE!r}")
+        if not 0 < self.SESSION_LIFETIME_HOURS <= 24 * 31:
+            raise ConfigError("SESSION_LIFETIME_HOURS must be more than 0 and at most 744 (31 days)")
+        if self.PROXY_FIX_HOPS < 0:
+            raise ConfigError("PROXY_FIX_HOPS must be 0 or more")
+        if self.PUBLIC_BASE_URL and not self.PUBLIC_BASE_URL.startswith(("https://", "http://")):
+            raise ConfigError("PUBLIC_BASE_URL must be an absolute http(s) URL, e.g. https://rooms.example.com")
         if self.production:
+            if self.AUTH_MODE == "dev":
+                raise ConfigError("AUTH_MODE=dev lets anyone pick an account; refused in production "
+                                  "(set ENV=development for the demo)")
             if not self.SECRET_KEY:
                 raise ConfigError("SECRET_KEY must be set in production")
-            if self.AUTH_MODE == "dev":
-                raise ConfigError("AUTH_MODE=dev lets anyone pick an account; refused in production")
+            if self.AUTH_MODE == "oidc" and not self.ALLOWED_DOMAINS:
+                raise ConfigError("ALLOWED_DOMAINS must name your organisation's e-mail domains in production, "
+                                  "or any Google account could sign in")
         return self
 
     def database_url(self, instance_path: str) -> str:

@@ -122,6 +122,7 @@ def main() -> int:
         GOOGLE_CALENDAR_API_URL=f"{emulator_url}/calendar/v3/",
         WEBHOOK_BASE_URL=web_url,
         AUTH_MODE=os.environ.get("AUTH_MODE", "dev"),
+        ALLOWED_DOMAINS=os.environ.get("ALLOWED_DOMAINS", "example.com"),  # the demo people's domain
         OIDC_ISSUER=emulator_url,
         OIDC_CLIENT_ID="roombridge-dev",
         OIDC_CLIENT_SECRET="dev-secret",  # noqa: S106 (the emulator's demo client, not a secret)

@@ -27,6 +27,7 @@ from tests.support import (
     LiveServer,
     SmtpInbox,
     free_port,
+    start_redis_server,
 )
 from webapp import create_app
 
@@ -210,21 +211,10 @@ def smtp_server():
 @pytest.fixture
 def own_redis():
     """(url, stop, restart) of a redis-server of this test's own, so stopping it disturbs nobody else."""
-    import socket
-    import subprocess
-    import time
-
     port = free_port()
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
     def start():
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return proc
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        return start_redis_server(port)
 
     server = {"proc": start()}
 

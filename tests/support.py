@@ -33,7 +33,22 @@ DATABASES = [d for d in os.environ.get("ROOMBRIDGE_TEST_DATABASES", "sqlite,post
 
 # The app's service account in the emulator: the demo's own, so tests and the demo seed agree.
 SERVICE_ACCOUNT = DEMO_SERVICE_ACCOUNT
-TEST_SETTINGS = dict(ENV="test", SECRET_KEY="test-secret", ADMIN_EMAILS=frozenset({"admin@example.com"}))
+# ENV and AUTH_MODE said explicitly: the defaults are production and OIDC (fail closed).
+TEST_SETTINGS = dict(ENV="test", AUTH_MODE="dev", SECRET_KEY="test-secret",
+                     ADMIN_EMAILS=frozenset({"admin@example.com"}))
+
+
+def start_redis_server(port: int, *options: str) -> subprocess.Popen:
+    """A redis-server on loopback `port`, without persistence, with extra `options`; waits until it listens."""
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *options]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
 
 
 def free_port() -> int:
@@ -250,7 +265,9 @@ def screenshot(page, name: str, full_page: bool = True) -> Path:
 def assert_accessible(page, *, context: str | None = None) -> list[dict]:
     """Run axe-core (vendored, never fetched) on the page; fail on serious or critical violations."""
     if not page.evaluate("() => typeof window.axe !== 'undefined'"):
-        page.add_script_tag(path=str(AXE))
+        # Evaluated through the DevTools protocol, which the page's CSP does not govern; a
+        # <script> tag with the source inline (add_script_tag) would be refused, as it should.
+        page.evaluate(AXE.read_text(encoding="utf-8") + "\n;undefined")
     results = page.evaluate("""async (selector) => await window.axe.run(selector || document, {
         resultTypes: ['violations'],
         runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']},

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+from datetime import timedelta
+
 from flask import Flask
 
 import jobs
 from roombridge.app import init_core
-from roombridge.config import Config
+from roombridge.config import Config, ConfigError
+
+# gunicorn's "App failed to load": its master stops instead of respawning workers forever.
+CONFIG_REFUSED_EXIT_CODE = 4
+
+
+def app_from_environment() -> Flask:
+    """The app of wsgi.py (web, worker, scheduler, flask CLI): a refused configuration exits the
+    process with one line on stderr instead of a traceback."""
+    try:
+        return create_app()
+    except ConfigError as exc:
+        print(f"roombridge: refusing to start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(CONFIG_REFUSED_EXIT_CODE) from None
 
 
 def create_app(config: Config | None = None, **overrides) -> Flask:
@@ -19,8 +35,12 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=config.ENV != "development" and config.ENV != "test",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=config.SESSION_LIFETIME_HOURS),
         TESTING=config.ENV == "test",
     )
+    from webapp import security
+
+    security.init_app(app, config)
     init_core(app, config)
     jobs.install(app)  # what the core announces after a commit runs as jobs
 

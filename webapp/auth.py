@@ -3,17 +3,24 @@
 `AUTH_MODE=oidc` runs the authorization-code flow against `OIDC_ISSUER` (Google, or the
 emulator's provider): state and nonce kept in the session, the code exchanged at the token
 endpoint, and the ID token verified with PyJWT against the provider's published keys (issuer,
-audience, expiry, signature, nonce). `AUTH_MODE=dev` lets a person pick a demo account; Config
-refuses it in production and this module refuses it again at request time.
+audience, expiry, signature, nonce). Only the organisation's people get in: the ID token's
+`hd` claim (which Google sends only for Workspace accounts) must be one of `ALLOWED_DOMAINS`
+and the e-mail's domain must be one of them too; the `hd` sent in the authorization request
+is only a hint to Google's account chooser. `AUTH_MODE=dev` lets a person pick a demo account
+(limited to `ALLOWED_DOMAINS` when it is set); Config refuses it in production and this module
+refuses it again at request time.
 
-The session holds `user = {"email", "name"}` and nothing else about the person; admins are the
-addresses in `ADMIN_EMAILS`, decided on every request so that a change of that list takes
-effect without signing out. Every HTML form is CSRF-protected (Flask-WTF); the webhook and the
-bearer-token JSON API are exempt, since browsers cannot send their credentials by themselves.
+The session holds `user = {"email", "name"}` and a session id; the id names a key in Redis that
+lives `SESSION_LIFETIME_HOURS` and that signing out deletes, so a copied cookie is worthless
+after sign-out or expiry. Admins are the addresses in `ADMIN_EMAILS`, decided on every request
+so that a change of that list takes effect without signing out. Every HTML form is
+CSRF-protected (Flask-WTF); the webhook and the bearer-token JSON API are exempt, since browsers
+cannot send their credentials by themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import secrets
 import threading
@@ -23,6 +30,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jwt
+import redis.exceptions
 import requests
 from flask import (
     Blueprint,
@@ -30,6 +38,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -38,6 +47,9 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
+
+from roombridge.queue import redis as redis_connection
+from webapp.security import external_url
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
@@ -55,6 +67,8 @@ DEMO_ACCOUNTS = (
 )
 
 SESSION_USER = "user"
+SESSION_ID = "sid"
+SESSION_KEY = "roombridge:session:{}"  # -> the signed-in e-mail, for the session's lifetime
 _OIDC_FLOW = "oidc_flow"  # {"state", "nonce", "next"} between the redirect and the callback
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")  # Google uses both forms
 HTTP_TIMEOUT = 10
@@ -74,13 +88,40 @@ class User:
 
 
 def current_user() -> User | None:
-    """The signed-in person of this request, or None."""
+    """The signed-in person of this request, or None (checked against Redis once per request)."""
+    if "current_user" not in g:
+        g.current_user = _session_user()
+    return g.current_user
+
+
+def _session_user() -> User | None:
     data = session.get(SESSION_USER)
     if not data or not data.get("email"):
         return None
     email = data["email"].lower()
+    if not _session_is_live(session.get(SESSION_ID), email):
+        session.clear()  # signed out elsewhere, expired, or forged: the browser drops the cookie
+        return None
     admins = current_app.config["ROOMBRIDGE"].ADMIN_EMAILS
     return User(email=email, name=data.get("name") or email, is_admin=email in admins)
+
+
+@contextlib.contextmanager
+def _session_store(doing: str):
+    """Redis, where sessions live; while it is down nobody is taken as signed in (503, not a guess)."""
+    try:
+        yield redis_connection()
+    except redis.exceptions.RedisError:
+        current_app.logger.exception("cannot %s in Redis", doing)
+        abort(503, "Signing in and out is unavailable just now. Please try again shortly.")
+
+
+def _session_is_live(session_id: str | None, email: str) -> bool:
+    if not session_id:
+        return False
+    with _session_store("check the session") as store:
+        owner = store.get(SESSION_KEY.format(session_id))
+    return owner is not None and owner.decode() == email
 
 
 def login_required(view):
@@ -106,10 +147,33 @@ def admin_required(view):
     return wrapped
 
 
+def email_domain_allowed(email: str) -> bool:
+    """Whether this address belongs to the organisation (any address when ALLOWED_DOMAINS is empty)."""
+    allowed = _config().ALLOWED_DOMAINS
+    return not allowed or email.rpartition("@")[2].lower() in allowed
+
+
 def sign_in_as(email: str, name: str) -> None:
     """Start a fresh session for this person (a new session, so nothing from before carries over)."""
+    email = email.strip().lower()
     session.clear()
-    session[SESSION_USER] = {"email": email.strip().lower(), "name": name.strip() or email}
+    session_id = secrets.token_urlsafe(32)
+    with _session_store("record the session") as store:
+        store.set(SESSION_KEY.format(session_id), email, ex=current_app.permanent_session_lifetime)
+    session.permanent = True  # the cookie expires with the Redis key, not at the browser's whim
+    session[SESSION_ID] = session_id
+    session[SESSION_USER] = {"email": email, "name": name.strip() or email}
+    g.pop("current_user", None)
+
+
+def sign_out() -> None:
+    """End this session: its id is forgotten in Redis, so a copy of the cookie signs no one in."""
+    session_id = session.get(SESSION_ID)
+    session.clear()
+    g.pop("current_user", None)
+    if session_id:
+        with _session_store("end the session (it expires with its lifetime)") as store:
+            store.delete(SESSION_KEY.format(session_id))
 
 
 def _local_path(target: str | None) -> str:
@@ -138,7 +202,7 @@ def signin():
     config = _config()
     if config.AUTH_MODE == "dev":
         _refuse_dev_in_production()
-        return render_template("signin.html", mode="dev", accounts=DEMO_ACCOUNTS, next=next_path)
+        return render_template("signin.html", mode="dev", accounts=_dev_accounts(), next=next_path)
     if request.args.get("signed_out"):
         # Going straight back to Google would sign the person in again at once.
         return render_template("signin.html", mode="oidc", next=next_path)
@@ -156,9 +220,16 @@ def signin_post():
     names = dict(DEMO_ACCOUNTS)
     if email not in names:
         flash("Choose one of the demo accounts.", "error")
-        return render_template("signin.html", mode="dev", accounts=DEMO_ACCOUNTS, next=next_path), 400
+        return render_template("signin.html", mode="dev", accounts=_dev_accounts(), next=next_path), 400
+    if not email_domain_allowed(email):
+        flash("That account is not in one of this organisation's domains.", "error")
+        return render_template("signin.html", mode="dev", accounts=_dev_accounts(), next=next_path), 403
     sign_in_as(email, names[email])
     return redirect(next_path)
+
+
+def _dev_accounts() -> list[tuple[str, str]]:
+    return [(email, name) for email, name in DEMO_ACCOUNTS if email_domain_allowed(email)]
 
 
 @bp.get("/signin/callback")
@@ -184,7 +255,7 @@ def signin_callback():
 
 @bp.post("/signout")
 def signout():
-    session.clear()
+    sign_out()
     return redirect(url_for("auth.signin", signed_out=1))
 
 
@@ -198,7 +269,7 @@ def _refuse_dev_in_production() -> None:
 
 
 def _redirect_uri() -> str:
-    return url_for("auth.signin_callback", _external=True)
+    return external_url("auth.signin_callback")
 
 
 def _start_oidc(next_path: str):
@@ -211,14 +282,20 @@ def _start_oidc(next_path: str):
         return render_template("signin.html", mode="oidc", next=next_path, error=str(exc)), 503
     flow = {"state": secrets.token_urlsafe(24), "nonce": secrets.token_urlsafe(24), "next": next_path}
     session[_OIDC_FLOW] = flow
-    query = urlencode({
+    params = {
         "response_type": "code",
         "client_id": config.OIDC_CLIENT_ID,
         "redirect_uri": _redirect_uri(),
         "scope": "openid email profile",
         "state": flow["state"],
         "nonce": flow["nonce"],
-    })
+    }
+    if config.ALLOWED_DOMAINS:
+        # Only a hint for Google's account chooser ("*": any Workspace account); the ID token's
+        # hd claim is what is checked, since anyone can edit this URL.
+        domains = sorted(config.ALLOWED_DOMAINS)
+        params["hd"] = domains[0] if len(domains) == 1 else "*"
+    query = urlencode(params)
     return redirect(f"{provider['authorization_endpoint']}?{query}")
 
 
@@ -316,7 +393,27 @@ def verify_id_token(id_token: str, *, nonce: str) -> dict[str, Any]:
         raise SignInError("The ID token was refused: its nonce does not match this sign-in.")
     if not claims.get("email") or claims.get("email_verified") is not True:
         raise SignInError("The sign-in provider did not vouch for an e-mail address.")
+    check_organisation(claims, config.ALLOWED_DOMAINS)
     return claims
+
+
+def check_organisation(claims: dict[str, Any], allowed_domains: frozenset[str]) -> None:
+    """Refuse anyone but the organisation's people: a Workspace account (Google's `hd` claim) of
+    an allowed domain, whose e-mail is in an allowed domain too.
+
+    `hd` is absent for consumer accounts, including a personal Google account made with a work
+    address, so the e-mail's domain alone proves nothing. With no ALLOWED_DOMAINS (development
+    only; production refuses to start) anyone with a verified e-mail gets in.
+    """
+    if not allowed_domains:
+        return
+    hosted_domain = str(claims.get("hd") or "").lower()
+    email_domain = str(claims["email"]).rpartition("@")[2].lower()
+    if hosted_domain not in allowed_domains:
+        raise SignInError("Sign in with your organisation's Google account; "
+                          f"{claims['email']} is not one of its accounts.")
+    if email_domain not in allowed_domains:
+        raise SignInError(f"{claims['email']} is not an address of this organisation.")
 
 
 # --- wiring -------------------------------------------------------------------------------------

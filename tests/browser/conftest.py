@@ -70,11 +70,15 @@ def page(browser, request):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
     context.set_default_timeout(10_000)
     tab = context.new_page()
+    refused = []  # the page's own scripts and styles must live within its Content-Security-Policy
+    tab.on("console", lambda message: refused.append(message.text)
+           if "Content Security Policy" in message.text else None)
     yield tab
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         screenshot(tab, f"FAILED-{request.node.name}")
     context.close()
+    assert not refused, "the Content-Security-Policy refused something:\n" + "\n".join(refused)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -94,7 +98,7 @@ def stack(make_app, emulator, live_server_factory, tmp_path):
     auth._providers.clear()  # a new emulator on a new port: forget discovery of the last one
     app = make_app(
         AUTH_MODE="oidc", OIDC_ISSUER=emulator.url, OIDC_CLIENT_ID=DEMO_CLIENT_ID,
-        OIDC_CLIENT_SECRET=DEMO_CLIENT_SECRET,
+        OIDC_CLIENT_SECRET=DEMO_CLIENT_SECRET, ALLOWED_DOMAINS="example.com",
         GOOGLE_SERVICE_ACCOUNT_FILE=str(key_file), GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
     )
     server = live_server_factory(app)

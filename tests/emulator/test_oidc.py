@@ -117,3 +117,46 @@ def test_unknown_person_cannot_be_signed_in(provider):
     _emulator, discovery = provider
     _picker, chosen = _authorize(discovery, email="mallory@example.com")
     assert chosen.status_code == 400
+
+
+def _claims(emulator, discovery, email, **params):
+    answer = _exchange(discovery, _code(_authorize(discovery, email=email, **params)[1]))
+    assert answer.status_code == 200, answer.text
+    return jwt.decode(answer.json()["id_token"], options={"verify_signature": False})
+
+
+def test_hd_is_issued_for_workspace_accounts_only_like_google(provider):
+    emulator, discovery = provider
+    emulator.state.add_user("pat@gmail.com", "Pat Personal")
+    emulator.state.add_user("olga@other.example", "Olga Other")
+    assert "hd" in discovery["claims_supported"]
+    assert _claims(emulator, discovery, "alice@example.com")["hd"] == "example.com"
+    assert _claims(emulator, discovery, "olga@other.example")["hd"] == "other.example"
+    assert "hd" not in _claims(emulator, discovery, "pat@gmail.com")  # a consumer account
+
+
+def test_control_api_sets_a_persons_hosted_domain_until_reset(provider):
+    emulator, discovery = provider
+    # A personal Google account made with a work address: no hd, whatever the e-mail says.
+    made = requests.post(emulator.url + "/_emulator/oidc/accounts", json={"email": "bob@example.com", "hd": None},
+                         timeout=5)
+    assert made.status_code == 200 and made.json() == {"email": "bob@example.com", "hd": None}
+    assert "hd" not in _claims(emulator, discovery, "bob@example.com")
+    requests.post(emulator.url + "/_emulator/oidc/accounts", json={"email": "bob@example.com", "hd": "Corp.example"},
+                  timeout=5)
+    assert _claims(emulator, discovery, "bob@example.com")["hd"] == "corp.example"
+    assert requests.post(emulator.url + "/_emulator/oidc/accounts", json={"hd": "x"}, timeout=5).status_code == 400
+
+    requests.post(emulator.url + "/_emulator/reset", timeout=5)
+    seed_demo(emulator)
+    assert _claims(emulator, discovery, "bob@example.com")["hd"] == "example.com"
+
+
+def test_the_hd_parameter_narrows_the_picker_but_proves_nothing(provider):
+    emulator, discovery = provider
+    emulator.state.add_user("pat@gmail.com", "Pat Personal")
+    picker, _chosen = _authorize(discovery, email="pat@gmail.com", hd="example.com")
+    assert "alice@example.com" in picker.text and "pat@gmail.com" not in picker.text
+    assert "hd" not in _claims(emulator, discovery, "pat@gmail.com", hd="example.com")  # chosen anyway
+    picker, _chosen = _authorize(discovery, hd="*")
+    assert "alice@example.com" in picker.text and "pat@gmail.com" not in picker.text

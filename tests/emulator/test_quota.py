@@ -8,7 +8,7 @@ import sys
 import pytest
 import requests
 
-from .conftest import ACCOUNT, OTHER_ROOM, ROOM, calendar_service, error_of, timed_event
+from .support import ACCOUNT, OTHER_ROOM, ROOM, calendar_service, error_of, timed_event
 
 SECOND_ACCOUNT = "reports@demo-project.iam.gserviceaccount.com"
 OTHER_PROJECT_ACCOUNT = "roombridge@other-project.iam.gserviceaccount.com"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from .conftest import ROOM, error_of
+from .support import ROOM, error_of
 
 LONDON = "Europe/London"
 ALICE = "alice@example.com"

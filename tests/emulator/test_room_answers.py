@@ -3,7 +3,7 @@
 import pytest
 import requests
 
-from .conftest import ROOM, error_of
+from .support import ROOM, error_of
 
 ALICE = "alice@example.com"
 

@@ -13,12 +13,41 @@ def test_production_refuses_to_start_without_secret_key():
 
 def test_production_refuses_dev_sign_in():
     with pytest.raises(ConfigError, match="AUTH_MODE=dev"):
-        Config.from_env({"ENV": "production", "SECRET_KEY": "x" * 32})
+        Config.from_env({"ENV": "production", "SECRET_KEY": "x" * 32, "AUTH_MODE": "dev"})
+
+
+def test_production_and_oidc_are_the_defaults_and_fail_closed():
+    """A deploy that forgets ENV and AUTH_MODE gets production and Google Sign-In, not the demo picker."""
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        Config.from_env({})
+    with pytest.raises(ConfigError, match="ALLOWED_DOMAINS"):
+        Config.from_env({"SECRET_KEY": "x" * 32})
+    with pytest.raises(ConfigError, match="AUTH_MODE=dev"):
+        Config.from_env({"SECRET_KEY": "x" * 32, "AUTH_MODE": "dev", "ALLOWED_DOMAINS": "example.com"})
+    config = Config.from_env({"SECRET_KEY": "x" * 32, "ALLOWED_DOMAINS": "Example.com, @branch.example.org"})
+    assert config.production and config.AUTH_MODE == "oidc"
+    assert config.ALLOWED_DOMAINS == {"example.com", "branch.example.org"}
+
+
+def test_development_allows_the_demo_picker_and_open_oidc():
+    assert Config.from_env({"ENV": "development", "AUTH_MODE": "dev"}).AUTH_MODE == "dev"
+    assert not Config.from_env({"ENV": "development"}).ALLOWED_DOMAINS
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"PUBLIC_BASE_URL": "rooms.example.com"}, "PUBLIC_BASE_URL"),
+    ({"PROXY_FIX_HOPS": "-1"}, "PROXY_FIX_HOPS"),
+    ({"SESSION_LIFETIME_HOURS": "0"}, "SESSION_LIFETIME_HOURS"),
+])
+def test_bad_web_settings_are_refused(settings, problem):
+    with pytest.raises(ConfigError, match=problem):
+        Config.from_env({"ENV": "development", **settings})
 
 
 def test_values_come_from_the_environment_with_types():
     config = Config.from_env(
         {
+            "ENV": "development",
             "DATABASE_URL": "postgresql+psycopg://u@h/db",
             "ADMIN_EMAILS": "Admin@Example.com, ops@example.com",
             "GOOGLE_DELEGATED_USER": "booking@example.com",
@@ -31,7 +60,7 @@ def test_values_come_from_the_environment_with_types():
 
 
 def test_room_mode_is_the_default_and_sqlite_lives_under_instance(tmp_path):
-    config = Config.from_env({})
+    config = Config.from_env({"ENV": "development"})
     assert not config.delegated_mode
     assert config.database_url(str(tmp_path)) == f"sqlite:///{tmp_path / 'roombridge.sqlite3'}"
 

@@ -1,0 +1,96 @@
+"""Web hardening: the public address behind a proxy, body size, and the headers of every answer.
+
+- `PUBLIC_BASE_URL` is the address people use; it builds the OIDC redirect URI and absolute
+  links, whatever Host the proxy sends. `PROXY_FIX_HOPS` trusts that many proxies'
+  X-Forwarded-For/Proto/Host/Port/Prefix (werkzeug's ProxyFix), so a TLS-terminating load
+  balancer's `https` reaches url_for and the secure cookie. Never more hops than there are
+  proxies: each trusted hop is a header a client could forge.
+- `MAX_CONTENT_LENGTH` bounds every body. A chunked body has no Content-Length to check, and
+  werkzeug (3.1) then reads it only up to the limit and silently drops the rest, so a JSON
+  body would be cut, not refused: `SizedChunkedBodies` reads at most one byte past the limit
+  and hands Flask a sized body, which werkzeug refuses with 413 when it is too long.
+- The headers are set after every request, errors and static files included.
+"""
+
+from __future__ import annotations
+
+import io
+
+from flask import Flask, current_app, url_for
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from roombridge.config import Config
+
+MAX_BODY_BYTES = 256 * 1024
+
+# No inline script anywhere (script-src 'self'): pages load their JS from /static. Inline style
+# attributes are allowed (style-src-attr) for the widths of the availability bars; they cannot
+# run code. No form-action: the sign-in form's POST redirects to Google.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "style-src-attr 'unsafe-inline'",
+    "img-src 'self' data:",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "frame-ancestors 'none'",
+])
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # Same-site pages get the full URL; other sites the origin only, never a path or query.
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+}
+HSTS = "max-age=31536000"  # a year; not includeSubDomains: the customer's other hosts are not ours
+
+
+def external_url(endpoint: str, **values) -> str:
+    """An absolute URL for `endpoint`: on PUBLIC_BASE_URL when set, else on this request's host."""
+    base = current_app.config["ROOMBRIDGE"].PUBLIC_BASE_URL
+    if base:
+        return base.rstrip("/") + url_for(endpoint, **values)
+    return url_for(endpoint, _external=True, **values)
+
+
+class SizedChunkedBodies:
+    """WSGI middleware: a chunked request body becomes one with a Content-Length, read into memory
+    up to `limit` + 1 bytes, so MAX_CONTENT_LENGTH refuses it like any other oversized body."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, environ, start_response):
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            stream, body = environ["wsgi.input"], bytearray()
+            while len(body) <= self.limit:
+                chunk = stream.read(self.limit + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            environ["wsgi.input"] = io.BytesIO(bytes(body))
+            environ["CONTENT_LENGTH"] = str(len(body))  # over the limit: werkzeug answers 413
+            environ.pop("HTTP_TRANSFER_ENCODING")
+            environ.pop("wsgi.input_terminated", None)
+        return self.app(environ, start_response)
+
+
+def init_app(app: Flask, config: Config) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.wsgi_app = SizedChunkedBodies(app.wsgi_app, MAX_BODY_BYTES)
+    if config.PROXY_FIX_HOPS:
+        hops = config.PROXY_FIX_HOPS
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
+    if config.PUBLIC_BASE_URL.startswith("https://"):
+        app.config["PREFERRED_URL_SCHEME"] = "https"
+    headers = dict(SECURITY_HEADERS)
+    if config.production:
+        headers["Strict-Transport-Security"] = HSTS
+
+    @app.after_request
+    def _security_headers(response):
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        return response
