@@ -3,6 +3,11 @@
 Loading is strict: unknown fields, wrong types, oversize strings, naive or absurd
 datetimes are refused with per-field messages (422) before the domain sees them. The
 domain (roombridge.booking) checks the rules that need the database and the room.
+
+webapp/openapi.py generates the OpenAPI description from these classes, so every limit
+enforced here is stated in a form a JSON Schema validator applies too: lengths and ranges,
+and regular expressions (validators and `pattern` metadata) for the years allowed and for
+text the database can store.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ from roombridge.models import Reservation, Room
 # Far enough for any booking, near enough that time-zone arithmetic never overflows.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+# The same years as the OpenAPI description states them: the year as written, offset aside.
+YEAR_PATTERN = r"^2[01][0-9]{2}-"
 MAX_ID = 2**31 - 1  # the database's integer; larger ids cannot exist
+# Text PostgreSQL can store (no NUL); lone surrogates cannot even be encoded, see _storable.
+STORABLE_TEXT = r"^[^\x00]*$"
+# A title has something besides blanks (the domain strips it) and no NUL.
+TITLE_TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 
 def _storable(value: str) -> None:
@@ -30,27 +41,33 @@ def _storable(value: str) -> None:
         raise ValidationError("Not valid Unicode text.") from exc
 
 
-def _in_range(value: datetime) -> None:
-    if not EARLIEST <= value < LATEST:
+def _in_range(value: date) -> None:
+    # The year as written (a datetime keeps its own offset), so that it is exactly what
+    # YEAR_PATTERN lets through: 2199-12-31T23:00-05:00 is in, though it is 2200 in UTC.
+    if not EARLIEST.year <= value.year < LATEST.year:
         raise ValidationError(f"Must be between {EARLIEST:%Y} and {LATEST:%Y}.")
 
 
-def _date_in_range(value: date) -> None:
-    if not EARLIEST.date() <= value < LATEST.date():
-        raise ValidationError(f"Must be between {EARLIEST:%Y} and {LATEST:%Y}.")
-
-
-def Text(max_length: int, *, required: bool = False, min_length: int = 0, **kwargs) -> fields.String:
+def Text(max_length: int, *, required: bool = False, min_length: int = 0, pattern: str = STORABLE_TEXT,
+         **kwargs) -> fields.String:
     return fields.String(
         required=required,
-        validate=[validate.Length(min=min_length, max=max_length), _storable],
+        validate=[validate.Length(min=min_length, max=max_length), validate.Regexp(pattern), _storable],
         **kwargs,
     )
 
 
 def Instant(**kwargs) -> fields.AwareDateTime:
     """RFC 3339 with an offset or Z; naive times are refused, not guessed."""
-    return fields.AwareDateTime(format="iso", validate=_in_range, **kwargs)
+    return fields.AwareDateTime(format="iso", validate=_in_range,
+                                metadata={"pattern": YEAR_PATTERN, "description": f"RFC 3339 with an offset or Z, "
+                                          f"in the years {EARLIEST:%Y} to {LATEST.year - 1}"}, **kwargs)
+
+
+def Day(**kwargs) -> fields.Date:
+    """A calendar day, YYYY-MM-DD, in the years the API accepts."""
+    metadata = {"pattern": YEAR_PATTERN, **kwargs.pop("metadata", {})}
+    return fields.Date(validate=_in_range, metadata=metadata, **kwargs)
 
 
 def Email(**kwargs) -> fields.Email:
@@ -75,8 +92,15 @@ class RecurrenceSchema(StrictSchema):
         metadata={"description": "0 = Monday ... 6 = Sunday; weekly only; default the start's weekday"},
     )
     count = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000), allow_none=True, load_default=None)
-    until = fields.Date(validate=_date_in_range, allow_none=True, load_default=None,
-                        metadata={"description": "last day (inclusive), in the room's time zone"})
+    until = Day(allow_none=True, load_default=None,
+                metadata={"description": "last day (inclusive), in the room's time zone"})
+
+    class Meta(StrictSchema.Meta):
+        # Stated in the OpenAPI description as it is checked below: exactly one of the two.
+        json_schema = {"oneOf": [
+            {"required": ["count"], "properties": {"count": {"type": "integer"}}},
+            {"required": ["until"], "properties": {"until": {"type": "string"}}},
+        ]}
 
     @validates_schema
     def _count_or_until(self, data, **kwargs):
@@ -86,7 +110,7 @@ class RecurrenceSchema(StrictSchema):
 
 class ReservationCreateSchema(StrictSchema):
     room_id = Id(required=True)
-    title = Text(MAX_TITLE_LENGTH, required=True, min_length=1)
+    title = Text(MAX_TITLE_LENGTH, required=True, min_length=1, pattern=TITLE_TEXT)
     description = Text(MAX_DESCRIPTION_LENGTH, load_default="")
     start = Instant(required=True)
     end = Instant(required=True)
@@ -105,7 +129,7 @@ class ReservationCreateSchema(StrictSchema):
 
 class ReservationPatchSchema(StrictSchema):
     room_id = Id()
-    title = Text(MAX_TITLE_LENGTH, min_length=1)
+    title = Text(MAX_TITLE_LENGTH, min_length=1, pattern=TITLE_TEXT)
     description = Text(MAX_DESCRIPTION_LENGTH)
     start = Instant()
     end = Instant()
@@ -125,7 +149,7 @@ class ReservationQuerySchema(StrictSchema):
 
 
 class AvailabilityQuerySchema(StrictSchema):
-    date = fields.Date(required=True, validate=_date_in_range)
+    date = Day(required=True)
 
 
 # --- answers ---------------------------------------------------------------------------------
