@@ -12,6 +12,7 @@ text the database can store.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -22,8 +23,11 @@ from roombridge.models import Reservation, Room
 # Far enough for any booking, near enough that time-zone arithmetic never overflows.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-# The same years as the OpenAPI description states them: the year as written, offset aside.
-YEAR_PATTERN = r"^2[01][0-9]{2}-"
+# RFC 3339 as the API takes it, in the years 2000-2199 as written (offset aside). The fields
+# below hold input to these very patterns, and the OpenAPI description states them.
+DAY_PATTERN = r"^2[01][0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+INSTANT_PATTERN = (DAY_PATTERN[:-1] + r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+                   r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
 MAX_ID = 2**31 - 1  # the database's integer; larger ids cannot exist
 # Text PostgreSQL can store (no NUL); lone surrogates cannot even be encoded, see _storable.
 STORABLE_TEXT = r"^[^\x00]*$"
@@ -42,10 +46,29 @@ def _storable(value: str) -> None:
 
 
 def _in_range(value: date) -> None:
-    # The year as written (a datetime keeps its own offset), so that it is exactly what
-    # YEAR_PATTERN lets through: 2199-12-31T23:00-05:00 is in, though it is 2200 in UTC.
+    # The year as written (a datetime keeps its own offset), as the patterns state it:
+    # 2199-12-31T23:00-05:00 is in, though it is 2200 in UTC.
     if not EARLIEST.year <= value.year < LATEST.year:
         raise ValidationError(f"Must be between {EARLIEST:%Y} and {LATEST:%Y}.")
+
+
+class _Patterned:
+    """A date or time field that takes only text matching its `pattern` metadata, before parsing it."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and not re.fullmatch(self.metadata["pattern"], value):
+            if not re.match(r"^2[01][0-9]{2}-", value) and re.match(r"^[0-9]{4}-", value):
+                raise ValidationError(f"Must be between {EARLIEST:%Y} and {LATEST:%Y}.")
+            raise ValidationError(self.expected)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class InstantField(_Patterned, fields.AwareDateTime):
+    expected = "Give RFC 3339 with an offset or Z, e.g. 2030-01-07T10:00:00Z."
+
+
+class DayField(_Patterned, fields.Date):
+    expected = "Give a day as YYYY-MM-DD."
 
 
 def Text(max_length: int, *, required: bool = False, min_length: int = 0, pattern: str = STORABLE_TEXT,
@@ -59,15 +82,15 @@ def Text(max_length: int, *, required: bool = False, min_length: int = 0, patter
 
 def Instant(**kwargs) -> fields.AwareDateTime:
     """RFC 3339 with an offset or Z; naive times are refused, not guessed."""
-    return fields.AwareDateTime(format="iso", validate=_in_range,
-                                metadata={"pattern": YEAR_PATTERN, "description": f"RFC 3339 with an offset or Z, "
-                                          f"in the years {EARLIEST:%Y} to {LATEST.year - 1}"}, **kwargs)
+    return InstantField(format="iso", validate=_in_range,
+                        metadata={"pattern": INSTANT_PATTERN, "description": f"RFC 3339 with an offset or Z, "
+                                  f"in the years {EARLIEST:%Y} to {LATEST.year - 1}"}, **kwargs)
 
 
 def Day(**kwargs) -> fields.Date:
     """A calendar day, YYYY-MM-DD, in the years the API accepts."""
-    metadata = {"pattern": YEAR_PATTERN, **kwargs.pop("metadata", {})}
-    return fields.Date(validate=_in_range, metadata=metadata, **kwargs)
+    metadata = {"pattern": DAY_PATTERN, **kwargs.pop("metadata", {})}
+    return DayField(validate=_in_range, metadata=metadata, **kwargs)
 
 
 def Email(**kwargs) -> fields.Email:
