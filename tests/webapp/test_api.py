@@ -202,6 +202,19 @@ def test_every_refusal_under_api_v1_is_json_in_the_error_shape(api, method, path
         assert answer.json["error"] == "method_not_allowed" and answer.headers["Allow"]
 
 
+def test_a_rate_limit_under_api_v1_is_json_and_keeps_retry_after(api):
+    """No route limits rates yet; whatever raises 429 under /api/v1 answers in the error shape."""
+    from werkzeug.exceptions import TooManyRequests
+
+    from webapp.api import http_error_as_json
+
+    with api.app.test_request_context("/api/v1/reservations"):
+        body, status, headers = http_error_as_json(TooManyRequests(retry_after=30))
+    assert (status, body.json["error"], headers) == (429, "too_many_requests", {"Retry-After": "30"})
+    with api.app.test_request_context("/reservations"):
+        assert isinstance(http_error_as_json(TooManyRequests()), TooManyRequests)  # pages: untouched
+
+
 def test_an_unexpected_failure_is_a_json_500_and_pages_keep_html(api, monkeypatch):
     from roombridge import booking
 
