@@ -17,6 +17,7 @@ from marshmallow import RAISE, Schema, fields
 
 from roombridge.models import ReservationSource, ReservationStatus
 from webapp import schemas
+from webapp.api import MAX_BODY_BYTES
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -148,7 +149,7 @@ NOT_SEEN = {"404": _error("no such reservation, or not one the caller may see")}
 FORBIDDEN = {"403": _error("not the organiser or an admin, or a booking made in Google Calendar (change it there)")}
 BODY = {
     "400": _error("the body is not valid JSON"),
-    "413": _error(f"the body is larger than {256 * 1024} bytes"),
+    "413": _error(f"the body is larger than {MAX_BODY_BYTES} bytes"),
     "415": _error("the body is not sent as application/json"),
 }
 RULES = ("`errors` maps each field to its messages: schema limits, and the booking rules a schema cannot state "
