@@ -17,7 +17,7 @@ from marshmallow import RAISE, Schema, fields
 
 from roombridge.models import ReservationSource, ReservationStatus
 from webapp import schemas
-from webapp.api import MAX_BODY_BYTES
+from webapp.security import MAX_BODY_BYTES
 
 OPENAPI_VERSION = "3.1.0"
 
