@@ -144,6 +144,8 @@ class Reservation(TimestampMixin, Base):
     end_at: Mapped[datetime] = mapped_column(UTCDateTime)
     all_day: Mapped[bool] = mapped_column(default=False)
     attendees: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    # Private or confidential in Google: room displays and room feeds show "Busy", not the title.
+    private: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     status: Mapped[ReservationStatus] = mapped_column(
         _enum(ReservationStatus, "reservation_status"), default=ReservationStatus.PENDING
     )

@@ -67,6 +67,7 @@ def upgrade() -> None:
                                    _enum(("release", "flag"), "checkin_deadline_action", check=False), nullable=True))
     when = roombridge.db.UTCDateTime(timezone=True)
     with op.batch_alter_table("reservations") as batch:
+        batch.add_column(sa.Column("private", sa.Boolean(), server_default=sa.false(), nullable=False))
         batch.add_column(sa.Column("checked_in_at", when, nullable=True))
         batch.add_column(sa.Column("checked_in_by", sa.String(254), nullable=True))
         batch.add_column(sa.Column("missed_checkin_at", when, nullable=True))
@@ -103,7 +104,7 @@ def downgrade() -> None:
     _replace_checks(STATUSES, SOURCES, STATUSES + ("released",), SOURCES + ("display",))
     with op.batch_alter_table("reservations", recreate="never") as batch:
         for column in ("original_end_at", "ended_early_at", "release_reason", "released_at", "missed_checkin_at",
-                       "checked_in_by", "checked_in_at"):
+                       "checked_in_by", "checked_in_at", "private"):
             batch.drop_column(column)
     with op.batch_alter_table("rooms", recreate="never") as batch:
         for column in ("checkin_deadline_action", "checkin_grace_minutes", "checkin_opens_minutes",
