@@ -14,7 +14,7 @@ from flask import current_app
 from rq import Retry
 
 from jobs import job
-from roombridge import checkin, db
+from roombridge import checkin, db, invitations
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def on_checkin_notice_due(event: checkin.CheckinNoticeDue) -> None:
 @job("default", timeout=60, retry=Retry(max=5, interval=[10, 60, 300, 900, 3600]))
 def send_checkin_notice(reservation_id: int, kind: str) -> str:
     try:
-        return checkin.mail_notice(db.session(), current_app.config["ROOMBRIDGE"], reservation_id, kind)
+        return invitations.mail_checkin_notice(db.session(), current_app.config["ROOMBRIDGE"], reservation_id, kind)
     except (OSError, smtplib.SMTPException):
         log.warning("could not mail the %s notice of reservation %s; will retry", kind, reservation_id, exc_info=True)
         raise

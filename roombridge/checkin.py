@@ -32,9 +32,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 
 import sqlalchemy as sa
+from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy.orm import Session
 
 from roombridge.booking.conflicts import (
@@ -48,7 +48,6 @@ from roombridge.booking.conflicts import (
 from roombridge.booking.queries import can_change, can_see
 from roombridge.booking.rules import InvalidBooking, NotAllowed, NotFound, Policy, check_times
 from roombridge.config import Config
-from roombridge.invitations import send
 from roombridge.models import (
     CheckinDeadlineAction,
     ReleaseReason,
@@ -63,6 +62,8 @@ from roombridge.unit_of_work import ReservationChanged, announce, run_retrying, 
 log = logging.getLogger(__name__)
 
 DISPLAY = "display"  # `checked_in_by` and the audit actor of a room display
+MAIL_LINK = "mail link"  # `checked_in_by` of a check-in through the invitation's signed link
+LINK_SALT = "roombridge.checkin-link"
 EXTENSIONS = (15, 30)  # minutes a meeting may be extended by
 # Reservations that may still check in: a pending one (its Google write under way) holds the room too.
 CHECKABLE = (ReservationStatus.PENDING, ReservationStatus.CONFIRMED, ReservationStatus.FAILED)
@@ -104,15 +105,18 @@ class CheckinNoticeDue:
 
 @dataclass(frozen=True)
 class Actor:
-    """Who acts: a person (by e-mail, perhaps an admin), or the display of one room."""
+    """Who acts: a person (by e-mail, perhaps an admin), the display of one room, or a signed mail link."""
 
     email: str | None = None
     is_admin: bool = False
     display_room_id: int | None = None
+    mail_link: bool = False  # holds the signed check-in link of the reservation's invitation
 
     @property
     def name(self) -> str:
-        return self.email.strip().lower() if self.email else DISPLAY
+        if self.email:
+            return self.email.strip().lower()
+        return MAIL_LINK if self.mail_link else DISPLAY
 
 
 def display_actor(room_id: int) -> Actor:
@@ -127,7 +131,9 @@ def _visible(session: Session, reservation_id: int, actor: Actor) -> Reservation
     reservation = session.get(Reservation, reservation_id, populate_existing=True)
     if reservation is None:
         raise NotFound(f"no reservation {reservation_id}")
-    if actor.display_room_id is not None:
+    if actor.mail_link:
+        pass  # the link was signed for this reservation
+    elif actor.display_room_id is not None:
         if reservation.room_id != actor.display_room_id:
             raise NotFound(f"no reservation {reservation_id}")
     elif not can_see(reservation, actor.email or "", actor.is_admin):
@@ -179,6 +185,41 @@ def check_in(session: Session, config: Config, reservation_id: int, actor: Actor
             raise InvalidBooking({"check_in": [f"Too late: the reservation is {reservation.status} now."]})
         audit(session, actor.name, "reservation.check_in", reservation, at=now.isoformat())
     return reservation
+
+
+def link_token(config: Config, reservation: Reservation) -> str | None:
+    """The signed one-click check-in token of a reservation, valid until its deadline (None without SECRET_KEY).
+
+    Without a configured SECRET_KEY each process signs with a random key of its own, so a link
+    made by the worker would not open on the web: no link then.
+    """
+    if not config.SECRET_KEY:
+        return None
+    deadline = CheckinPolicy.for_room(reservation.room, config).window(reservation)[1]
+    return URLSafeSerializer(config.SECRET_KEY, salt=LINK_SALT).dumps({"r": reservation.id,
+                                                                       "x": int(deadline.timestamp())})
+
+
+def link_url(config: Config, reservation: Reservation) -> str | None:
+    token = link_token(config, reservation)
+    if token is None:
+        return None
+    base = (config.PUBLIC_BASE_URL or config.WEBHOOK_BASE_URL).rstrip("/")
+    return f"{base}/check-in/{token}"
+
+
+def reservation_of_link(config: Config, token: str, now: datetime | None = None) -> int | None:
+    """The reservation a check-in token was signed for, if the signature holds and its deadline has not passed."""
+    if not config.SECRET_KEY or len(token) > 500:
+        return None
+    try:
+        payload = URLSafeSerializer(config.SECRET_KEY, salt=LINK_SALT).loads(token)
+    except BadSignature:
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("r"), int) or not isinstance(payload.get("x"), int):
+        return None
+    now = now or datetime.now(UTC)
+    return payload["r"] if now.timestamp() <= payload["x"] else None
 
 
 # --- the deadline -------------------------------------------------------------------------------
@@ -363,43 +404,3 @@ def extend(session: Session, config: Config, reservation_id: int, minutes: int, 
         return run_retrying(session, once)
     except OverlapRace as race:
         raise conflict_after_race(session, race) from race.__cause__
-
-
-# --- telling the organiser ----------------------------------------------------------------------
-
-_NOTICES = {
-    "released": ("Released: {title}", "Nobody checked in to {title} ({when}) in {room} by {deadline}, so the room "
-                 "was released for others."),
-    "flagged": ("No check-in: {title}", "Nobody checked in to {title} ({when}) in {room} by {deadline}. The room "
-                "is still booked; please cancel bookings you do not need."),
-    "series_warning": ("Your series may end: {title}", "Nobody checked in to {title} in {room} several times in a "
-                       "row (last: {when}). If nobody checks in next time, the rest of the series is cancelled."),
-    "series_ended": ("Series ended: {title}", "Nobody checked in to {title} in {room} {limit} times in a row (last: "
-                     "{when}), so the later occurrences were cancelled and the room released."),
-}
-
-
-def notice_message(reservation: Reservation, kind: str, config: Config) -> EmailMessage:
-    room = reservation.room
-    zone = room.zone
-    start = reservation.start_at.astimezone(zone)
-    deadline = CheckinPolicy.for_room(room, config).window(reservation)[1].astimezone(zone)
-    words = {"title": reservation.title, "room": room.name, "when": f"{start:%a %d %b %H:%M}",
-             "deadline": f"{deadline:%H:%M}", "limit": config.CHECKIN_SERIES_END_AFTER}
-    subject, text = _NOTICES[kind]
-    message = EmailMessage()
-    message["From"] = config.MAIL_FROM
-    message["To"] = reservation.organiser_email
-    message["Subject"] = subject.format(**words)
-    message.set_content(text.format(**words) + "\n")
-    return message
-
-
-def mail_notice(session: Session, config: Config, reservation_id: int, kind: str) -> str:
-    """Mail the organiser a check-in notice; SMTP errors propagate for the mail job to retry."""
-    with unit_of_work(session, write=False):
-        reservation = session.get(Reservation, reservation_id)
-        if reservation is None:
-            return "gone"
-        message = notice_message(reservation, kind, config)
-    return "sent" if send(message, config.SMTP_URL) else "skipped (no SMTP_URL)"

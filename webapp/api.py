@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from roombridge import api_tokens, booking, db
+from roombridge import api_tokens, booking, checkin, db
 from roombridge.config import Config
 from roombridge.models import ReservationSource, Room
 from webapp import schemas
@@ -210,6 +210,13 @@ def retry_reservation(reservation_id: int):
     """Try the Google write of a failed reservation again."""
     reservation = booking.retry_write(db.session(), reservation_id, **_actor())
     return jsonify(schemas.reservation_json(reservation)), 202
+
+
+@bp.post("/reservations/<int:reservation_id>/check-in")
+def check_in_reservation(reservation_id: int):
+    """Check in to a meeting (organiser, attendee or admin), inside its check-in window."""
+    reservation = checkin.check_in(db.session(), _config(), reservation_id, checkin.person(g.api_user, g.api_admin))
+    return jsonify(schemas.reservation_json(reservation))
 
 
 @bp.get("/openapi.json")
