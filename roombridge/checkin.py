@@ -349,12 +349,13 @@ def _own_live(session: Session, reservation_id: int, actor: Actor, what: str) ->
 def end_early(session: Session, config: Config, reservation_id: int, actor: Actor,
               now: datetime | None = None) -> Reservation:
     """End a meeting under way now: the rest of its slot is free at once; Google follows."""
-    now = (now or datetime.now(UTC)).replace(microsecond=0)
+    now = now or datetime.now(UTC)
     with unit_of_work(session):
         reservation = _own_live(session, reservation_id, actor, "end")
         if not reservation.start_at <= now < reservation.end_at:
             raise InvalidBooking({"end": ["Only a meeting under way can be ended early."]})
-        new_end = max(now, reservation.start_at + timedelta(minutes=1))
+        # On the minute, as walk-up bookings start: one made at once right after fits without a clash.
+        new_end = max(now.replace(second=0, microsecond=0), reservation.start_at + timedelta(minutes=1))
         if new_end >= reservation.end_at:
             return reservation
         audit(session, actor.name, "reservation.end_early", reservation,
