@@ -95,6 +95,33 @@ class CheckinPolicy:
         return reservation.start_at - self.opens, min(reservation.start_at + self.grace, reservation.end_at)
 
 
+MAX_WINDOW_MINUTES = 240
+
+
+def set_room_policy(session: Session, room: Room, *, required: bool | None, opens_minutes: int | None,
+                    grace_minutes: int | None, action: CheckinDeadlineAction | None, actor: str = "system") -> Room:
+    """Set a room's own check-in policy; None keeps the global default (CHECKIN_*). InvalidBooking if out of range."""
+    errors: dict[str, list[str]] = {}
+    for name, value in (("checkin_opens_minutes", opens_minutes), ("checkin_grace_minutes", grace_minutes)):
+        if value is not None and not 0 <= value <= MAX_WINDOW_MINUTES:
+            errors.setdefault(name, []).append(f"Between 0 and {MAX_WINDOW_MINUTES} minutes, or empty for the default.")
+    if errors:
+        raise InvalidBooking(errors)
+    values = {"checkin_required": required, "checkin_opens_minutes": opens_minutes,
+              "checkin_grace_minutes": grace_minutes, "checkin_deadline_action": action}
+    with unit_of_work(session):
+        changed = {k: [_plain(getattr(room, k)), _plain(v)] for k, v in values.items() if getattr(room, k) != v}
+        for key, value in values.items():
+            setattr(room, key, value)
+        if changed:
+            audit(session, actor, "room.checkin_policy", room, changes=changed)
+    return room
+
+
+def _plain(value):
+    return value.value if isinstance(value, CheckinDeadlineAction) else value
+
+
 @dataclass(frozen=True)
 class CheckinNoticeDue:
     """Mail the organiser about a no-show (`released`, `flagged`) or its series (`series_warning`, `series_ended`)."""

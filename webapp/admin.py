@@ -30,11 +30,11 @@ from flask import (
 )
 from redis.exceptions import RedisError
 
-from roombridge import channels, console, db, displays, rooms
+from roombridge import booking, channels, checkin, console, db, displays, rooms
 from roombridge.config import CALENDAR_EVENTS_SCOPE
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, GoogleError, is_room_calendar
-from roombridge.models import Room
+from roombridge.models import CheckinDeadlineAction, Room
 from roombridge.queue import redis
 from webapp.auth import admin_required, current_user
 
@@ -176,7 +176,7 @@ def _room_page(room: Room, form: RoomForm, status: int = 200):
     awaiting = request.args.get("awaiting")
     return render_template(
         "admin/room.html", room=room, overview=overview, form=form, now=now,
-        displays=displays.live_displays(session, room.id),
+        displays=displays.live_displays(session, room.id), checkin_defaults=_config(),
         open_channels=channels.open_channels(session, room.id), conflicts=console.room_conflicts(session, room, now),
         awaiting=awaiting if awaiting in AWAITING else None, status=_status(overview, now),
     ), status
@@ -204,6 +204,31 @@ def edit(room_id: int):
         return _room_page(found, form, 422)
     flash("Room details saved.", "success")
     return redirect(url_for("admin.room", room_id=room_id))
+
+
+def _optional_minutes(name: str) -> int | None:
+    raw = (request.form.get(name) or "").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+@bp.post("/rooms/<int:room_id>/checkin")
+@admin_required
+def checkin_policy(room_id: int):
+    """The room's own check-in policy; empty fields keep the global default."""
+    found = _room_in_scope(room_id)
+    required = {"yes": True, "no": False}.get(request.form.get("required", ""))
+    action = request.form.get("action", "")
+    try:
+        checkin.set_room_policy(
+            db.session(), found, required=required, opens_minutes=_optional_minutes("opens"),
+            grace_minutes=_optional_minutes("grace"),
+            action=CheckinDeadlineAction(action) if action in {a.value for a in CheckinDeadlineAction} else None,
+            actor=_actor())
+    except booking.InvalidBooking as exc:
+        flash(" ".join(m for messages in exc.errors.values() for m in messages), "error")
+    else:
+        flash("Check-in settings saved.", "success")
+    return redirect(url_for("admin.room", room_id=room_id) + "#checkin")
 
 
 @bp.post("/rooms/<int:room_id>/displays")

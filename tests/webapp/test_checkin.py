@@ -243,3 +243,23 @@ def test_the_admin_console_makes_a_display_link_with_a_qr_code(app, client, room
     assert made.status_code == 200 and 'src="data:image/svg+xml' in text
     path = re.search(r'value="[^"]*(/display/rd_[^"]+)"', text).group(1)
     assert client.get(path).status_code == 200
+
+
+def test_an_admin_sets_a_rooms_check_in_policy_and_empty_means_the_default(app, client, rooms):
+    sign_in(client, "admin@example.com")
+    token = csrf_token(client, f"/admin/rooms/{rooms[0]}")
+
+    client.post(f"/admin/rooms/{rooms[0]}/checkin",
+                data={"csrf_token": token, "required": "no", "opens": "5", "grace": "", "action": "flag"})
+    with app.app_context():
+        room = db.session().get(Room, rooms[0])
+        policy = checkin.CheckinPolicy.for_room(room, app.config["ROOMBRIDGE"])
+        assert (room.checkin_required, room.checkin_grace_minutes) == (False, None)
+        assert (policy.required, policy.opens, policy.grace, policy.action.value) == (
+            False, timedelta(minutes=5), timedelta(minutes=15), "flag")
+    refused = client.post(f"/admin/rooms/{rooms[0]}/checkin", data={"csrf_token": token, "grace": "999"},
+                          follow_redirects=True)
+    assert "Between 0 and 240 minutes" in refused.get_data(as_text=True)
+    sign_in(client, BOB)
+    assert client.post(f"/admin/rooms/{rooms[0]}/checkin", data={"csrf_token": csrf_token(client), "required": "yes"}
+                       ).status_code == 403
