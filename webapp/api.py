@@ -22,7 +22,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.routing import BaseConverter
 
-from roombridge import api_tokens, booking, db
+from roombridge import api_tokens, booking, checkin, db
 from roombridge.config import Config
 from roombridge.models import ReservationSource, Room
 from webapp import schemas
@@ -289,6 +289,13 @@ def retry_reservation(reservation_id: int):
     """Try the Google write of a failed reservation again."""
     reservation = booking.retry_write(db.session(), reservation_id, **_actor())
     return jsonify(schemas.reservation_json(reservation)), 202
+
+
+@bp.post("/reservations/<id:reservation_id>/check-in")
+def check_in_reservation(reservation_id: int):
+    """Check in to a meeting (organiser, attendee or admin), inside its check-in window."""
+    reservation = checkin.check_in(db.session(), _config(), reservation_id, checkin.person(g.api_user, g.api_admin))
+    return jsonify(schemas.reservation_json(reservation))
 
 
 @bp.get("/openapi.json")
