@@ -63,11 +63,6 @@ class IdConverter(BaseConverter):
         return str(int(value))
 
 
-@bp.record_once
-def _register_converter(state) -> None:
-    state.app.url_map.converters["id"] = IdConverter
-
-
 def _config() -> Config:
     return current_app.config["ROOMBRIDGE"]
 
