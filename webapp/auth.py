@@ -48,6 +48,7 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 
+from roombridge import db, people
 from roombridge.queue import redis as redis_connection
 from webapp.security import external_url
 
@@ -164,6 +165,7 @@ def sign_in_as(email: str, name: str) -> None:
     session[SESSION_ID] = session_id
     session[SESSION_USER] = {"email": email, "name": name.strip() or email}
     g.pop("current_user", None)
+    people.remember(db.session(), email, name.strip() or email)  # someone others can now invite by name
 
 
 def sign_out() -> None:
