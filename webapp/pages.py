@@ -468,9 +468,11 @@ def reservations():
         .where(_mine(user), Reservation.end_at <= now)
         .order_by(Reservation.start_at.desc(), Reservation.id.desc()).limit(PAST_LIMIT)
     ))
-    zones = _zones_by_room(_preload_rooms(session, upcoming + past))
+    rooms = _preload_rooms(session, upcoming + past)  # held while rendering: the identity map keeps weak references
+    zones = _zones_by_room(rooms)
     return render_template("reservations.html", upcoming=_by_day(upcoming, zones), past=_by_day(past, zones),
-                           status_text=STATUS_TEXT, now=now, user=user, can_change=booking.can_change, zones=zones)
+                           status_text=STATUS_TEXT, now=now, user=user, can_change=booking.can_change, zones=zones,
+                           rooms=rooms)
 
 
 @dataclass

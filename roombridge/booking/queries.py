@@ -238,6 +238,8 @@ def _alternatives(room: Room, config: Config, busy: list[Busy], start: datetime,
         cursor += SLOT_STEP
     later = [c for c in candidates if c[0] >= start]
     closest = sorted(candidates, key=lambda c: (abs(c[0] - start), c[0]))[:nearest]
+    if nearest and later and not any(c[0] > start for c in closest):
+        closest[-1:] = [later[0]]  # always one choice later in the day, when there is one
     return {"next_free": later[0][0] if later else None, "nearest": tuple(sorted(closest))}
 
 
