@@ -40,20 +40,21 @@ def suggest(session: Session, config: Config, typed: str, limit: int = SUGGESTIO
     if len(typed) < 2:
         return []
     found: dict[str, str] = {}
-    pattern = f"%{typed}%"
     for person in session.scalars(
         sa.select(Person)
-        .where(sa.or_(sa.func.lower(Person.email).like(pattern), sa.func.lower(Person.name).like(pattern)))
+        .where(sa.or_(sa.func.lower(Person.email).contains(typed, autoescape=True),
+                      sa.func.lower(Person.name).contains(typed, autoescape=True)))
         .order_by(Person.name).limit(limit)
     ):
         found[person.email] = person.name
     for organiser in session.scalars(
-        sa.select(Reservation.organiser_email).where(Reservation.organiser_email.like(pattern)).distinct().limit(limit)
+        sa.select(Reservation.organiser_email)
+        .where(Reservation.organiser_email.contains(typed, autoescape=True)).distinct().limit(limit)
     ):
         found.setdefault(organiser, "")
     for attendees in session.scalars(
         sa.select(Reservation.attendees)
-        .where(sa.func.lower(sa.cast(Reservation.attendees, sa.Text)).like(pattern))
+        .where(sa.func.lower(sa.cast(Reservation.attendees, sa.Text)).contains(typed, autoescape=True))
         .order_by(Reservation.id.desc()).limit(ATTENDEE_SCAN)
     ):
         for address in attendees or []:

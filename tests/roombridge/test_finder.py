@@ -107,6 +107,7 @@ def test_attendee_suggestions_come_from_people_here_in_the_organisations_domains
     assert found == [{"email": "bob@example.com", "name": "Bob Baker"}, {"email": "bobby@example.com", "name": ""}]
     assert [p["email"] for p in people.suggest(session, config, "robert")] == ["robert@example.com"]
     assert people.suggest(session, config, "b") == []  # one letter lists no one
+    assert people.suggest(session, config, "%%") == []  # typed text, not a LIKE pattern
 
 
 def test_favourites_are_kept_per_person(session):
