@@ -57,8 +57,12 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     from webapp import api
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(api.docs_bp)
     from webapp import admin
 
     app.register_blueprint(admin.bp)
+    from webapp import display
+
+    app.register_blueprint(display.bp)
     auth.init_app(app)  # last: it exempts the webhook and API blueprints from CSRF
     return app
