@@ -265,6 +265,26 @@ class RoomDisplay(Base):
     room: Mapped[Room] = relationship()
 
 
+class Person(Base):
+    """Someone who signed in here: the attendee autocomplete's own directory (never Google's)."""
+
+    __tablename__ = "people"
+
+    email: Mapped[str] = mapped_column(sa.String(254), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    last_signed_in_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FavouriteRoom(Base):
+    """A room a person marked as a favourite; the finder lists favourites first."""
+
+    __tablename__ = "favourite_rooms"
+
+    user_email: Mapped[str] = mapped_column(sa.String(254), primary_key=True)
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AuditEntry(Base):
     """Who changed what, and when: every change to a reservation, room or channel."""
 

@@ -6,7 +6,6 @@ import re
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest
 import sqlalchemy as sa
 
 from roombridge import booking, db
@@ -22,16 +21,6 @@ DAY = date.today() + timedelta(days=3)
 
 def at(hour: int, minute: int = 0, day: date = DAY) -> datetime:
     return datetime.combine(day, time(hour, minute), LONDON).astimezone(UTC)
-
-
-@pytest.fixture
-def rooms(app):
-    with app.app_context():
-        session = db.session()
-        atlas = make_room(session, name="Atlas", capacity=12, building="HQ", floor="1", features=["display"])
-        cygnus = make_room(session, name="Cygnus", capacity=4, building="HQ", floor="2", features=["whiteboard"])
-        session.commit()
-        return {"atlas": atlas.id, "cygnus": cygnus.id}
 
 
 def _add(app, room_id, start, end, **fields):
@@ -66,7 +55,9 @@ def test_finder_shows_free_and_busy_rooms_with_their_day(client, app, rooms):
     assert "Busy: Board meeting (Google)" in page
     assert "10:00–11:00" in page  # shown in the room's zone, whatever UTC says
     assert f"/book?room_id={rooms['cygnus']}" in page
-    assert f"/book?room_id={rooms['atlas']}" not in page
+    # Atlas is not offered at the asked time, only when it is next free.
+    assert f"/book?room_id={rooms['atlas']}&amp;date={DAY.isoformat()}&amp;start=10:30" not in page
+    assert "Next free at 11:00" in page
 
     filtered = client.get(f"/?date={DAY.isoformat()}&start=12:00&end=13:00&people=10").get_data(as_text=True)
     assert "1 of 1 room free" in filtered and "Cygnus" not in filtered
@@ -238,7 +229,8 @@ def test_pages_make_a_fixed_number_of_queries(client, app):
         session.commit()
     for n, room in enumerate(first):
         _add(app, room.id, at(8 + n), at(9 + n), source=ReservationSource.WEB)
-    small = {path: _statements_for(client, app, path) for path in (f"/?date={DAY}", "/reservations")}
+    small = {path: _statements_for(client, app, path)
+             for path in (f"/?date={DAY}", "/reservations", f"/grid?date={DAY}", "/free-now")}
 
     with app.app_context():
         session = db.session()
