@@ -32,7 +32,7 @@ def _domains(value: str) -> frozenset[str]:
 
 
 # Comma-separated settings, parsed into sets.
-_SETS = {"ADMIN_EMAILS": _emails, "ALLOWED_DOMAINS": _domains}
+_SETS = {"ADMIN_EMAILS": _emails, "ALLOWED_DOMAINS": _domains, "ATTENDEE_DOMAINS": _domains}
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,15 @@ class Config:
     MAX_DURATION_MINUTES: int = 480
     MAX_DAYS_AHEAD: int = 180
     MIN_NOTICE_MINUTES: int = 0
-    MAX_OCCURRENCES: int = 52
+    MAX_OCCURRENCES: int = 52  # occurrences of one series
+    # What one person may do (admins are exempt): see "Limits per person" in the README.
+    # Attendees' e-mail domains (empty: ALLOWED_DOMAINS; both empty: any domain).
+    ATTENDEE_DOMAINS: frozenset[str] = field(default_factory=frozenset)
+    MAX_ATTENDEES: int = 50
+    INVITATIONS_PER_HOUR: int = 1000  # invitation and update mails (one per recipient) a person causes
+    MAX_LIVE_RESERVATIONS: int = 200  # reservations a person holds that have not ended
+    MAX_HOURS_PER_ROOM_PER_WEEK: float = 40.0  # a person's booked hours in one room in one week
+    BOOKING_WRITES_PER_MINUTE: int = 30  # bookings, edits and cancellations through the pages and the API
     # Google calls: retries inside one call for rate limits and 5xx, with jittered backoff.
     GOOGLE_MAX_ATTEMPTS: int = 4
     GOOGLE_RETRY_BASE_SECONDS: float = 0.5
@@ -87,6 +95,11 @@ class Config:
     @property
     def delegated_mode(self) -> bool:
         return bool(self.GOOGLE_DELEGATED_USER)
+
+    @property
+    def attendee_domains(self) -> frozenset[str]:
+        """The domains attendees may have; empty means any."""
+        return self.ATTENDEE_DOMAINS or self.ALLOWED_DOMAINS
 
     @property
     def production(self) -> bool:
@@ -130,6 +143,10 @@ class Config:
             raise ConfigError(f"AUTH_MODE must be dev or oidc, not {self.AUTH_MODE!r}")
         if not 0 < self.SESSION_LIFETIME_HOURS <= 24 * 31:
             raise ConfigError("SESSION_LIFETIME_HOURS must be more than 0 and at most 744 (31 days)")
+        for name in ("MAX_ATTENDEES", "INVITATIONS_PER_HOUR", "MAX_LIVE_RESERVATIONS", "MAX_HOURS_PER_ROOM_PER_WEEK",
+                     "BOOKING_WRITES_PER_MINUTE", "MAX_OCCURRENCES"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be more than 0")
         if self.PROXY_FIX_HOPS < 0:
             raise ConfigError("PROXY_FIX_HOPS must be 0 or more")
         if self.PUBLIC_BASE_URL and not self.PUBLIC_BASE_URL.startswith(("https://", "http://")):

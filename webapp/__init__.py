@@ -60,5 +60,8 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     from webapp import admin
 
     app.register_blueprint(admin.bp)
+    from webapp import limits
+
+    limits.init_app(app)
     auth.init_app(app)  # last: it exempts the webhook and API blueprints from CSRF
     return app

@@ -29,6 +29,7 @@ from roombridge import booking, db
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room
 from webapp.auth import current_user, login_required
 from webapp.forms import REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
+from webapp.limits import booking_writes
 
 bp = Blueprint("pages", __name__)
 
@@ -197,6 +198,7 @@ def book_form():
 
 @bp.post("/book")
 @login_required
+@booking_writes
 def book():
     session = db.session()
     user = current_user()
@@ -232,8 +234,7 @@ def book():
 
 
 def _mine(user):
-    me = user.email
-    return sa.or_(Reservation.organiser_email == me, sa.cast(Reservation.attendees, sa.Text).contains(f'"{me}"'))
+    return booking.organised_or_attended_by(user.email)
 
 
 def _preload_rooms(session, reservations: list[Reservation]) -> list[Room]:
@@ -307,6 +308,7 @@ def edit_form(reservation_id: int):
 
 @bp.post("/reservations/<int:reservation_id>/edit")
 @login_required
+@booking_writes
 def edit(reservation_id: int):
     session = db.session()
     found = _changeable(reservation_id)
@@ -349,6 +351,7 @@ def cancel_confirm(reservation_id: int):
 
 @bp.post("/reservations/<int:reservation_id>/cancel")
 @login_required
+@booking_writes
 def cancel(reservation_id: int):
     _changeable(reservation_id)
     user = current_user()
