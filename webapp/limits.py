@@ -47,7 +47,7 @@ def _note_breach(limit: RequestLimit) -> None:
 
 
 limiter = Limiter(key_func=_person, strategy="moving-window", key_prefix="roombridge:ratelimit",
-                  swallow_errors=True, headers_enabled=True, on_breach=_note_breach)
+                  swallow_errors=True, on_breach=_note_breach)
 
 # The decorator for every view that books, edits or cancels; all of them share one budget.
 booking_writes = limiter.shared_limit(_per_minute, scope="booking-writes", exempt_when=_is_admin,
@@ -63,7 +63,7 @@ def init_app(app: Flask) -> None:
 
 def _too_many_writes(error: RateLimitExceeded):
     reset_at = limiter.current_limit.reset_at if limiter.current_limit else time.time() + 60
-    wait = max(1, math.ceil(reset_at - time.time()))
+    wait = min(60, max(1, math.ceil(reset_at - time.time())))  # a moving minute: never longer
     return _refuse(f"You booked, changed or cancelled more than {error.description}. "
                    f"Try again in {wait} seconds.", wait)
 
