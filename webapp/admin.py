@@ -208,22 +208,35 @@ def edit(room_id: int):
 @admin_required
 def remove_confirm(room_id: int):
     found = _room_in_scope(room_id)
-    return render_template("admin/remove.html", room=found)
+    return render_template("admin/remove.html", room=found,
+                           future=rooms.future_reservations(db.session(), found, utcnow()))
 
 
 @bp.post("/rooms/<int:room_id>/remove")
 @admin_required
 def remove(room_id: int):
     found = _room_in_scope(room_id)
+    choice = request.form.get("future")
+    future = rooms.future_reservations(db.session(), found, utcnow())
+    if future and choice not in ("cancel", "keep"):
+        flash("Say what to do with its future reservations: cancel them or keep them.", "error")
+        return render_template("admin/remove.html", room=found, future=future), 422
     try:
         gateway = _gateway()
     except GoogleError as error:
         flash(f"Google is not set up here ({error}); the room was not removed.", "error")
         return redirect(url_for("admin.room", room_id=room_id))
-    pending = rooms.remove_room(db.session(), gateway, found, utcnow(), actor=_actor())
-    flash(f"{found.name} removed from scope: its push channel is stopped and it is no longer synced. "
-          "Its reservations are kept.", "success")
-    for channel in pending:
+    removal = rooms.leave_scope(db.session(), _config(), gateway, found, utcnow(), cancel_future=choice == "cancel",
+                                actor=_actor())
+    if not removal.removed:
+        flash(f"{found.name} stays in scope: {len(removal.not_deleted)} event(s) could not be deleted from its "
+              f"calendar ({removal.cancelled} were). Try removing it again.", "error")
+        return redirect(url_for("admin.room", room_id=room_id))
+    done = (f"{removal.cancelled} future reservation(s) cancelled and their events deleted"
+            if choice == "cancel" else f"{removal.kept} future reservation(s) kept, their events left on its calendar")
+    flash(f"{found.name} removed from scope: its push channel is stopped and it is no longer synced; {done}.",
+          "success")
+    for channel in removal.channels_pending_stop:
         flash(f"Stopping channel {channel.id} failed ({channel.stop_error}); it will be retried.", "warning")
     return redirect(url_for("admin.index"))
 

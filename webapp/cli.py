@@ -192,16 +192,34 @@ def rooms_list(show_all: bool) -> None:
 
 @rooms_cli.command("remove")
 @click.argument("email")
-def rooms_remove(email: str) -> None:
-    """Take the room EMAIL out of scope: its channels are stopped and it is no longer synced."""
+@click.option("--cancel-future/--keep-future", "cancel_future", default=False, show_default=True,
+              help="Cancel the room's future reservations (their events are deleted from its calendar and, in "
+                   "room mode, people are mailed), or keep them (the default: their events stay on the room's "
+                   "calendar, and Roombridge can no longer change or delete them).")
+def rooms_remove(email: str, cancel_future: bool) -> None:
+    """Take the room EMAIL out of scope: its channels are stopped and it is no longer synced.
+
+    Never asks: without an option its future reservations are kept (nothing is deleted).
+    """
     from roombridge import rooms
     from roombridge.db import utcnow
 
-    session, gateway, _config = _google("write")
+    session, gateway, config = _google("write")
     room = _room_or_fail(session, email)
-    pending = rooms.remove_room(session, gateway, room, utcnow(), actor="cli")
+    removal = rooms.leave_scope(session, config, gateway, room, utcnow(), cancel_future=cancel_future, actor="cli")
+    if not removal.removed:
+        for reservation_id, why in removal.not_deleted:
+            click.echo(f"reservation {reservation_id}: its event could not be deleted ({why})", err=True)
+        raise click.ClickException(
+            f"{room.calendar_id} stays in scope: {len(removal.not_deleted)} event(s) could not be deleted "
+            f"({removal.cancelled} were); run the same command again")
+    if cancel_future:
+        click.echo(f"cancelled {removal.cancelled} future reservation(s) and deleted their events")
+    else:
+        click.echo(f"kept {removal.kept} future reservation(s); their events stay on the room's calendar "
+                   "(--cancel-future cancels them)")
     click.echo(f"removed {room.calendar_id} from scope")
-    for channel in pending:
+    for channel in removal.channels_pending_stop:
         click.echo(f"stopping channel {channel.id} failed ({channel.stop_error}); it will be retried", err=True)
 
 
