@@ -29,7 +29,8 @@ from flask import (
 )
 from redis.exceptions import RedisError
 
-from roombridge import channels, console, db, rooms
+from roombridge import api_tokens, channels, console, db, rooms
+from roombridge.booking import quotas
 from roombridge.config import CALENDAR_EVENTS_SCOPE
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, GoogleError, is_room_calendar
@@ -117,10 +118,33 @@ def index():
     overviews = console.room_overviews(session, rooms.rooms_in_scope(session), now, redis())
     try:
         failed = console.failed_job_count(redis())
+        limit_hits = quotas.recent_hits(LIMIT_HITS_SHOWN)
     except RedisError:
-        failed = None
+        failed, limit_hits = None, None
     return render_template("admin/index.html", health=health, overviews=overviews, failed_jobs=failed, now=now,
-                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600)
+                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600, limit_hits=limit_hits)
+
+
+LIMIT_HITS_SHOWN = 10
+
+
+# --- API tokens: everyone's, and revoking any ------------------------------------------------------
+
+
+@bp.get("/tokens")
+@admin_required
+def tokens():
+    return render_template("admin/tokens.html", tokens=api_tokens.list_tokens(db.session()), now=utcnow())
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@admin_required
+def revoke_token(token_id: int):
+    revoked = api_tokens.revoke_by_id(db.session(), token_id, actor=_actor())
+    if revoked is None:
+        _refuse(404, "No such token", "This token does not exist.")
+    flash(f"Token {revoked.prefix}… of {revoked.user_email} revoked.", "success")
+    return redirect(url_for("admin.tokens"))
 
 
 # --- adding, editing, removing rooms ------------------------------------------------------------

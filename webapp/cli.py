@@ -66,12 +66,17 @@ tokens_cli = AppGroup("tokens", help="API tokens for the JSON API (stored hashed
 
 @tokens_cli.command("create")
 @click.argument("email")
-def tokens_create(email: str) -> None:
+@click.option("--expires-in-days", type=click.IntRange(min=1), default=None,
+              help="The token stops working after this many days (default: when revoked).")
+def tokens_create(email: str, expires_in_days: int | None) -> None:
     """Make an API token for EMAIL and print it: it is shown this once only."""
+    from datetime import timedelta
+
     from roombridge import api_tokens, db
 
+    life = timedelta(days=expires_in_days) if expires_in_days else None
     try:
-        new = api_tokens.create(db.session(), email, actor="cli")
+        new = api_tokens.create(db.session(), email, actor="cli", expires_in=life)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="EMAIL") from exc
     click.echo(new.token)
@@ -93,12 +98,19 @@ def tokens_revoke(token_or_prefix: str, email: str | None) -> None:
 @tokens_cli.command("list")
 @click.option("--email", help="Only the tokens of this user.")
 def tokens_list(email: str | None) -> None:
-    """Every token: owner, prefix, created, last used, revoked."""
+    """Every token: owner, prefix, created, last used, revoked or expired."""
     from roombridge import api_tokens, db
+    from roombridge.db import utcnow
 
+    now = utcnow()
     for t in api_tokens.list_tokens(db.session(), email):
         used = f"{t.last_used_at:%Y-%m-%d %H:%M}Z" if t.last_used_at else "never used"
-        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}Z" if t.revoked_at else "live"
+        if t.revoked_at:
+            state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}Z"
+        elif t.expires_at:
+            state = f"{'expired' if t.expires_at <= now else 'live, expires'} {t.expires_at:%Y-%m-%d %H:%M}Z"
+        else:
+            state = "live"
         click.echo(f"{t.user_email}\t{t.prefix}\tcreated {t.created_at:%Y-%m-%d %H:%M}Z\t{used}\t{state}")
 
 

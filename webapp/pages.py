@@ -25,7 +25,7 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 
-from roombridge import booking, db
+from roombridge import api_tokens, booking, db
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room
 from webapp.auth import current_user, login_required
 from webapp.forms import REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
@@ -362,6 +362,49 @@ def cancel(reservation_id: int):
         return redirect(url_for("pages.reservation", reservation_id=reservation_id))
     flash("Reservation cancelled.", "success")
     return redirect(url_for("pages.reservations"))
+
+
+# --- my API tokens ---------------------------------------------------------------------------------
+
+
+@bp.get("/tokens")
+@login_required
+def tokens():
+    return _tokens_page()
+
+
+def _tokens_page(new_token: str | None = None, status: int = 200):
+    user = current_user()
+    mine = api_tokens.list_tokens(db.session(), user.email)
+    return render_template("tokens.html", tokens=mine, new_token=new_token, now=datetime.now(UTC)), status
+
+
+@bp.post("/tokens")
+@login_required
+def create_token():
+    try:
+        days = int(request.form.get("expires_in_days", ""))
+        if not 1 <= days <= MAX_TOKEN_DAYS:
+            raise ValueError
+    except ValueError:
+        flash(f"Give the token a life of 1 to {MAX_TOKEN_DAYS} days.", "error")
+        return _tokens_page(status=422)
+    new = api_tokens.create(db.session(), current_user().email, actor=current_user().email,
+                            expires_in=timedelta(days=days))
+    return _tokens_page(new_token=new.token)
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@login_required
+def revoke_token(token_id: int):
+    user = current_user()
+    if api_tokens.revoke_by_id(db.session(), token_id, actor=user.email, owner=user.email) is None:
+        _refuse(404)
+    flash("Token revoked.", "success")
+    return redirect(url_for("pages.tokens"))
+
+
+MAX_TOKEN_DAYS = 3650
 
 
 # --- errors and template helpers ------------------------------------------------------------------
