@@ -7,6 +7,8 @@ in the API's error shape, a page saying when to try again on the pages; the doma
 rate limit (invitation mails an hour, roombridge/booking/quotas.py) answers the same way.
 Who met a limit is noted in Redis for the admin console. If Redis does not answer, writes
 go ahead (the booking itself survives a Redis outage; the counter is not worth refusing it).
+Each app gets a Limiter of its own (Flask-Limiter keeps its storage on the instance), over
+the views marked `@booking_writes`.
 """
 
 from __future__ import annotations
@@ -46,23 +48,33 @@ def _note_breach(limit: RequestLimit) -> None:
     quotas.record_hit(_person(), LIMIT_NAME)
 
 
-limiter = Limiter(key_func=_person, strategy="moving-window", key_prefix="roombridge:ratelimit",
-                  swallow_errors=True, on_breach=_note_breach)
+LIMITER_KEY = "roombridge.limiter"
 
-# The decorator for every view that books, edits or cancels; all of them share one budget.
-booking_writes = limiter.shared_limit(_per_minute, scope="booking-writes", exempt_when=_is_admin,
-                                      error_message=lambda: _per_minute())
+
+def booking_writes(view):
+    """Mark a view that books, edits or cancels: `init_app` puts it under the app's shared budget."""
+    view.booking_write = True
+    return view
 
 
 def init_app(app: Flask) -> None:
-    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["ROOMBRIDGE"].REDIS_URL)
-    limiter.init_app(app)
+    """A Limiter of the app's own (its storage is the app's REDIS_URL), over every marked view."""
+    limiter = Limiter(key_func=_person, app=app, storage_uri=app.config["ROOMBRIDGE"].REDIS_URL,
+                      strategy="moving-window", key_prefix="roombridge:ratelimit", swallow_errors=True,
+                      on_breach=_note_breach)
+    app.extensions[LIMITER_KEY] = limiter
+    shared = limiter.shared_limit(_per_minute, scope="booking-writes", exempt_when=_is_admin,
+                                  error_message=_per_minute)
+    for endpoint, view in list(app.view_functions.items()):
+        if getattr(view, "booking_write", False):
+            app.view_functions[endpoint] = shared(view)
     app.register_error_handler(RateLimitExceeded, _too_many_writes)
     app.register_error_handler(quotas.RateLimited, _too_many_invitations)
 
 
 def _too_many_writes(error: RateLimitExceeded):
-    reset_at = limiter.current_limit.reset_at if limiter.current_limit else time.time() + 60
+    limit = current_app.extensions[LIMITER_KEY].current_limit
+    reset_at = limit.reset_at if limit else time.time() + 60
     wait = min(60, max(1, math.ceil(reset_at - time.time())))  # a moving minute: never longer
     return _refuse(f"You booked, changed or cancelled more than {error.description}. "
                    f"Try again in {wait} seconds.", wait)
