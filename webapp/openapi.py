@@ -18,6 +18,7 @@ ERROR = {
         "error": {"type": "string"},
         "message": {"type": "string"},
         "errors": {"type": "object", "additionalProperties": {}},
+        "retry_after": {"type": "integer", "description": "429 only: seconds to wait, as in Retry-After"},
     },
 }
 
@@ -190,6 +191,10 @@ def spec() -> dict:
         "422": _json(_ref("Error"), "invalid input; `errors` maps each field to its messages"),
     }
     not_found = {"404": _json(_ref("Error"), "no such reservation, or not one the caller may see")}
+    limited = {"429": {**_json(_ref("Error"), "the caller's rate limit (booking writes a minute, invitation mails "
+                                              "an hour) is met; `retry_after` repeats the header"),
+                       "headers": {"Retry-After": {"description": "seconds to wait",
+                                                   "schema": {"type": "integer"}}}}}
     reservation_id = {"name": "reservation_id", "in": "path", "required": True, "schema": {"type": "integer"}}
     one = _json(_ref("Reservation"), "the reservation")
     return {
@@ -230,6 +235,7 @@ def spec() -> dict:
                         **errors,
                         "409": _json({**ERROR, "properties": {**ERROR["properties"], "clashes": {
                             "type": "array", "items": CLASH}}}, "every clashing reservation"),
+                        **limited,
                     }},
             },
             "/reservations/{reservation_id}": {
@@ -241,9 +247,10 @@ def spec() -> dict:
                         "schema": _ref("ReservationPatch")}}},
                     "responses": {"200": one, **errors, **not_found,
                                   "403": _json(_ref("Error"), "not the organiser or an admin"),
-                                  "409": _json(_ref("Error"), "clashes")}},
+                                  "409": _json(_ref("Error"), "clashes"), **limited}},
                 "delete": {"summary": "Cancel (organiser or admin)", "responses": {
-                    "200": one, **errors, **not_found, "403": _json(_ref("Error"), "not the organiser or an admin")}},
+                    "200": one, **errors, **not_found, "403": _json(_ref("Error"), "not the organiser or an admin"),
+                    **limited}},
             },
             "/reservations/{reservation_id}/retry": {
                 "parameters": [reservation_id],

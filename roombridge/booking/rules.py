@@ -201,6 +201,10 @@ def clean_attendees(addresses: Iterable[str], errors: dict[str, list[str]], conf
     if isinstance(addresses, str) or not isinstance(addresses, Iterable):
         add_error(errors, "attendees", "Give a list of e-mail addresses.")
         return cleaned
+    addresses = list(addresses)
+    if len(addresses) > 10 * config.MAX_ATTENDEES:  # far too many to be worth checking one by one
+        add_error(errors, "attendees", f"At most {config.MAX_ATTENDEES} attendees.")
+        return cleaned
     for address in addresses:
         if not isinstance(address, str):
             add_error(errors, "attendees", "Every attendee must be an e-mail address.")

@@ -78,6 +78,9 @@ def test_attendees_keep_to_their_own_domains_and_their_number(limited):
         booking.edit(db.session(), app.config["ROOMBRIDGE"], made.reservations[0].id, actor_email="alice@example.com",
                      actor_is_admin=False, attendees=[f"p{i}@example.com" for i in range(4)], now=NOW)
     assert refused.value.errors == {"attendees": ["At most 3 attendees."]}
+    with pytest.raises(booking.InvalidBooking) as refused:  # a huge list is refused without checking each
+        book(app, room_id, at(MONDAY, 12), at(MONDAY, 13), attendees=["not an address"] * 31)
+    assert refused.value.errors == {"attendees": ["At most 3 attendees."]}
 
 
 # --- titles and descriptions ------------------------------------------------------------------------
