@@ -1,5 +1,4 @@
-"""Channel jobs: the periodic renewal pass, one-off channel creation and stops, and the admin
-console's "Renew channel" button.
+"""Channel jobs: the periodic renewal pass, and the admin console's "Renew channel" button.
 
 `renew_channels` runs every scheduler tick (see jobs/schedule.py): a cheap pass when nothing
 is due, since renewal moments are spread over each channel's window (roombridge/channels.py).
@@ -10,7 +9,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-import sqlalchemy as sa
 from flask import current_app
 from rq import Retry
 
@@ -18,7 +16,7 @@ from jobs import job
 from roombridge import channels, db
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, CalendarNotInScope
-from roombridge.models import Room, WatchChannel
+from roombridge.models import Room
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +35,6 @@ def renew_channels(now: str | None = None) -> dict:
     if report.as_dict():
         log.info("channel renewal: %s", report.as_dict())
     return report.as_dict()
-
-
-@job("channels", retry=Retry(max=5, interval=[10, 30, 120, 600, 1800]))
-def ensure_channel(room_id: int, now: str | None = None) -> str | None:
-    """The room's live channel id, opening one if it has none (a retriable error is retried by RQ)."""
-    session = db.session()
-    room = session.get(Room, room_id)
-    if room is None:
-        return None
-    try:
-        channel = channels.ensure_channel(session, CalendarGateway.for_app(kind="renewal"), room,
-                                          current_app.config["ROOMBRIDGE"], _now(now))
-    except channels.ChannelRefused:
-        return None  # the room now carries the reason; retrying will not help until it is shared again
-    return channel.id if channel else None
-
-
-@job("channels", retry=Retry(max=5, interval=[10, 30, 120, 600, 1800]))
-def stop_channel(channel_id: str, now: str | None = None) -> bool:
-    """Stop one channel; a failure stays stop_pending for the periodic pass to retry."""
-    session = db.session()
-    channel = session.scalar(sa.select(WatchChannel).where(WatchChannel.id == channel_id))
-    if channel is None or channel.stopped_at is not None:
-        return True
-    return channels.stop_channel(session, CalendarGateway.for_app(kind="renewal"), channel, _now(now))
 
 
 @job("channels", retry=Retry(max=3, interval=[5, 30, 120]))

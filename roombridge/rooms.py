@@ -33,7 +33,7 @@ from roombridge.models import (
     WatchChannel,
     audit,
 )
-from roombridge.sync import request_sync
+from roombridge.notifications import request_sync
 from roombridge.unit_of_work import outside_units, unit_of_work
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ is made or its time, room or attendees change; a new title or description tells 
 `api_tokens.expires_at`: an optional end of a token's life.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0006
 Create Date: 2026-12-02 07:00:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
