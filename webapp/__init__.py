@@ -57,6 +57,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     from webapp import api
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(api.docs_bp)
     from webapp import admin
 
     app.register_blueprint(admin.bp)
