@@ -22,7 +22,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.routing import BaseConverter
 
-from roombridge import api_tokens, booking, db
+from roombridge import api_tokens, booking, checkin, db
 from roombridge.config import Config
 from roombridge.models import ReservationSource, Room
 from webapp import schemas
@@ -62,11 +62,6 @@ class IdConverter(BaseConverter):
 
     def to_url(self, value) -> str:
         return str(int(value))
-
-
-@bp.record_once
-def _register_converter(state) -> None:
-    state.app.url_map.converters["id"] = IdConverter
 
 
 def _config() -> Config:
@@ -293,6 +288,13 @@ def retry_reservation(reservation_id: int):
     """Try the Google write of a failed reservation again."""
     reservation = booking.retry_write(db.session(), reservation_id, **_actor())
     return jsonify(schemas.reservation_json(reservation)), 202
+
+
+@bp.post("/reservations/<id:reservation_id>/check-in")
+def check_in_reservation(reservation_id: int):
+    """Check in to a meeting (organiser, attendee or admin), inside its check-in window."""
+    reservation = checkin.check_in(db.session(), _config(), reservation_id, checkin.person(g.api_user, g.api_admin))
+    return jsonify(schemas.reservation_json(reservation))
 
 
 @bp.get("/openapi.json")

@@ -15,7 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import RAISE, Schema, fields
 
-from roombridge.models import ReservationSource, ReservationStatus
+from roombridge.models import ReleaseReason, ReservationSource, ReservationStatus
 from webapp import schemas
 from webapp.security import MAX_BODY_BYTES
 
@@ -106,6 +106,11 @@ class ReservationSchema(_Answer):
     source = _enum(ReservationSource)
     series_id = _text(allow_none=True)
     google_event_id = _text(allow_none=True)
+    checked_in_at = fields.DateTime(required=True, allow_none=True)
+    checked_in_by = _text(allow_none=True, metadata={"description": "an e-mail, or `display` for the room's display"})
+    release_reason = fields.String(required=True, allow_none=True,
+                                   metadata={"enum": [*sorted(str(r) for r in ReleaseReason), None],
+                                             "description": "why a `released` reservation was released"})
     created_at = _instant()
     updated_at = _instant()
     warnings = fields.List(fields.String(), metadata={"description": "only when there is something to say"})
@@ -207,6 +212,13 @@ OPERATIONS: dict[str, dict] = {
         "summary": "Retry the Google write of a failed (or pending) reservation",
         "responses": {"202": ONE, **UNAUTHORIZED, **FORBIDDEN, **NOT_SEEN,
                       "409": _error("`wrong_state`: only a failed or pending reservation can be retried"),
+                      **FAILED}}},
+    "api.check_in_reservation": {"post": {
+        "summary": "Check in to a meeting (organiser, attendee or admin), from the room's check-in window's opening "
+                   "(before the start) to its deadline (after the start); checking in twice is harmless",
+        "responses": {"200": ONE, **UNAUTHORIZED, **NOT_SEEN,
+                      "422": _error("`errors.check_in`: outside the check-in window, or a reservation that "
+                                    "cannot be checked in to (cancelled, released)"),
                       **FAILED}}},
     "api.openapi": {"get": {
         "summary": "This description", "security": [],

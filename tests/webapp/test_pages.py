@@ -303,3 +303,14 @@ def test_booking_faster_than_the_rate_limit_gets_a_page_saying_when_to_retry(mak
     for hour in range(14, 19):
         assert admin.post("/book", data={**_book_form(room_id, start=f"{hour:02}:00", end=f"{hour:02}:30"),
                                          "csrf_token": admin_token}).status_code == 302
+
+
+@pytest.mark.parametrize("path", [
+    "/reservations/9223372036854775808", "/reservations/9223372036854775808/edit",
+    "/reservations/9223372036854775808/status.json", "/rooms/9223372036854775808",
+    "/admin/rooms/9223372036854775808", "/admin/rooms/9223372036854775808/status.json",
+])
+def test_ids_past_the_database_integer_are_no_such_page_not_a_500(client, path):
+    # SQLite's driver raised OverflowError for ids >= 2**63 (a 500); the route's id converter bounds them.
+    sign_in(client, "admin@example.com")
+    assert client.get(path).status_code == 404
