@@ -182,7 +182,7 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
     send_updates = _send_updates(config)
     # A new title or description is written without telling anyone (as calendar clients do);
     # a new event (a new UID), a new time, room or attendees are sent to everyone.
-    tell = reservation.invitation_due
+    tell_people = reservation.invitation_due
     done = []
     if reservation.google_calendar_id and reservation.google_calendar_id != calendar_id:
         # Moved to another room: its calendar gets a new event, the old room's is deleted.
@@ -205,19 +205,20 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
     else:
         try:
             event = gateway.patch_event(calendar_id, reservation.google_event_id, body,
-                                        send_updates=send_updates if tell else "none")
+                                        send_updates=send_updates if tell_people else "none")
             done.append("patched")
         except EventNotFound:
             # Deleted in Google behind our back; the id cannot be used again.
             event, revision = _insert(gateway, calendar_id, reservation.id, revision + 1, body, send_updates)
             done.append("re-inserted")
-    tell = tell or done[-1] != "patched"
+    tell_people = tell_people or done[-1] != "patched"  # a new event is a new invitation
 
     _record(
         session,
         reservation,
         # Invited once Google holds the booking as it stands; an edit meanwhile publishes (and invites) again.
-        announce_if_whole=() if config.delegated_mode or not tell else (InvitationDue(reservation.id, "REQUEST"),),
+        announce_if_whole=() if config.delegated_mode or not tell_people else (
+            InvitationDue(reservation.id, "REQUEST"),),
         google_event_id=event["id"],
         google_calendar_id=calendar_id,
         google_revision=revision,
