@@ -141,11 +141,18 @@ def run_jobs(app, queues=("write", "sync", "channels", "default"), max_jobs: int
 
     from roombridge.queue import queue, redis
 
-    with app.app_context():
-        worker = SimpleWorker([queue(q) for q in queues], connection=redis())
-        worker.work(burst=True, max_jobs=max_jobs)
-        worker.refresh()
-        return worker.successful_job_count + worker.failed_job_count
+    # RQ installs its own SIGINT/SIGTERM handlers (they raise StopRequested) and leaves them in place
+    # after a burst; put pytest's back, or a signal much later stops an unrelated test with StopRequested.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with app.app_context():
+            worker = SimpleWorker([queue(q) for q in queues], connection=redis())
+            worker.work(burst=True, max_jobs=max_jobs)
+            worker.refresh()
+            return worker.successful_job_count + worker.failed_job_count
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 # --- worker processes: `flask --app wsgi worker`, as the Procfile runs it ------------------------
