@@ -25,10 +25,11 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 
-from roombridge import booking, checkin, db, people
+from roombridge import api_tokens, booking, checkin, db, people
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room
 from webapp.auth import current_user, login_required
 from webapp.forms import REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
+from webapp.limits import booking_writes
 
 bp = Blueprint("pages", __name__)
 
@@ -410,6 +411,7 @@ def book_form():
 
 @bp.post("/book")
 @login_required
+@booking_writes
 def book():
     session = db.session()
     user = current_user()
@@ -445,8 +447,7 @@ def book():
 
 
 def _mine(user):
-    me = user.email
-    return sa.or_(Reservation.organiser_email == me, sa.cast(Reservation.attendees, sa.Text).contains(f'"{me}"'))
+    return booking.organised_or_attended_by(user.email)
 
 
 def _preload_rooms(session, reservations: list[Reservation]) -> list[Room]:
@@ -549,6 +550,7 @@ def edit_form(reservation_id: int):
 
 @bp.post("/reservations/<id:reservation_id>/edit")
 @login_required
+@booking_writes
 def edit(reservation_id: int):
     session = db.session()
     found = _changeable(reservation_id)
@@ -591,6 +593,7 @@ def cancel_confirm(reservation_id: int):
 
 @bp.post("/reservations/<id:reservation_id>/cancel")
 @login_required
+@booking_writes
 def cancel(reservation_id: int):
     _changeable(reservation_id)
     user = current_user()
@@ -601,6 +604,49 @@ def cancel(reservation_id: int):
         return redirect(url_for("pages.reservation", reservation_id=reservation_id))
     flash("Reservation cancelled.", "success")
     return redirect(url_for("pages.reservations"))
+
+
+# --- my API tokens ---------------------------------------------------------------------------------
+
+
+@bp.get("/tokens")
+@login_required
+def tokens():
+    return _tokens_page()
+
+
+def _tokens_page(new_token: str | None = None, status: int = 200):
+    user = current_user()
+    mine = api_tokens.list_tokens(db.session(), user.email)
+    return render_template("tokens.html", tokens=mine, new_token=new_token, now=datetime.now(UTC)), status
+
+
+@bp.post("/tokens")
+@login_required
+def create_token():
+    try:
+        days = int(request.form.get("expires_in_days", ""))
+        if not 1 <= days <= MAX_TOKEN_DAYS:
+            raise ValueError
+    except ValueError:
+        flash(f"Give the token a life of 1 to {MAX_TOKEN_DAYS} days.", "error")
+        return _tokens_page(status=422)
+    new = api_tokens.create(db.session(), current_user().email, actor=current_user().email,
+                            expires_in=timedelta(days=days))
+    return _tokens_page(new_token=new.token)
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@login_required
+def revoke_token(token_id: int):
+    user = current_user()
+    if api_tokens.revoke_by_id(db.session(), token_id, actor=user.email, owner=user.email) is None:
+        _refuse(404)
+    flash("Token revoked.", "success")
+    return redirect(url_for("pages.tokens"))
+
+
+MAX_TOKEN_DAYS = 3650
 
 
 # --- check-in, end early, extend -------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """people and favourite rooms: who signed in (the attendee autocomplete), each person's favourite rooms
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0004
 Create Date: 2026-12-02 07:10:00
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 import roombridge.db
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -26,12 +26,12 @@ from roombridge.booking.queries import (
     find_free_rooms,
     get,
     list_reservations,
+    organised_or_attended_by,
     refusals,
     rooms_that_fit,
 )
 from roombridge.booking.recurrence import FREQUENCIES, Recurrence, expand
 from roombridge.booking.rules import (
-    MAX_ATTENDEES,
     MAX_DESCRIPTION_LENGTH,
     MAX_TITLE_LENGTH,
     BookingError,
@@ -47,9 +47,9 @@ from roombridge.booking.rules import (
 
 __all__ = [
     "Assessment", "assess", "refusals", "rooms_that_fit",
-    "FREQUENCIES", "MAX_ATTENDEES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
+    "FREQUENCIES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
     "BookingResult", "Busy", "Clash", "Conflict", "InvalidBooking", "NotAllowed", "NotFound", "Policy", "Recurrence",
     "book", "can_change", "can_see", "cancel", "clean_attendees", "day_timeline", "edit", "expand", "find_clashes",
-    "find_free_rooms", "get", "is_admin", "list_reservations", "normalise_email", "parse_hours", "retry_write",
-    "settle_conflicts",
+    "find_free_rooms", "get", "is_admin", "list_reservations", "normalise_email", "organised_or_attended_by",
+    "parse_hours", "retry_write", "settle_conflicts",
 ]

@@ -7,6 +7,7 @@ busy room is next free, and which free slots of the same length lie nearest that
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -44,6 +45,20 @@ def can_change(reservation: Reservation, actor_email: str, actor_is_admin: bool)
     return actor_is_admin or reservation.organiser_email == actor_email.strip().lower()
 
 
+def organised_or_attended_by(email: str) -> sa.ColumnElement[bool]:
+    """Reservations `email` organises or attends: the one filter of every "mine" list (pages, API).
+
+    Attendees live in a JSON list, stored as the text json.dumps makes of it on SQLite and
+    PostgreSQL alike; the address is looked for as that JSON string, with LIKE's wildcards
+    escaped (`_` or `%` in an address must not match other people's).
+    """
+    me = email.strip().lower()
+    return sa.or_(
+        Reservation.organiser_email == me,
+        sa.cast(Reservation.attendees, sa.Text).contains(json.dumps(me), autoescape=True),
+    )
+
+
 def get(session: Session, reservation_id: int, *, actor_email: str, actor_is_admin: bool) -> Reservation:
     """The reservation if the actor organises it, attends it or is an admin; else NotFound."""
     reservation = session.get(Reservation, reservation_id)
@@ -66,15 +81,7 @@ def list_reservations(
     """Reservations the actor may see, overlapping [start, end) when given, soonest first."""
     query = sa.select(Reservation)
     if not actor_is_admin:
-        actor = actor_email.strip().lower()
-        # Attendees live in a JSON list; matching the quoted address works on SQLite and
-        # PostgreSQL alike, and a cheap organiser index narrows the common case.
-        query = query.where(
-            sa.or_(
-                Reservation.organiser_email == actor,
-                sa.cast(Reservation.attendees, sa.Text).contains(f'"{actor}"', autoescape=True),
-            )
-        )
+        query = query.where(organised_or_attended_by(actor_email))
     if room_id is not None:
         query = query.where(Reservation.room_id == room_id)
     if start is not None:

@@ -245,6 +245,59 @@ def test_pages_make_a_fixed_number_of_queries(client, app):
     assert large == small
 
 
+# --- who sees what: an address is matched whole, never as a LIKE pattern ------------------------------
+
+
+def test_my_reservations_match_an_attendee_address_exactly(client, app, rooms, monkeypatch):
+    from webapp import auth
+
+    monkeypatch.setattr(auth, "DEMO_ACCOUNTS", (*auth.DEMO_ACCOUNTS, ("john_smith@example.com", "John Smith")))
+    # "_" is LIKE's any-character: john_smith must not see john.smith's meeting.
+    _add(app, rooms["atlas"], at(9), at(10), title="For John Smith", organiser_email="carol@example.com",
+         attendees=["john.smith@example.com"])
+    _add(app, rooms["cygnus"], at(9), at(10), title="John's own invitation", organiser_email="carol@example.com",
+         attendees=["bob@example.com", "john_smith@example.com"])
+    sign_in(client, "john_smith@example.com")
+    page = client.get("/reservations").get_data(as_text=True)
+    assert "John&#39;s own invitation" in page or "John's own invitation" in page
+    assert "For John Smith" not in page
+
+
+# --- the rate limit on booking writes ---------------------------------------------------------------
+
+
+def test_booking_faster_than_the_rate_limit_gets_a_page_saying_when_to_retry(make_app):
+    app = make_app(BOOKING_WRITES_PER_MINUTE=3)
+    with app.app_context():
+        room_id = make_room(db.session(), name="Atlas").id
+        db.session().commit()
+    client = app.test_client()
+    sign_in(client, "alice@example.com")
+    token = csrf_token(client, "/")
+    statuses = []
+    for hour in range(9, 14):  # as fast as a script can
+        answer = client.post("/book", data={**_book_form(room_id, start=f"{hour:02}:00", end=f"{hour:02}:30"),
+                                            "csrf_token": token})
+        statuses.append(answer.status_code)
+    assert statuses == [302, 302, 302, 429, 429]
+    assert 0 < int(answer.headers["Retry-After"]) <= 60
+    page = answer.get_data(as_text=True)
+    assert "Too many changes" in page and "more than 3 per minute" in page
+    with app.app_context():
+        assert db.session().scalar(sa.select(sa.func.count(Reservation.id))) == 3
+        from roombridge.booking import quotas
+
+        assert [(h["email"], h["limit"]) for h in quotas.recent_hits()][0] == (
+            "alice@example.com", "booking writes per minute")
+
+    admin = app.test_client()  # admins are exempt
+    sign_in(admin, "admin@example.com")
+    admin_token = csrf_token(admin, "/")
+    for hour in range(14, 19):
+        assert admin.post("/book", data={**_book_form(room_id, start=f"{hour:02}:00", end=f"{hour:02}:30"),
+                                         "csrf_token": admin_token}).status_code == 302
+
+
 @pytest.mark.parametrize("path", [
     "/reservations/9223372036854775808", "/reservations/9223372036854775808/edit",
     "/reservations/9223372036854775808/status.json", "/rooms/9223372036854775808",
