@@ -120,10 +120,11 @@ def _invalid(error: ValidationError):
 
 @bp.errorhandler(booking.InvalidBooking)
 def _invalid_booking(error: booking.InvalidBooking):
-    if set(error.errors) == {"status"}:
-        # The reservation's state (cancelled, released, already confirmed) refuses the change,
-        # however well-formed the request: a conflict with the resource, not invalid input.
-        return _error("wrong_state", " ".join(error.errors["status"]), 409)
+    if set(error.errors) <= {"status", "check_in"}:
+        # The reservation's state (cancelled, released, already confirmed) or the clock (a check-in
+        # window not yet open, or closed) refuses the change, however well-formed the request: a
+        # conflict with the resource as it is now, not invalid input.
+        return _error("wrong_state", " ".join(m for messages in error.errors.values() for m in messages), 409)
     return jsonify(error="invalid", errors=error.errors), 422
 
 

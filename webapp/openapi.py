@@ -217,7 +217,7 @@ OPERATIONS: dict[str, dict] = {
         "summary": "Check in to a meeting (organiser, attendee or admin), from the room's check-in window's opening "
                    "(before the start) to its deadline (after the start); checking in twice is harmless",
         "responses": {"200": ONE, **UNAUTHORIZED, **NOT_SEEN,
-                      "422": _error("`errors.check_in`: outside the check-in window, or a reservation that "
+                      "409": _error("`wrong_state`: outside the check-in window, or a reservation that "
                                     "cannot be checked in to (cancelled, released)"),
                       **FAILED}}},
     "api.openapi": {"get": {

@@ -73,11 +73,11 @@ def test_the_api_checks_in_inside_the_window_and_says_why_not_outside(app, clien
                                       "components": spec["components"]})
 
     too_early = _check_in(client, tokens, ALICE, later)
-    assert too_early.status_code == 422
-    assert too_early.json["error"] == "invalid" and "Check-in opens at" in too_early.json["errors"]["check_in"][0]
+    assert too_early.status_code == 409
+    assert too_early.json["error"] == "wrong_state" and "Check-in opens at" in too_early.json["message"]
     stranger = _check_in(client, tokens, CAROL, started)
     assert (stranger.status_code, stranger.json["error"]) == (404, "not_found")
-    assert set(described) >= {"200", "401", "404", "422"}
+    assert set(described) >= {"200", "401", "404", "409"}
 
 
 def test_a_released_reservation_says_so_in_the_api(app, client, rooms, tokens):
@@ -87,7 +87,7 @@ def test_a_released_reservation_says_so_in_the_api(app, client, rooms, tokens):
 
     shown = client.get(f"/api/v1/reservations/{rid}", headers={"Authorization": f"Bearer {tokens[ALICE]}"}).json
     assert (shown["status"], shown["release_reason"], shown["checked_in_at"]) == ("released", "no_show", None)
-    assert _check_in(client, tokens, ALICE, rid).status_code == 422
+    assert _check_in(client, tokens, ALICE, rid).status_code == 409
 
 
 # --- the pages --------------------------------------------------------------------------------------
