@@ -8,6 +8,7 @@ A redis-server of the test's own is stopped, so nobody else's Redis is disturbed
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from datetime import timedelta
@@ -68,6 +69,32 @@ def test_delayed_jobs_and_retries_resume_soon_after_redis_returns(app_on_own_red
             resumed_after = time.monotonic() - returned
         assert later.return_value() == 4
         print(f"delayed work resumed {resumed_after:.1f} s after Redis returned")  # the report's figure
+    finally:
+        stop_worker(worker)
+    assert worker.returncode == 0
+
+
+@pytest.mark.slow
+def test_an_outage_while_a_job_runs_does_not_end_the_worker(app_on_own_redis, tmp_path):
+    app, stop_redis, restart_redis = app_on_own_redis
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = start_worker(app, output=log)
+    try:
+        with app.app_context():
+            queue("default").enqueue("time.sleep", 2)
+        wait_until(lambda: "default: time.sleep(2)" in log_path.read_text(errors="replace"), timeout=30,
+                   what="the worker to start the job")
+        stop_redis()  # the job ends while Redis is away: RQ cannot record its end, nor heartbeat after it
+        # This worker says "Redis lost during job ..."; RQ's own loop says "found an unhandled exception, quitting".
+        wait_until(lambda: re.search("Redis lost during job|unhandled exception", log_path.read_text(errors="replace")),
+                   timeout=30, what="the job's end to meet the outage")
+        restart_redis()
+        with app.app_context():
+            later = queue("default").enqueue_in(timedelta(seconds=1), len, "four")
+            wait_until(lambda: later.get_status(refresh=True) == "finished", timeout=RESUME_WITHIN_SECONDS,
+                       what=f"the delayed job to run ({log_path.read_text(errors='replace')[-1500:]})")
+        assert worker.poll() is None  # RQ's own loop would have ended the worker, with exit status 0
     finally:
         stop_worker(worker)
     assert worker.returncode == 0
