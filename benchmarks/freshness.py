@@ -42,7 +42,7 @@ def warm_stack(stack: Stack, rooms: int) -> tuple[list[str], str]:
     stack.start_worker()
     stack.open_channels(room_ids)  # the "sync" handshakes arrive at the web process
     with stack.app.app_context():
-        from roombridge.sync import request_sync
+        from roombridge.notifications import request_sync
 
         for room_id in room_ids:
             request_sync(room_id, full=True)

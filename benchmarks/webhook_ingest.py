@@ -101,7 +101,7 @@ def run(quick: bool) -> list[Table]:
         bare_port = free_port()
         stack.start_web(bare_port, "benchmarks.bare_app:app")
         stack.open_channels([room_id])
-        from roombridge import db
+        from roombridge import db, notifications
         from roombridge.models import WatchChannel
 
         with stack.app.app_context():
@@ -121,12 +121,11 @@ def run(quick: bool) -> list[Table]:
                 log(f"webhook: round {n + 1}, {RATE} req/s paced on {target}")
                 results[target]["paced"].append(paced(port, headers, RATE, paced_seconds, path=path))
         assert ours.alive()
-        from roombridge import channels
         from roombridge.queue import redis
 
         with stack.app.app_context():  # no sync ran: the counts are all still in Redis
             pushes = (db.session().get(WatchChannel, channel.id).push_count
-                      + channels.pending_pushes(redis(), [channel.id])[channel.id].count)
+                      + notifications.pending_pushes(redis(), [channel.id])[channel.id].count)
 
     table = Table("Webhook ingest (gunicorn, Procfile settings, PostgreSQL + Redis)",
                   ["round", "target", "max req/s (wrk)", "wrk p50 ms", "wrk p99 ms", f"paced {RATE}/s p50 ms",

@@ -1,5 +1,5 @@
-"""Channel jobs: each channel's own renewal, the periodic renewal pass, one-off channel creation
-and stops, and the admin console's "Renew channel" button.
+"""Channel jobs: each channel's own renewal, the periodic renewal pass, and the admin console's
+"Renew channel" button.
 
 Opening a channel announces `ChannelOpened`; `on_channel_opened` schedules that channel's own
 `renew_channel` at its renewal moment, under a job id keyed by the channel (scheduling it twice
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-import sqlalchemy as sa
 from flask import current_app
 from rq import Retry
 
@@ -20,7 +19,7 @@ from jobs import job
 from roombridge import channels, db
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, CalendarNotInScope
-from roombridge.models import Room, WatchChannel
+from roombridge.models import Room
 from roombridge.unit_of_work import ChannelOpened
 
 log = logging.getLogger(__name__)
@@ -58,31 +57,6 @@ def renew_channels(now: str | None = None) -> dict:
     if report.as_dict():
         log.info("channel renewal: %s", report.as_dict())
     return report.as_dict()
-
-
-@job("channels", retry=Retry(max=5, interval=[10, 30, 120, 600, 1800]))
-def ensure_channel(room_id: int, now: str | None = None) -> str | None:
-    """The room's live channel id, opening one if it has none (a retriable error is retried by RQ)."""
-    session = db.session()
-    room = session.get(Room, room_id)
-    if room is None:
-        return None
-    try:
-        channel = channels.ensure_channel(session, CalendarGateway.for_app(kind="renewal"), room,
-                                          current_app.config["ROOMBRIDGE"], _now(now))
-    except channels.ChannelRefused:
-        return None  # the room now carries the reason; retrying will not help until it is shared again
-    return channel.id if channel else None
-
-
-@job("channels", retry=Retry(max=5, interval=[10, 30, 120, 600, 1800]))
-def stop_channel(channel_id: str, now: str | None = None) -> bool:
-    """Stop one channel; a failure stays stop_pending for the periodic pass to retry."""
-    session = db.session()
-    channel = session.scalar(sa.select(WatchChannel).where(WatchChannel.id == channel_id))
-    if channel is None or channel.stopped_at is not None:
-        return True
-    return channels.stop_channel(session, CalendarGateway.for_app(kind="renewal"), channel, _now(now))
 
 
 @job("channels", retry=Retry(max=3, interval=[5, 30, 120]))

@@ -1,8 +1,8 @@
 """Sync jobs: mirror one room from Google, and the periodic safety net over every room.
 
-`sync_room` is enqueued only through the core's coalescing (`roombridge.sync.request_sync`
-and the webhook's `take_push`), which announce `SyncRequested` once they set the room's
-queued marker; `on_sync_requested` turns that into the job. The job holds the room's lock
+`sync_room` is enqueued only through the core's coalescing (roombridge/notifications.py:
+`request_sync`, and the webhook's `take_push`), which announce `SyncRequested` once they set
+the room's queued marker; `on_sync_requested` turns that into the job. The job holds the room's lock
 (one sync of a room at a time across workers), waits its turn (pacing), and calls the
 engine (roombridge/sync.py).
 """
@@ -16,7 +16,7 @@ from flask import current_app
 from rq import Retry
 
 from jobs import job
-from roombridge import db, sync
+from roombridge import db, notifications, sync
 from roombridge.config import Config
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Room
@@ -48,12 +48,12 @@ def sync_room(room_id: int, full: bool = False) -> dict | None:
         sync_room.enqueue(room_id, full)
         return None
     try:
-        full = sync.take_turn(conn, room_id, float(config.SYNC_MIN_INTERVAL_SECONDS), full)
+        full = notifications.take_turn(conn, room_id, float(config.SYNC_MIN_INTERVAL_SECONDS), full)
         try:
             report = sync.run_sync(db.session(), conn, CalendarGateway.for_app(kind="sync"), config, room_id, full)
         except Exception:
             if full:
-                sync.keep_full_request(conn, room_id)
+                notifications.keep_full_request(conn, room_id)
             raise
     finally:
         lock.release()
@@ -72,4 +72,4 @@ def safety_net_sync() -> int:
     """
     with unit_of_work(write=False) as session:
         room_ids = list(session.scalars(sa.select(Room.id).where(Room.in_scope.is_(True)).order_by(Room.id)))
-    return sum(1 for room_id in room_ids if sync.request_sync(room_id))
+    return sum(1 for room_id in room_ids if notifications.request_sync(room_id))

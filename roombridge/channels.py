@@ -36,17 +36,17 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
+from roombridge import notifications
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
 from roombridge.gcal import CalendarGateway, CalendarNotInScope, GoogleError, PermanentGoogleError
 from roombridge.models import Room, RoomHealth, WatchChannel, audit
-from roombridge.queue import LuaScript, RedisLock
+from roombridge.queue import RedisLock
 from roombridge.queue import redis as app_redis
 from roombridge.unit_of_work import ChannelOpened, after_commit, announce, outside_units, unit_of_work
 
@@ -56,8 +56,6 @@ WEBHOOK_PATH = "/webhooks/google/calendar"
 # A channel whose stop keeps failing is given up on after this long past its expiry: Google
 # no longer delivers on an expired channel, so there is nothing left to stop.
 GIVE_UP_STOPPING_AFTER = timedelta(days=1)
-PUSH_BUCKET_KEY = "roombridge:pushes:{minute}"
-PUSH_BUCKET_TTL_SECONDS = 2 * 3600
 RENEWAL_LOCK_KEY = "roombridge:channels:renewing:{room_id}"
 RENEWAL_LOCK_TTL_SECONDS = 30.0  # renewed by a heartbeat while held; frees itself if the worker dies
 
@@ -170,7 +168,7 @@ def create_channel(session: Session, gateway: CalendarGateway, room: Room, confi
                 room.health = RoomHealth.CHANNEL_REFUSED
                 room.health_error = f"Google refused a push channel: {error}"
                 audit(session, actor, "channel.refused", room, reason=error.reason, status=error.status)
-        forget_channel_quietly(channel.id)  # an early push may have cached it
+        notifications.forget_channel_quietly(channel.id)  # an early push may have cached it
         if refused:
             log.warning("watch refused for %s: %s", room.calendar_id, error)
             raise ChannelRefused(room.health_error) from error
@@ -181,7 +179,7 @@ def create_channel(session: Session, gateway: CalendarGateway, room: Room, confi
             room.health, room.health_error = None, None
         audit(session, actor, "channel.created", channel, room=room.calendar_id,
               expiration=result.expiration.isoformat())
-        after_commit(session, lambda: cache_channel_quietly(channel))
+        after_commit(session, lambda: notifications.cache_channel_quietly(channel))
         announce(session, ChannelOpened(channel.id, renewal_moment(channel, config)))
     return channel
 
@@ -198,7 +196,7 @@ def stop_channel(session: Session, gateway: CalendarGateway, channel: WatchChann
                 # Long expired: Google delivers nothing on it any more, so there is nothing to stop.
                 channel.stopped_at, channel.stop_pending = now, False
                 channel.stop_error = f"gave up stopping after expiry: {error}"
-                after_commit(session, lambda: cache_channel_quietly(channel))
+                after_commit(session, lambda: notifications.cache_channel_quietly(channel))
                 gave_up = True
             else:
                 channel.stop_pending, channel.stop_error = True, str(error)
@@ -209,7 +207,7 @@ def stop_channel(session: Session, gateway: CalendarGateway, channel: WatchChann
     with unit_of_work(session):
         channel.stopped_at, channel.stop_pending, channel.stop_error = now, False, None
         audit(session, actor, "channel.stopped", channel, room_id=channel.room_id)
-        after_commit(session, lambda: cache_channel_quietly(channel))
+        after_commit(session, lambda: notifications.cache_channel_quietly(channel))
     return True
 
 
@@ -222,15 +220,6 @@ def replace_channel(session: Session, gateway: CalendarGateway, channel: WatchCh
     report.created.append(new.id)
     (report.stopped if stop_channel(session, gateway, channel, now, actor) else report.stop_failed).append(channel.id)
     return new
-
-
-def ensure_channel(session: Session, gateway: CalendarGateway, room: Room, config: Config, now: datetime,
-                   actor: str = "system") -> WatchChannel | None:
-    """The room's live channel, creating one if it has none; None for a room out of scope."""
-    if not room.in_scope:
-        return None
-    channel = current_channel(session, room, now)
-    return channel if channel is not None else create_channel(session, gateway, room, config, now, actor)
 
 
 def renew_room(session: Session, gateway: CalendarGateway, room: Room, config: Config, now: datetime,
@@ -372,150 +361,6 @@ def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: d
     return report
 
 
-# --- what the push receiver knows of each channel, kept in Redis -------------------------------
-#
-# The webhook checks a push and requests the room's sync in ONE Redis call, without the
-# database (roombridge/sync.py, `take_push`): a burst of pushes costs the database nothing,
-# and pushes are still taken in while the database is down (the syncs they request wait for
-# it, retried by RQ, and the safety-net sync follows). The lifecycle above writes a channel's
-# entry after committing its row. An entry that is missing (Redis restarted empty, or a write
-# here failed) is filled from the database by the webhook on the channel's next push; one
-# that is stale can only say "live" for a channel stopped meanwhile, which costs a harmless
-# extra sync until the entry expires a day after the channel.
-#
-# The channel's pushes are counted in the same hash; every sync of the room adds them to the
-# channel's row (absorb_push_stats), so the row is at most one sync behind.
-
-CHANNEL_KEY = "roombridge:channel:{id}"
-CHANNEL_ENTRY_OUTLIVES_EXPIRY = timedelta(days=1)
-RECENTLY_STOPPED = timedelta(days=1)  # pushes counted before a stop are still absorbed
-
-
-def channel_key(channel_id: str) -> str:
-    return CHANNEL_KEY.format(id=channel_id)
-
-
-def token_digest(token: str) -> str:
-    """The channel token as its Redis entry keeps it, and as a push's token is compared with it."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def cache_channel(redis: Redis, channel: WatchChannel) -> None:
-    """Write what the webhook needs to check pushes on `channel` (its row must be committed)."""
-    key = channel_key(channel.id)
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(key, mapping={
-        "token": token_digest(channel.token),
-        "resource_id": channel.resource_id or "",  # learnt from the watch answer; "" checks nothing yet
-        "room_id": channel.room_id,
-        "expires": f"{channel.expiration.timestamp():.3f}" if channel.expiration else "",
-        "stopped": 1 if channel.stopped_at else 0,
-    })
-    lasts_from = channel.expiration or channel.created_at
-    if lasts_from is not None:
-        pipe.expireat(key, lasts_from + CHANNEL_ENTRY_OUTLIVES_EXPIRY)
-    else:
-        pipe.expire(key, CHANNEL_ENTRY_OUTLIVES_EXPIRY)
-    pipe.execute()
-
-
-def cache_channel_quietly(channel: WatchChannel) -> None:
-    # The row is the truth and is committed; the webhook refills a missing entry from it.
-    try:
-        cache_channel(app_redis(), channel)
-    except Exception:
-        log.warning("could not cache channel %s for the webhook; its next push reads the database",
-                    channel.id, exc_info=True)
-
-
-def forget_channel_quietly(channel_id: str) -> None:
-    try:
-        app_redis().delete(channel_key(channel_id))
-    except Exception:
-        log.warning("could not drop the cached channel %s; it expires by itself", channel_id, exc_info=True)
-
-
-# Read the pushes counted since the last absorb and take them off, atomically, so that pushes
-# arriving meanwhile are counted next time and none twice.
-_TAKE_PUSHES = LuaScript("""
-local v = redis.call('HMGET', KEYS[1], 'pushes', 'last_push_at', 'last_message_number')
-local n = tonumber(v[1] or '0') or 0
-if n > 0 then redis.call('HINCRBY', KEYS[1], 'pushes', -n) end
-return {n, v[2] or '', v[3] or ''}
-""")
-
-
-@dataclass(frozen=True)
-class PendingPushes:
-    """Pushes on one channel counted in Redis and not yet added to its row."""
-    count: int
-    last_push_at: datetime | None
-    last_message_number: int | None
-
-
-def _pending(count, last_at, number) -> PendingPushes:
-    return PendingPushes(int(count or 0), datetime.fromtimestamp(float(last_at), UTC) if last_at else None,
-                         int(number) if number else None)
-
-
-def absorb_push_stats(session: Session, redis: Redis, room_id: int, now: datetime) -> int:
-    """Add the pushes counted in Redis to the rows of the room's channels; returns how many.
-
-    Called by the room's sync (under its lock). If the database write fails the counts are put
-    back, so they are added by the next sync instead of being lost.
-    """
-    with unit_of_work(session, write=False):
-        ids = list(session.scalars(sa.select(WatchChannel.id).where(
-            WatchChannel.room_id == room_id,
-            sa.or_(WatchChannel.stopped_at.is_(None), WatchChannel.stopped_at > now - RECENTLY_STOPPED))))
-    taken = {channel_id: _pending(*_TAKE_PUSHES(redis, keys=(channel_key(channel_id),))) for channel_id in ids}
-    taken = {channel_id: p for channel_id, p in taken.items() if p.count}
-    if not taken:
-        return 0
-    try:
-        with unit_of_work(session):
-            for channel_id, pending in taken.items():
-                values: dict = {"push_count": WatchChannel.push_count + pending.count}
-                if pending.last_push_at is not None:
-                    values.update(last_push_at=pending.last_push_at,
-                                  last_message_number=pending.last_message_number)
-                session.execute(sa.update(WatchChannel).where(WatchChannel.id == channel_id).values(**values)
-                                .execution_options(synchronize_session=False))
-    except Exception:
-        pipe = redis.pipeline(transaction=False)
-        for channel_id, pending in taken.items():
-            pipe.hincrby(channel_key(channel_id), "pushes", pending.count)
-        pipe.execute()
-        raise
-    return sum(p.count for p in taken.values())
-
-
-def pending_pushes(redis: Redis, channel_ids: list[str]) -> dict[str, PendingPushes]:
-    """What Redis has counted on these channels since the last absorb (one round trip)."""
-    pipe = redis.pipeline(transaction=False)
-    for channel_id in channel_ids:
-        pipe.hmget(channel_key(channel_id), "pushes", "last_push_at", "last_message_number")
-    return {channel_id: _pending(*values) for channel_id, values in zip(channel_ids, pipe.execute(), strict=True)}
-
-
-# --- pushes per minute, for "pushes in the last hour" ------------------------------------------
-
-
-def _minute(now: datetime) -> int:
-    return int(now.timestamp() // 60)
-
-
-def push_bucket_key(now: datetime) -> str:
-    """The counter of pushes taken in `now`'s minute (counted by `roombridge.sync.take_push`)."""
-    return PUSH_BUCKET_KEY.format(minute=_minute(now))
-
-
-def pushes_in_last_hour(redis, now: datetime) -> int:
-    last = _minute(now)
-    keys = [PUSH_BUCKET_KEY.format(minute=m) for m in range(last - 59, last + 1)]
-    return sum(int(v) for v in redis.mget(keys) if v is not None)
-
-
 # --- the health summary at the top of the admin console -------------------------------------
 
 
@@ -542,7 +387,7 @@ def integration_health(session: Session, redis, config: Config, now: datetime) -
     watched = {c.room_id for c in open_}
     soon = now + timedelta(seconds=config.CHANNEL_RENEW_WITHIN_SECONDS)
     try:
-        pushes = pushes_in_last_hour(redis, now)
+        pushes = notifications.pushes_in_last_hour(redis, now)
     except Exception:  # Redis down: the console still shows what the database knows
         log.warning("could not read push counters", exc_info=True)
         pushes = -1

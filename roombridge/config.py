@@ -67,6 +67,15 @@ class Config:
     MAX_DAYS_AHEAD: int = 180
     MIN_NOTICE_MINUTES: int = 0
     MAX_OCCURRENCES: int = 52
+    # Check-in defaults; rooms may override them (Room.checkin_*). The window opens
+    # CHECKIN_OPENS_MINUTES before the start and closes CHECKIN_GRACE_MINUTES after it; then the
+    # deadline action (release or flag) applies. A series released on CHECKIN_SERIES_END_AFTER
+    # consecutive occurrences is ended (0: never).
+    CHECKIN_REQUIRED: bool = False
+    CHECKIN_OPENS_MINUTES: int = 10
+    CHECKIN_GRACE_MINUTES: int = 15
+    CHECKIN_DEADLINE_ACTION: str = "release"  # release | flag
+    CHECKIN_SERIES_END_AFTER: int = 3
     # Google calls: retries inside one call for rate limits and 5xx, with jittered backoff.
     GOOGLE_MAX_ATTEMPTS: int = 4
     GOOGLE_RETRY_BASE_SECONDS: float = 0.5
@@ -130,6 +139,11 @@ class Config:
             raise ConfigError(f"AUTH_MODE must be dev or oidc, not {self.AUTH_MODE!r}")
         if not 0 < self.SESSION_LIFETIME_HOURS <= 24 * 31:
             raise ConfigError("SESSION_LIFETIME_HOURS must be more than 0 and at most 744 (31 days)")
+        if self.CHECKIN_DEADLINE_ACTION not in {"release", "flag"}:
+            raise ConfigError(f"CHECKIN_DEADLINE_ACTION must be release or flag, not {self.CHECKIN_DEADLINE_ACTION!r}")
+        if self.CHECKIN_OPENS_MINUTES < 0 or self.CHECKIN_GRACE_MINUTES < 0 or self.CHECKIN_SERIES_END_AFTER < 0:
+            raise ConfigError("CHECKIN_OPENS_MINUTES, CHECKIN_GRACE_MINUTES and CHECKIN_SERIES_END_AFTER "
+                              "must be 0 or more")
         if self.PROXY_FIX_HOPS < 0:
             raise ConfigError("PROXY_FIX_HOPS must be 0 or more")
         if self.PUBLIC_BASE_URL and not self.PUBLIC_BASE_URL.startswith(("https://", "http://")):

@@ -23,7 +23,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from sqlalchemy.orm import Session
 
-from roombridge import channels
+from roombridge import notifications
 from roombridge.booking.rules import check_room_fields
 from roombridge.models import Reservation, ReservationStatus, Room, RoomSyncState, WatchChannel
 from roombridge.queue import QUEUE_NAMES
@@ -103,7 +103,7 @@ def _add_pending_pushes(redis: Redis, open_by_room: dict[int, list[WatchChannel]
                         last_push: dict[int, datetime | None]) -> None:
     by_id = {c.id: c.room_id for room_channels in open_by_room.values() for c in room_channels}
     try:
-        pending = channels.pending_pushes(redis, list(by_id))
+        pending = notifications.pending_pushes(redis, list(by_id))
     except Exception:  # Redis down: the console still shows what the database knows
         log.warning("could not read the pushes counted in Redis", exc_info=True)
         return

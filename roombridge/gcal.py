@@ -172,7 +172,12 @@ def _outcome(error: GoogleError) -> str:
 
 
 def classify(err: HttpError) -> GoogleError:
-    """Turn Google's answer into one of our errors, by the rules in DESIGN.md."""
+    """Turn Google's answer into one of our errors.
+
+    410 fullSyncRequired: the sync token is dead, list everything again. 429, 500, 502-504 and 403
+    rate-limit reasons: retriable, with backoff. 404 and 410: the event is not there. Any
+    other 4xx: permanent (retrying will not change Google's mind).
+    """
     status, reason, message = _parse_error(err)
     if status == 410 and reason == "fullSyncRequired":
         return SyncTokenInvalid(message, status=status, reason=reason)
@@ -375,7 +380,7 @@ class CalendarGateway:
         self._require_in_scope(calendar_id)
         query: dict = {"calendarId": calendar_id, "singleEvents": True, "maxResults": page_size}
         if sync_token:
-            # Google answers 400 to a sync token combined with a time window (DESIGN.md).
+            # Google answers 400 to a sync token combined with a time window, so a sync token goes alone.
             query["syncToken"] = sync_token
         else:
             if time_min:
@@ -463,10 +468,6 @@ class EventListing:
                 # Google puts nextSyncToken on the last page only.
                 self.next_sync_token = answer.get("nextSyncToken")
                 return
-
-    def events(self) -> Iterator[dict]:
-        for page in self.pages():
-            yield from page
 
 
 def _rfc3339(moment: datetime) -> str:

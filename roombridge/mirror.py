@@ -68,6 +68,7 @@ class GoogleEvent:
     attendees: tuple[str, ...] = ()
     room_response: str | None = None  # None: no room attendee (written straight on the room calendar)
     recurring_event_id: str | None = None
+    private: bool = False  # visibility private or confidential
     own_reservation_id: int | None = None  # from our private extended property
 
     @property
@@ -162,6 +163,7 @@ def read_event(event: dict, room_calendar_id: str, room_time_zone: str = "UTC") 
         all_day=all_day,
         attendees=tuple(attendees),
         room_response=room_response,
+        private=event.get("visibility") in ("private", "confidential"),
         **common,
     )
 
@@ -247,6 +249,7 @@ def _booking_fields(event: GoogleEvent) -> dict[str, Any]:
         "all_day": event.all_day,
         "attendees": list(event.attendees),
         "room_response": event.room_response,
+        "private": event.private,
     }
 
 

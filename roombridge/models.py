@@ -26,6 +26,7 @@ class ReservationStatus(enum.StrEnum):
     FAILED = "failed"  # Google refused it permanently; kept, with the reason
     CANCELLED = "cancelled"
     CONFLICT = "conflict"  # made in Google over a live reservation: kept for admins, holds nothing
+    RELEASED = "released"  # nobody checked in by the deadline: the room is free again (see release_reason)
 
 
 # Statuses that hold the room: the no-overlap rule applies among these only.
@@ -36,6 +37,20 @@ class ReservationSource(enum.StrEnum):
     WEB = "web"
     API = "api"
     GOOGLE = "google"
+    DISPLAY = "display"  # a walk-up booking on the room's door display
+
+
+class CheckinDeadlineAction(enum.StrEnum):
+    """What happens to a reservation nobody checked in to by the end of its check-in window."""
+
+    RELEASE = "release"  # the reservation is released and the room freed
+    FLAG = "flag"  # only recorded as a no-show (`Reservation.missed_checkin_at`)
+
+
+class ReleaseReason(enum.StrEnum):
+    """Why a reservation was released (`Reservation.release_reason`)."""
+
+    NO_SHOW = "no_show"  # nobody checked in by the deadline
 
 
 class RoomHealth(enum.StrEnum):
@@ -80,6 +95,14 @@ class Room(TimestampMixin, Base):
     max_duration_minutes: Mapped[int | None]
     max_days_ahead: Mapped[int | None]
     min_notice_minutes: Mapped[int | None]
+    # Per-room check-in policy; None means the global default from Config (CHECKIN_*). The window
+    # opens `checkin_opens_minutes` before the start and closes `checkin_grace_minutes` after it.
+    checkin_required: Mapped[bool | None]
+    checkin_opens_minutes: Mapped[int | None]
+    checkin_grace_minutes: Mapped[int | None]
+    checkin_deadline_action: Mapped[CheckinDeadlineAction | None] = mapped_column(
+        _enum(CheckinDeadlineAction, "checkin_deadline_action", check=False)
+    )
     # Integration health, as last seen: the access role Google granted, and why it is unhealthy.
     access_role: Mapped[str | None] = mapped_column(sa.String(32))
     health: Mapped[RoomHealth | None] = mapped_column(_enum(RoomHealth, "room_health", check=False))
@@ -109,6 +132,7 @@ class Reservation(TimestampMixin, Base):
         sa.Index("ix_reservations_room_start", "room_id", "start_at"),
         sa.Index("ix_reservations_room_event", "room_id", "google_event_id", unique=True),
         sa.Index("ix_reservations_organiser", "organiser_email"),
+        sa.Index("ix_reservations_start", "start_at"),  # the check-in deadline scan, across rooms
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -120,6 +144,8 @@ class Reservation(TimestampMixin, Base):
     end_at: Mapped[datetime] = mapped_column(UTCDateTime)
     all_day: Mapped[bool] = mapped_column(default=False)
     attendees: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    # Private or confidential in Google: room displays and room feeds show "Busy", not the title.
+    private: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     status: Mapped[ReservationStatus] = mapped_column(
         _enum(ReservationStatus, "reservation_status"), default=ReservationStatus.PENDING
     )
@@ -141,6 +167,18 @@ class Reservation(TimestampMixin, Base):
     google_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     room_response: Mapped[str | None] = mapped_column(sa.String(16))  # accepted, declined, ...
     conflict_with_id: Mapped[int | None] = mapped_column(sa.ForeignKey("reservations.id"))
+    # Check-in: who (an e-mail, or "display") and when. A no-show keeps `missed_checkin_at` (the
+    # deadline passed without a check-in) whether the room's action released it or only flagged it.
+    checked_in_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    checked_in_by: Mapped[str | None] = mapped_column(sa.String(254))
+    missed_checkin_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    release_reason: Mapped[ReleaseReason | None] = mapped_column(
+        _enum(ReleaseReason, "release_reason", check=False)
+    )
+    # Ended early: `end_at` moved to the moment it ended; the end it was booked with is kept here.
+    ended_early_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    original_end_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(default=1)
 
     room: Mapped[Room] = relationship(back_populates="reservations")
@@ -208,6 +246,23 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RoomDisplay(Base):
+    """A room's door display link: a secret token (only its SHA-256 stored) that opens one room's page."""
+
+    __tablename__ = "room_displays"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(12))  # shown to admins to tell links apart
+    created_by: Mapped[str] = mapped_column(sa.String(254))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    room: Mapped[Room] = relationship()
 
 
 class AuditEntry(Base):

@@ -21,7 +21,7 @@ from roombridge.booking.rules import ROOM_FIELDS, check_room_fields
 from roombridge.config import Config
 from roombridge.gcal import AccessCheck, CalendarGateway, GoogleError, RetriableGoogleError, is_room_calendar
 from roombridge.models import Room, RoomHealth, WatchChannel, audit
-from roombridge.sync import request_sync
+from roombridge.notifications import request_sync
 from roombridge.unit_of_work import outside_units, unit_of_work
 
 log = logging.getLogger(__name__)

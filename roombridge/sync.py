@@ -1,7 +1,5 @@
 """The sync engine: mirror a room's Google calendar into reservations, one room at a time.
 
-Three parts:
-
 `sync_room_now(session, gateway, room, config, full=False)` is the engine. It lists the
 changes since the room's stored sync token (events.list, singleEvents=true, every page),
 or with no token, or when Google answers 410, every event of a window (SYNC_WINDOW_DAYS_BACK
@@ -13,18 +11,10 @@ crash before that commit leaves the old token, and the next run repeats the work
 applying is idempotent (one reservation per (room, event id); echoes change nothing). After
 a full listing, Google reservations in the window that Google no longer has are cancelled.
 
-`request_sync(room_id, full=False)` is how everything else (webhook, safety net, admin,
-CLI, channel creation) asks for a sync. Coalescing, with Redis keys per room:
-
-- ``queued``: ``SET NX``; only the request that sets it enqueues `jobs.sync.sync_room`.
-  Many pushes while a job waits in the queue enqueue nothing more.
-- ``full``: a separate flag, so a full-sync request is never swallowed by an incremental
-  job already queued; the job reads and clears it.
-- The job takes the room's ``lock`` (below), then waits until SYNC_MIN_INTERVAL_SECONDS have
-  passed since the previous sync of the room *started*, then deletes ``queued``, then lists.
-  A push after that delete enqueues exactly one follow-up, and a push before it is covered
-  by the listing that follows. So a burst of pushes gives at most one sync per interval,
-  and no change is missed.
+`run_sync(...)` is what the room's sync job (jobs/sync.py) runs under the room's lock: it
+adds the pushes counted in Redis to the channel rows, syncs, and keeps a failure on the
+room's sync state for admins. Asking for a sync, and its coalescing and pacing, are
+roombridge/notifications.py's (`request_sync`, `take_turn`).
 
 `RoomLock`: one sync of a room at a time across any number of workers. ``SET NX PX`` with
 a random value, renewed by a heartbeat thread while the sync runs, released by a
@@ -38,7 +28,6 @@ import binascii
 import json
 import logging
 import tempfile
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,7 +37,7 @@ import sqlalchemy as sa
 from redis import Redis
 from sqlalchemy.orm import Session
 
-from roombridge import channels
+from roombridge import notifications
 from roombridge.booking import settle_conflicts
 from roombridge.config import Config
 from roombridge.db import utcnow
@@ -63,118 +52,15 @@ from roombridge.models import (
     RoomSyncState,
     audit,
 )
-from roombridge.queue import LuaScript, RedisLock, redis
-from roombridge.unit_of_work import InvitationDue, SyncRequested, announce, dispatch, run_retrying, unit_of_work
+from roombridge.queue import RedisLock
+from roombridge.unit_of_work import InvitationDue, announce, run_retrying, unit_of_work
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "roombridge:sync"
-# A queued marker outlives any sane queue wait; if its job is lost it expires and the next
-# request enqueues again (the safety net makes one such request per interval).
-QUEUED_TTL_SECONDS = 600
 LOCK_TTL_SECONDS = 6.0  # how soon a dead worker's lock frees the room
 LOCK_WAIT_SECONDS = 30.0  # how long a job waits for another worker's sync of the room
 PAGE_SIZE = 250
 ACTOR = "google"
-
-
-def _key(kind: str, room_id: int) -> str:
-    return f"{KEY_PREFIX}:{kind}:{room_id}"
-
-
-# --- asking for a sync ----------------------------------------------------------------------------
-
-
-def request_sync(room_id: int, full: bool = False) -> bool:
-    """Ask for a sync of the room; True if a job was enqueued, False if one already waits.
-
-    Raises redis errors when Redis is unreachable.
-    """
-    conn = redis()
-    pipe = conn.pipeline(transaction=False)
-    if full:
-        pipe.set(_key("full", room_id), 1, ex=QUEUED_TTL_SECONDS)
-    pipe.set(_key("queued", room_id), 1, nx=True, ex=QUEUED_TTL_SECONDS)
-    if not pipe.execute()[-1]:
-        return False
-    _enqueue_marked(conn, room_id)
-    return True
-
-
-def _enqueue_marked(conn: Redis, room_id: int) -> None:
-    """Have the sync whose ``queued`` marker the caller has just set enqueued (by jobs/sync.py)."""
-    try:
-        dispatch(SyncRequested(room_id))
-    except Exception:
-        # Not enqueued: let the next request try again instead of waiting for the marker to expire.
-        try:
-            conn.delete(_key("queued", room_id))
-        except Exception:
-            log.warning("could not clear the queued marker of room %s; it expires by itself", room_id)
-        raise
-
-
-# --- a push notification: check it and ask for the sync, in one Redis call ------------------------
-
-# KEYS: the channel's entry (roombridge/channels.py), this minute's push counter.
-# ARGV: the push's token digest, its resource id, now (epoch seconds), its message number or "".
-# Answers one integer: room id * 2 + 1 if the room's queued marker was set by this push (the
-# caller enqueues the job), room id * 2 if a sync already waited; or a refusal code below.
-# The marker's key is built here from the entry's room id: fine on one Redis server (ours);
-# a Redis Cluster would want it declared in KEYS.
-#
-# The token is compared as SHA-256 digests with plain equality: what its timing can leak is
-# how many leading bytes of the two digests agree, which tells nothing about the token itself
-# (finding a token for a known digest is a preimage attack). A constant-time loop in Lua
-# doubled the script's run time on the Redis server for no added safety.
-_UNKNOWN, _WRONG_TOKEN, _WRONG_RESOURCE, _STOPPED = -1, -2, -3, -4
-_VERDICTS = {_UNKNOWN: "unknown", _WRONG_TOKEN: "wrong token", _WRONG_RESOURCE: "wrong resource",
-             _STOPPED: "stopped"}
-_TAKE_PUSH = LuaScript(f"""
-local c = redis.call('HMGET', KEYS[1], 'token', 'resource_id', 'room_id', 'expires', 'stopped')
-if not c[1] then return {_UNKNOWN} end
-if c[1] ~= ARGV[1] then return {_WRONG_TOKEN} end
-if c[2] ~= '' and c[2] ~= ARGV[2] then return {_WRONG_RESOURCE} end
-if c[5] == '1' or (c[4] ~= '' and tonumber(c[4]) <= tonumber(ARGV[3])) then return {_STOPPED} end
-redis.call('HINCRBY', KEYS[1], 'pushes', 1)
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'last_push_at', ARGV[3], 'last_message_number', ARGV[4])
-else
-  redis.call('HSET', KEYS[1], 'last_push_at', ARGV[3])
-end
-if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], {channels.PUSH_BUCKET_TTL_SECONDS}) end
-local marked = redis.call('SET', '{KEY_PREFIX}:queued:' .. c[3], 1, 'NX', 'EX', {QUEUED_TTL_SECONDS})
-return tonumber(c[3]) * 2 + (marked and 1 or 0)
-""")
-
-
-@dataclass(frozen=True)
-class PushTaken:
-    """What `take_push` made of a push."""
-    verdict: str  # "accepted", "unknown" (no entry in Redis), "wrong token", "wrong resource", "stopped"
-    room_id: int | None = None
-    enqueued: bool = False  # a sync job was enqueued (False: one already waited)
-
-
-def take_push(conn: Redis, channel_id: str, token: str, resource_id: str, number: int | None,
-              now: datetime) -> PushTaken:
-    """Check a change push against the channel's entry in Redis; if it holds, count it and ask for a sync.
-
-    One Redis round trip (plus the enqueue when no sync of the room was waiting). "unknown"
-    means the channel has no entry: the caller checks the database and calls `cache_channel`.
-    Raises redis errors when Redis is unreachable.
-    """
-    stamp = now.timestamp()
-    answer = _TAKE_PUSH(conn, keys=(channels.channel_key(channel_id),
-                                    channels.push_bucket_key(now)),
-                        args=(channels.token_digest(token), resource_id, f"{stamp:.6f}",
-                              "" if number is None else number))
-    if answer < 0:
-        return PushTaken(_VERDICTS[answer])
-    room_id, marked = divmod(answer, 2)
-    if marked:
-        _enqueue_marked(conn, room_id)
-    return PushTaken("accepted", room_id, enqueued=bool(marked))
 
 
 # --- the per-room lock ------------------------------------------------------------------------------
@@ -183,38 +69,7 @@ class RoomLock(RedisLock):
     """The right to sync one room; expires LOCK_TTL_SECONDS after its holder stops renewing."""
 
     def __init__(self, conn: Redis, room_id: int, ttl_seconds: float = LOCK_TTL_SECONDS):
-        super().__init__(conn, _key("lock", room_id), ttl_seconds)
-
-
-# --- what a sync job does, between taking the lock and letting it go (jobs/sync.py) ------------------
-
-
-def _redis_now(conn: Redis) -> float:
-    # Redis' clock, not this host's: workers on several hosts agree on it.
-    seconds, micros = conn.time()
-    return seconds + micros / 1e6
-
-
-def take_turn(conn: Redis, room_id: int, min_interval: float, full: bool) -> bool:
-    """Pace and coalesce (see the module docstring); returns whether this sync must be full.
-
-    Sleeps until `min_interval` has passed since the previous sync of the room started, then
-    clears the room's ``queued`` marker: from here on any request enqueues one follow-up, as
-    its change may come after our listing.
-    """
-    started = conn.get(_key("started", room_id))
-    if started is not None:
-        delay = float(started) + min_interval - _redis_now(conn)
-        if delay > 0:
-            time.sleep(delay)
-    conn.set(_key("started", room_id), repr(_redis_now(conn)), ex=max(60, int(min_interval * 10)))
-    conn.delete(_key("queued", room_id))
-    return bool(conn.getdel(_key("full", room_id))) or full
-
-
-def keep_full_request(conn: Redis, room_id: int) -> None:
-    """A full sync failed: its retry must still be a full sync."""
-    conn.set(_key("full", room_id), 1, ex=QUEUED_TTL_SECONDS)
+        super().__init__(conn, notifications.sync_key("lock", room_id), ttl_seconds)
 
 
 def run_sync(session: Session, conn: Redis, gateway: CalendarGateway, config: Config, room_id: int,
@@ -231,7 +86,7 @@ def run_sync(session: Session, conn: Redis, gateway: CalendarGateway, config: Co
             return None
     try:
         # Before the listing: pushes counted after this are followed by another sync, which adds them.
-        channels.absorb_push_stats(session, conn, room_id, utcnow())
+        notifications.absorb_push_stats(session, conn, room_id, utcnow())
         return sync_room_now(session, gateway, room, config, full=full)
     except PermanentGoogleError as error:
         # Waiting will not help (unshared, forbidden, quota): keep the reason for admins.

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from roombridge import channels, db
+from roombridge import db, notifications
 from roombridge.channels import create_channel
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Reservation, ReservationStatus, Room, WatchChannel
+from roombridge.notifications import take_push
 from roombridge.queue import redis
-from roombridge.sync import take_push
 from tests.factories import make_room
 from tests.support import SERVICE_ACCOUNT
 
@@ -80,7 +80,7 @@ def take_pushes(channel: WatchChannel, moments) -> None:
     Call in an app context; the channel's row need not be committed (its Redis entry is written here).
     """
     conn = redis()
-    channels.cache_channel(conn, channel)
+    notifications.cache_channel(conn, channel)
     for moment in moments:
         taken = take_push(conn, channel.id, channel.token, channel.resource_id or "", None, moment)
         assert taken.verdict == "accepted", taken
@@ -90,4 +90,4 @@ def pushes_counted(app, channel_id: str) -> int:
     """Every push counted on the channel: on its row, and in Redis since the room's last sync."""
     with app.app_context():
         row = db.session().get(WatchChannel, channel_id)
-        return row.push_count + channels.pending_pushes(redis(), [channel_id])[channel_id].count
+        return row.push_count + notifications.pending_pushes(redis(), [channel_id])[channel_id].count

@@ -5,7 +5,7 @@ show comes from roombridge.channels (health) and roombridge.console (room overvi
 fixed number of queries, failed jobs). Adding a room asks Google synchronously, since it
 must not be saved unless the service account may write to its calendar; removing one stops
 its channels synchronously (roombridge.rooms.remove_room). Renewing a channel and resyncing
-are enqueued (jobs.channels, roombridge.sync.request_sync): the page then follows the job's
+are enqueued (jobs.channels, roombridge.notifications.request_sync): the page then follows the job's
 outcome through the room's status.json (static/admin.js).
 """
 
@@ -249,7 +249,7 @@ def renew(room_id: int):
 @bp.post("/rooms/<int:room_id>/sync")
 @admin_required
 def resync(room_id: int):
-    from roombridge.sync import request_sync
+    from roombridge.notifications import request_sync
 
     found = _room_in_scope(room_id)
     full = request.form.get("kind") == "full"

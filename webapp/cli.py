@@ -210,7 +210,7 @@ def channels_list(show_all: bool) -> None:
     """Watch channels: room, expiry, state, last push."""
     import sqlalchemy as sa
 
-    from roombridge import channels, db
+    from roombridge import db, notifications
     from roombridge.db import utcnow
     from roombridge.models import WatchChannel
     from roombridge.queue import redis
@@ -221,7 +221,7 @@ def channels_list(show_all: bool) -> None:
         query = query.where(WatchChannel.stopped_at.is_(None))
     found = list(session.scalars(query))
     # Pushes since the room's last sync are still counted in Redis only.
-    pending = channels.pending_pushes(redis(), [c.id for c in found])
+    pending = notifications.pending_pushes(redis(), [c.id for c in found])
     for channel in found:
         if channel.stopped_at:
             state = "stopped"

@@ -1,7 +1,7 @@
 """POST /webhooks/google/calendar: Google Calendar push notifications (events.watch).
 
 The receiver only verifies, records and hands off; it never calls Google. A change push
-costs one Redis call and no database work (`roombridge.sync.take_push`): the channel's
+costs one Redis call and no database work (`roombridge.notifications.take_push`): the channel's
 entry in Redis (written by the channel lifecycle, roombridge/channels.py) is checked, the
 push counted, and a sync of the room requested, coalesced with any already waiting (plus
 the enqueue, when none was). Only when the entry is missing (Redis restarted empty) is the
@@ -16,7 +16,7 @@ Answers, chosen with Google's rules in mind (2xx and 102 are success; 500, 502, 
 - 404: no channel with that id. Not retried, which is what we want for a channel we do not
   know (or forgot after stopping it).
 - 403: the channel token does not match (compared as SHA-256 digests in Redis, see
-  roombridge/sync.py why that leaks nothing; in constant time when read from the database),
+  roombridge/notifications.py why that leaks nothing; in constant time when read from the database),
   or the resource id is not the one the channel was made for. Someone other than Google,
   or a mix-up.
 - 200, ignored: the channel is stopped or expired. Google says a stopped channel may still
@@ -41,12 +41,12 @@ from flask import Response, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 
-from roombridge import channels
+from roombridge import notifications
 from roombridge.db import utcnow
 from roombridge.metrics import WEBHOOK_PUSHES
 from roombridge.models import WatchChannel
+from roombridge.notifications import take_push
 from roombridge.queue import redis
-from roombridge.sync import take_push
 from roombridge.unit_of_work import unit_of_work
 from webhooks import bp
 
@@ -151,7 +151,7 @@ def _check_in_database(channel_id: str, resource_id: str, token: str, now) -> tu
     with unit_of_work(write=False) as session:
         channel = session.get(WatchChannel, channel_id)
         if channel is not None:
-            channels.cache_channel(redis(), channel)
+            notifications.cache_channel(redis(), channel)
         return _refusal(channel, token, resource_id, now)
 
 

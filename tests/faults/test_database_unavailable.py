@@ -21,7 +21,7 @@ import pytest
 from rq import SimpleWorker
 from rq.registry import ScheduledJobRegistry
 
-from roombridge import channels, db, migrate
+from roombridge import db, migrate, notifications
 from roombridge.queue import queue, redis
 from tests.support import TEST_SETTINGS, run_jobs, wait_until
 from tests.sync_support import ROOM, pushes_counted, reservations, rfc, soon, watched_room
@@ -89,7 +89,7 @@ def test_a_push_that_needs_the_database_in_an_outage_gets_503_and_googles_retry_
         outage_app, own_postgres, emulator):
     app, room_id, channel_id = outage_app
     with app.app_context():
-        redis().delete(channels.channel_key(channel_id))  # as if Redis had restarted empty
+        redis().delete(notifications.channel_key(channel_id))  # as if Redis had restarted empty
 
     own_postgres.make_unavailable()
     titles = _book_two(emulator)
@@ -105,5 +105,5 @@ def test_a_push_that_needs_the_database_in_an_outage_gets_503_and_googles_retry_
     run_jobs(app, queues=("sync",))
     assert [r.title for r in reservations(app, room_id)] == titles
     with app.app_context():
-        assert redis().exists(channels.channel_key(channel_id))  # the entry was written back from the row
+        assert redis().exists(notifications.channel_key(channel_id))  # the entry was written back from the row
     assert pushes_counted(app, channel_id) >= 1

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from roombridge import channels, db
+from roombridge import db, notifications
 from roombridge.db import utcnow
 from roombridge.models import AuditEntry, Reservation, Room, WatchChannel
 from roombridge.queue import redis
@@ -68,7 +68,7 @@ def _push_state(app) -> tuple:
         # The channel's entry in Redis may be written by any push that names it (it copies the
         # row); what a push records is its counts, the sync request and the minute's counter.
         return (channel.push_count, channel.sync_received_at, channel.last_message_number,
-                channels.pending_pushes(conn, ["chan-fuzz"]), conn.llen("rq:queue:sync"),
+                notifications.pending_pushes(conn, ["chan-fuzz"]), conn.llen("rq:queue:sync"),
                 sorted(k for k in conn.keys("roombridge:*") if not k.startswith(b"roombridge:channel:")))
 
 

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from roombridge import booking, db
 from roombridge.gcal import event_id_for
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, RoomSyncState
+from roombridge.notifications import request_sync
 from roombridge.queue import queue
-from roombridge.sync import request_sync
 from tests.support import run_jobs
 from tests.sync_support import ROOM, add_room, soon
 

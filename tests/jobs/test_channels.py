@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import jobs.channels
 from jobs import schedule
 from jobs.channels import renew_room_channel
-from roombridge import channels, db, rooms
+from roombridge import channels, db, notifications, rooms
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Room, WatchChannel
@@ -50,21 +50,6 @@ def test_the_scheduler_runs_the_renewal_pass_on_the_channels_queue(watched_app, 
     run_jobs(app, queues=("channels",))
     [channel] = channel_rows(app)
     assert [c["id"] for c in emulator.state.channels_info()] == [channel.id]
-
-
-def test_ensure_and_stop_jobs(watched_app, emulator):
-    app = watched_app(WEBHOOK_BASE_URL="http://127.0.0.1:9")
-    with app.app_context():
-        room_id = db.session().scalar(sa.select(Room.id))
-        jobs.channels.ensure_channel.enqueue(room_id)
-        jobs.channels.ensure_channel.enqueue(room_id)  # a second ask finds the live channel
-    run_jobs(app, queues=("channels",))
-    [channel] = channel_rows(app)
-    with app.app_context():
-        jobs.channels.stop_channel.enqueue(channel.id)
-    run_jobs(app, queues=("channels",))
-    assert channel_rows(app)[0].stopped_at is not None
-    assert emulator.state.channels_info()[0]["stopped"] is True
 
 
 def describe(emulator) -> str:
@@ -113,7 +98,7 @@ def test_channels_never_lapse_over_an_hour_of_short_lived_channels(watched_app, 
                      and p["channel_id"] in live_ids and (p["channel_id"], p["message_number"]) not in seen],
                  what=f"step {i}: a push on {live_ids} ({describe(emulator)}, now {now})")
         with app.app_context():  # counted in Redis, added to the row by the room's next sync
-            recorded = [p.last_push_at for p in channels.pending_pushes(redis(), list(live_ids)).values()]
+            recorded = [p.last_push_at for p in notifications.pending_pushes(redis(), list(live_ids)).values()]
             assert any(recorded)
 
     rows = channel_rows(app)

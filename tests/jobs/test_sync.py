@@ -10,8 +10,8 @@ import pytest
 from jobs.sync import safety_net_sync, sync_room
 from roombridge import db
 from roombridge.models import Room, RoomSyncState
+from roombridge.notifications import request_sync
 from roombridge.queue import queue
-from roombridge.sync import request_sync
 from tests.factories import make_room
 from tests.support import SERVICE_ACCOUNT, kill_worker, run_jobs, start_worker, wait_until
 from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs

@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from roombridge import channels, db
+from roombridge import channels, db, notifications
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import AuditEntry, Room, WatchChannel
+from roombridge.notifications import take_push
 from roombridge.queue import redis
-from roombridge.sync import take_push
 from tests.factories import make_room
 from tests.support import SERVICE_ACCOUNT
 from tests.sync_support import take_pushes
@@ -193,7 +193,7 @@ def test_renewal_pass_opens_missing_channels_and_stops_those_of_rooms_out_of_sco
 def test_pushes_in_the_last_hour_are_counted_per_minute(gapp):
     with gapp.app_context():
         take_pushes(a_channel(), [T0 - timedelta(minutes=m) for m in (0, 0, 1, 59, 60, 61, 120)])
-    assert channels.pushes_in_last_hour(redis(gapp), T0) == 4
+    assert notifications.pushes_in_last_hour(redis(gapp), T0) == 4
 
 
 def test_integration_health_summary(emulator, ctx, gapp):
@@ -245,15 +245,15 @@ def test_the_webhooks_entry_follows_the_channel_through_its_life(emulator, ctx, 
     now = emulator.state.clock.now()
     conn = redis(gapp)
     channel = channels.create_channel(session, gw, atlas(session), config, now)
-    key = channels.channel_key(channel.id)
+    key = notifications.channel_key(channel.id)
     entry = conn.hgetall(key)
-    assert entry[b"token"] == channels.token_digest(channel.token).encode()
+    assert entry[b"token"] == notifications.token_digest(channel.token).encode()
     assert channel.token.encode() not in entry.values()  # only its digest is kept
     assert (entry[b"resource_id"], int(entry[b"room_id"]), entry[b"stopped"]) == (
         channel.resource_id.encode(), channel.room_id, b"0")
     assert float(entry[b"expires"]) == pytest.approx(channel.expiration.timestamp(), abs=0.001)
     # It outlives the channel by a day, so a late push is still answered "stopped", then it goes.
-    assert conn.expiretime(key) == int((channel.expiration + channels.CHANNEL_ENTRY_OUTLIVES_EXPIRY).timestamp())
+    assert conn.expiretime(key) == int((channel.expiration + notifications.CHANNEL_ENTRY_OUTLIVES_EXPIRY).timestamp())
 
     channels.stop_channel(session, gw, channel, now + timedelta(seconds=10))
     assert conn.hget(key, "stopped") == b"1"
@@ -274,16 +274,16 @@ def test_push_counts_go_back_to_redis_when_the_database_refuses_them(emulator, c
     sa.event.listen(db.engine(gapp), "before_cursor_execute", database_gone)
     try:
         with pytest.raises(sa.exc.OperationalError):
-            channels.absorb_push_stats(session, conn, channel.room_id, now)
+            notifications.absorb_push_stats(session, conn, channel.room_id, now)
     finally:
         sa.event.remove(db.engine(gapp), "before_cursor_execute", database_gone)
-    assert channels.pending_pushes(conn, [channel.id])[channel.id].count == 3  # put back, not lost
+    assert notifications.pending_pushes(conn, [channel.id])[channel.id].count == 3  # put back, not lost
 
-    assert channels.absorb_push_stats(session, conn, channel.room_id, now) == 3
+    assert notifications.absorb_push_stats(session, conn, channel.room_id, now) == 3
     session.expire_all()
     row = session.get(WatchChannel, channel.id)
     assert (row.push_count, row.last_message_number) == (3, 11)
-    assert channels.pending_pushes(conn, [channel.id])[channel.id].count == 0
+    assert notifications.pending_pushes(conn, [channel.id])[channel.id].count == 0
 
 
 def test_one_rooms_database_failure_never_stops_the_renewal_of_the_others(emulator, ctx, gapp):

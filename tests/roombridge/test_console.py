@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 
 from jobs.channels import renew_room_channel
-from roombridge import channels, console, db
+from roombridge import console, db, notifications
 from roombridge.db import utcnow
 from roombridge.models import ReservationSource, ReservationStatus, RoomSyncState, WatchChannel
+from roombridge.notifications import take_push
 from roombridge.queue import queue, redis
-from roombridge.sync import take_push
 from tests.factories import make_reservation, make_room
 from tests.support import run_jobs
 
@@ -89,7 +89,7 @@ def test_last_push_counts_pushes_not_yet_added_by_a_sync(app, session):
                        last_push_at=now - timedelta(hours=3))
     session.add(channel)
     session.commit()
-    channels.cache_channel(redis(), channel)
+    notifications.cache_channel(redis(), channel)
     pushed_at = now - timedelta(seconds=5)
     assert take_push(redis(), "live", "t", "r", 42, pushed_at).verdict == "accepted"
 

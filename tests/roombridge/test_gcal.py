@@ -96,7 +96,7 @@ def test_a_retried_insert_creates_one_event(emulator, gw):
     assert reservation_id_of(again) == 7
     inserts = [r for r in calendar_calls(emulator, ROOM) if r["method"] == "POST"]
     assert [r["status"] for r in inserts] == [200, 409]
-    assert len([e for e in gw.list_events(ROOM).events()]) == 1
+    assert len([e for page in gw.list_events(ROOM).pages() for e in page]) == 1
 
 
 def test_a_deleted_id_is_never_reused(gw):
@@ -182,7 +182,7 @@ def test_listing_pages_to_the_end_and_then_syncs_incrementally(emulator, gw):
     gw.patch_event(ROOM, event_id_for(2), {"summary": "moved"})
     gw.delete_event(ROOM, event_id_for(3))
     changes = gw.list_events(ROOM, sync_token=listing.next_sync_token)
-    changed = {e["id"]: e for e in changes.events()}
+    changed = {e["id"]: e for page in changes.pages() for e in page}
     assert set(changed) == {event_id_for(2), event_id_for(3)}
     assert changed[event_id_for(2)]["summary"] == "moved"
     assert changed[event_id_for(3)]["status"] == "cancelled"

@@ -10,8 +10,9 @@ import pytest
 from roombridge import db
 from roombridge.gcal import RESERVATION_PROPERTY, CalendarGateway, event_id_for
 from roombridge.models import AuditEntry, ReservationSource, ReservationStatus, Room, RoomSyncState
+from roombridge.notifications import request_sync
 from roombridge.queue import queue, redis
-from roombridge.sync import RoomLock, request_sync, sync_room_now
+from roombridge.sync import RoomLock, sync_room_now
 from tests.factories import make_reservation
 from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from roombridge import api_tokens, channels, db
+from roombridge import api_tokens, db, notifications
 from roombridge.db import utcnow
 from roombridge.models import ReservationSource, WatchChannel
+from roombridge.notifications import request_sync
 from roombridge.queue import queue, redis
-from roombridge.sync import request_sync
 from tests.factories import make_room
 from tests.support import Stack, counting_statements, run_jobs, start_worker, stop_worker, wait_until
 from tests.sync_support import ROOM, pushes_counted, reservations, rfc, soon, sync_runs, watched_room
@@ -58,10 +58,10 @@ def stored(app, channel_id="chan-1") -> WatchChannel:
         return db.session().get(WatchChannel, channel_id)
 
 
-def pending(app, channel_id="chan-1") -> channels.PendingPushes:
+def pending(app, channel_id="chan-1") -> notifications.PendingPushes:
     """Pushes counted in Redis, not yet added to the channel's row by a sync."""
     with app.app_context():
-        return channels.pending_pushes(redis(), [channel_id])[channel_id]
+        return notifications.pending_pushes(redis(), [channel_id])[channel_id]
 
 
 def counted(app, channel_id="chan-1") -> int:
@@ -85,12 +85,12 @@ def test_exists_is_counted_and_requests_one_coalesced_sync(app, client):
     assert stored(app).push_count == 0  # the row learns of them with the room's next sync
 
     with app.app_context():
-        assert channels.absorb_push_stats(db.session(), redis(), channel.room_id, utcnow()) == 3
+        assert notifications.absorb_push_stats(db.session(), redis(), channel.room_id, utcnow()) == 3
     after = stored(app)
     assert (after.push_count, after.last_message_number) == (3, 15) and after.last_push_at is not None
     assert pending(app).count == 0
     with app.app_context():  # absorbed once: nothing more to add
-        assert channels.absorb_push_stats(db.session(), redis(), channel.room_id, utcnow()) == 0
+        assert notifications.absorb_push_stats(db.session(), redis(), channel.room_id, utcnow()) == 0
     assert stored(app).push_count == 3
 
 
@@ -129,7 +129,7 @@ def test_a_channel_stopped_after_it_was_cached_is_ignored_without_the_database(a
         row = session.get(WatchChannel, channel.id)
         row.stopped_at = utcnow()
         session.commit()
-        channels.cache_channel(redis(), row)  # as stop_channel does after its commit
+        notifications.cache_channel(redis(), row)  # as stop_channel does after its commit
     with counting_statements(app) as statements:
         response = client.post(URL, headers=headers())
     assert response.status_code == 200 and b"ignored" in response.data and statements == []
@@ -154,7 +154,7 @@ def test_refused_pushes_enqueue_and_record_nothing(app, client, overrides, statu
     channel = _channel(app)
     if cached:
         with app.app_context():
-            channels.cache_channel(redis(), channel)
+            notifications.cache_channel(redis(), channel)
     assert client.post(URL, headers=headers(**overrides)).status_code == status
     assert queued(app) == [] and counted(app) == 0
 
@@ -166,7 +166,7 @@ def test_stopped_or_expired_channel_is_acknowledged_and_ignored(app, client, fie
     channel = _channel(app, **fields)
     if cached:
         with app.app_context():
-            channels.cache_channel(redis(), channel)
+            notifications.cache_channel(redis(), channel)
     response = client.post(URL, headers=headers())
     assert response.status_code == 200 and b"ignored" in response.data
     assert queued(app) == [] and counted(app) == 0
