@@ -72,7 +72,11 @@ class ProcfileStack:
             with open(self.logs / f"{name}.log", "wb") as out:
                 self.processes[name] = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, env=env,
                                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._web_answers, timeout=30, what="gunicorn to answer")
+        try:
+            wait_until(self._web_answers, timeout=120, what="gunicorn to answer")  # a loaded machine starts slowly
+        except BaseException:
+            self.__exit__()  # no process left running on the test's Redis database
+            raise
         return self
 
     def _web_answers(self) -> bool:
