@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from rq import Retry
@@ -24,36 +28,56 @@ from webapp import create_app
 RESUME_WITHIN_SECONDS = 30  # what issue #14 asks: retries and scheduled work resume this soon after Redis returns
 
 
+@dataclass
+class OwnRedisStack:
+    """An app on a SQLite file and a redis-server of the test's own, and a worker process logging to a file."""
+
+    app: object
+    stop_redis: Callable[[], None]
+    restart_redis: Callable[[], None]
+    log_path: Path
+    worker: subprocess.Popen | None = None
+
+    def start_worker(self) -> subprocess.Popen:
+        with open(self.log_path, "wb") as log:
+            self.worker = start_worker(self.app, output=log)
+        return self.worker
+
+    def log(self) -> str:
+        return self.own_stack.log()
+
+
 @pytest.fixture
-def app_on_own_redis(own_redis, sqlite_template, tmp_path):
+def own_stack(own_redis, sqlite_template, tmp_path):
     url, stop, restart = own_redis
     path = tmp_path / "roombridge.sqlite3"
     shutil.copy(sqlite_template, path)
     app = create_app(**TEST_SETTINGS, DATABASE_URL=f"sqlite:///{path}", REDIS_URL=url)
-    yield app, stop, restart
+    stack = OwnRedisStack(app, stop, restart, tmp_path / "worker.log")
+    yield stack
+    if stack.worker is not None:
+        stop_worker(stack.worker)
     db.engine(app).dispose()
 
 
 @pytest.mark.slow
-def test_delayed_jobs_and_retries_resume_soon_after_redis_returns(app_on_own_redis, tmp_path):
-    app, stop_redis, restart_redis = app_on_own_redis
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        worker = start_worker(app, output=log)
+def test_delayed_jobs_and_retries_resume_soon_after_redis_returns(own_stack):
+    app, stop_redis, restart_redis = own_stack.app, own_stack.stop_redis, own_stack.restart_redis
+    worker = own_stack.start_worker()
     try:
         with app.app_context():
             conn = queue("default").connection
             wait_until(lambda: conn.exists("rq:scheduler-lock:default"), timeout=30,
                        what="the worker's RQ scheduler to start")
         # The outage begins while the worker idles in its dequeue loop, past its start-up maintenance
-        # (an outage during RQ's maintenance or between two jobs ends the whole worker: see the report).
-        wait_until(lambda: "cleaning registries for queue: default" in log_path.read_text(errors="replace"),
+        # (an outage while a job runs: the next test).
+        wait_until(lambda: "cleaning registries for queue: default" in own_stack.log(),
                    timeout=30, what="the worker's start-up maintenance")
         time.sleep(0.5)
 
         stop_redis()
         # RQ's scheduler process meets the outage at its next second, and dies of it.
-        wait_until(lambda: "raised an exception" in log_path.read_text(errors="replace"), timeout=30,
+        wait_until(lambda: "raised an exception" in own_stack.log(), timeout=30,
                    what="RQ's scheduler to die of the outage")
         restart_redis()  # empty: no persistence, as a restarted cache comes back
         returned = time.monotonic()
@@ -63,7 +87,7 @@ def test_delayed_jobs_and_retries_resume_soon_after_redis_returns(app_on_own_red
             # Fails every time: each retry waits a second in RQ's scheduled registry, moved by the scheduler.
             retried = queue("default").enqueue("math.sqrt", -1, retry=Retry(max=2, interval=1))
             wait_until(lambda: later.get_status(refresh=True) == "finished", timeout=RESUME_WITHIN_SECONDS,
-                       what=f"the delayed job to run ({log_path.read_text(errors='replace')[-2000:]})")
+                       what=f"the delayed job to run ({own_stack.log()[-2000:]})")
             wait_until(lambda: retried.refresh() or (retried.get_status() == "failed" and retried.retries_left == 0),
                        timeout=RESUME_WITHIN_SECONDS, what="both retries to run")
             resumed_after = time.monotonic() - returned
@@ -75,25 +99,23 @@ def test_delayed_jobs_and_retries_resume_soon_after_redis_returns(app_on_own_red
 
 
 @pytest.mark.slow
-def test_an_outage_while_a_job_runs_does_not_end_the_worker(app_on_own_redis, tmp_path):
-    app, stop_redis, restart_redis = app_on_own_redis
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        worker = start_worker(app, output=log)
+def test_an_outage_while_a_job_runs_does_not_end_the_worker(own_stack):
+    app, stop_redis, restart_redis = own_stack.app, own_stack.stop_redis, own_stack.restart_redis
+    worker = own_stack.start_worker()
     try:
         with app.app_context():
             queue("default").enqueue("time.sleep", 2)
-        wait_until(lambda: "default: time.sleep(2)" in log_path.read_text(errors="replace"), timeout=30,
+        wait_until(lambda: "default: time.sleep(2)" in own_stack.log(), timeout=30,
                    what="the worker to start the job")
         stop_redis()  # the job ends while Redis is away: RQ cannot record its end, nor heartbeat after it
         # This worker says "Redis lost during job ..."; RQ's own loop says "found an unhandled exception, quitting".
-        wait_until(lambda: re.search("Redis lost during job|unhandled exception", log_path.read_text(errors="replace")),
+        wait_until(lambda: re.search("Redis lost during job|unhandled exception", own_stack.log()),
                    timeout=30, what="the job's end to meet the outage")
         restart_redis()
         with app.app_context():
             later = queue("default").enqueue_in(timedelta(seconds=1), len, "four")
             wait_until(lambda: later.get_status(refresh=True) == "finished", timeout=RESUME_WITHIN_SECONDS,
-                       what=f"the delayed job to run ({log_path.read_text(errors='replace')[-1500:]})")
+                       what=f"the delayed job to run ({own_stack.log()[-1500:]})")
         assert worker.poll() is None  # RQ's own loop would have ended the worker, with exit status 0
     finally:
         stop_worker(worker)
