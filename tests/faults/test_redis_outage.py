@@ -44,7 +44,7 @@ class OwnRedisStack:
         return self.worker
 
     def log(self) -> str:
-        return self.own_stack.log()
+        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture
