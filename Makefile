@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The Procfile runner of `make run` (pyproject.toml's "dev" extra); production runs the Procfile its own way.
 HONCHO := honcho==2.0.0
 
-.PHONY: run test lint bench venv
+.PHONY: run test lint bench soak venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: $(BIN)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+## Channel renewal over five minutes of real time, Google giving one-minute channels (the suite runs 150 s).
+soak: $(BIN)/.test-installed
+	scripts/ensure-services.sh redis
+	ROOMBRIDGE_SOAK_SECONDS=300 $(BIN)/python -m pytest -q \
+		tests/jobs/test_procfile_stack.py -k without_a_gap
 
 lint: $(BIN)/.test-installed
 	$(BIN)/ruff check .

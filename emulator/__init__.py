@@ -126,7 +126,9 @@ copy; nothing is deleted.
   (``user``, ``project``, ``calendar_writes``);
   ``DELETE requests`` -> 204.
 - ``GET channels`` -> ``[{id, calendar, resourceId, resourceUri, address, token,
-  expiration, principal, stopped}]``.
+  expiration, principal, stopped, created, stoppedAt}]`` (times in epoch milliseconds;
+  ``created`` and ``stoppedAt``, the emulator's clock at the watch and the stop, are the
+  emulator's own, for tests that measure how long a calendar was watched).
 - ``GET pushes?channel=`` -> delivery log, one entry per attempt: ``{channel_id, calendar,
   address, state, message_number, attempt, status, error, outcome, time}`` where outcome is
   delivered, retrying, failed, dropped, skipped_expired, skipped_stopped or

@@ -233,15 +233,19 @@ class Channel:
     token: str | None
     expiration: datetime
     principal: str
+    created: datetime | None = None  # the emulator's clock at the watch call
     stopped: bool = False
+    stopped_at: datetime | None = None  # the emulator's clock at channels.stop
     last_message_number: int = 0
     stopped_deliveries_left: int = 0
 
     def info(self):
+        # created and stoppedAt are the emulator's own (Google shows neither): tests measure coverage.
         return {"id": self.id, "calendar": self.calendar_id, "resourceId": self.resource_id,
                 "resourceUri": self.resource_uri, "address": self.address, "token": self.token,
                 "expiration": str(millis(self.expiration)), "principal": self.principal,
-                "stopped": self.stopped}
+                "stopped": self.stopped, "created": millis(self.created) if self.created else None,
+                "stoppedAt": millis(self.stopped_at) if self.stopped_at else None}
 
 
 def millis(moment):
@@ -1225,7 +1229,7 @@ class EmulatorState:
             channel = Channel(
                 channel_id, calendar.id, calendar.resource_id,
                 f"{self.calendar_api_url}calendars/{quote(calendar.id, safe='')}/events?alt=json",
-                address, token, expiration, caller.email)
+                address, token, expiration, caller.email, created=now)
             self.channels[channel_id] = channel
             self._send(channel, "sync")
             answer = {"kind": "api#channel", "id": channel.id, "resourceId": channel.resource_id,
@@ -1242,7 +1246,8 @@ class EmulatorState:
                 raise ApiError(404, "notFound",
                                f"Channel '{body.get('id')}' not found for project "
                                f"'{caller.service_account or caller.email}'")
-            channel.stopped = True
+            if not channel.stopped:
+                channel.stopped, channel.stopped_at = True, self.clock.now()
             if self.settings.stopped_channel_delivers_once:
                 channel.stopped_deliveries_left = 1
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
@@ -28,7 +29,7 @@ from rq.job import Job
 
 from roombridge.app import create_core_app
 from roombridge.queue import queue as named_queue
-from roombridge.unit_of_work import InvitationDue, ReservationChanged, SyncRequested, subscribe
+from roombridge.unit_of_work import ChannelOpened, InvitationDue, ReservationChanged, SyncRequested, subscribe
 
 DEFAULT_TIMEOUT = 300
 FAILURE_TTL = 7 * 24 * 3600  # failed jobs stay a week for admins to see and retry
@@ -60,6 +61,7 @@ def worker_app() -> Flask:
 
 def install(app: Flask) -> None:
     """Subscribe, in `app`, the jobs that the core's announcements ask for."""
+    from jobs.channels import on_channel_opened
     from jobs.checkin import on_checkin_notice_due
     from jobs.reservations import on_invitation_due, on_reservation_changed
     from jobs.sync import on_sync_requested
@@ -68,6 +70,7 @@ def install(app: Flask) -> None:
     subscribe(app, ReservationChanged, on_reservation_changed)
     subscribe(app, InvitationDue, on_invitation_due)
     subscribe(app, SyncRequested, on_sync_requested)
+    subscribe(app, ChannelOpened, on_channel_opened)
     subscribe(app, CheckinNoticeDue, on_checkin_notice_due)
 
 
@@ -85,14 +88,22 @@ def job(
                 return fn(*args, **kwargs)
 
         def enqueue(*args: Any, job_id: str | None = None, **options: Any) -> Job:
+            return named_queue(queue).enqueue(run, *args, job_id=job_id, **_options(options))
+
+        def enqueue_at(moment: datetime, *args: Any, job_id: str | None = None, **options: Any) -> Job:
+            """Run at `moment` (RQ's scheduler, inside the worker, moves it to the queue then)."""
+            return named_queue(queue).enqueue_at(moment, run, *args, job_id=job_id, **_options(options))
+
+        def _options(options: dict[str, Any]) -> dict[str, Any]:
             options.setdefault("job_timeout", timeout)
             options.setdefault("failure_ttl", failure_ttl)
             options.setdefault("result_ttl", RESULT_TTL)
             if retry is not None:
                 options.setdefault("retry", retry)
-            return named_queue(queue).enqueue(run, *args, job_id=job_id, **options)
+            return options
 
         run.enqueue = enqueue  # type: ignore[attr-defined]
+        run.enqueue_at = enqueue_at  # type: ignore[attr-defined]
         run.queue_name = queue  # type: ignore[attr-defined]
         return run
 

@@ -1,7 +1,10 @@
-"""Channel jobs: the periodic renewal pass, and the admin console's "Renew channel" button.
+"""Channel jobs: each channel's own renewal, the periodic renewal pass, and the admin console's
+"Renew channel" button.
 
-`renew_channels` runs every scheduler tick (see jobs/schedule.py): a cheap pass when nothing
-is due, since renewal moments are spread over each channel's window (roombridge/channels.py).
+Opening a channel announces `ChannelOpened`; `on_channel_opened` schedules that channel's own
+`renew_channel` at its renewal moment, under a job id keyed by the channel (scheduling it twice
+changes nothing). `renew_channels` runs every scheduler tick (see jobs/schedule.py) as the
+safety net: a cheap pass when nothing is due (roombridge/channels.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from roombridge import channels, db
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, CalendarNotInScope
 from roombridge.models import Room
+from roombridge.unit_of_work import ChannelOpened
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,24 @@ log = logging.getLogger(__name__)
 def _now(now: str | None) -> datetime:
     """`now` as the job was given it (ISO 8601, tests with a simulated clock), else the clock."""
     return datetime.fromisoformat(now) if now else utcnow()
+
+
+def renewal_job_id(channel_id: str) -> str:
+    return f"renew-channel-{channel_id}"
+
+
+def on_channel_opened(event: ChannelOpened) -> None:
+    renew_channel.enqueue_at(event.renew_at, event.channel_id, job_id=renewal_job_id(event.channel_id))
+
+
+# Retried soon: the channel lapses within its margin; after that the periodic pass opens a new one.
+@job("channels", retry=Retry(max=3, interval=[5, 15, 30]))
+def renew_channel(channel_id: str, now: str | None = None) -> None:
+    """Replace the channel at its renewal moment, if it is still its room's current one."""
+    again = channels.renew_channel(db.session(), CalendarGateway.for_app(kind="renewal"), channel_id,
+                                   current_app.config["ROOMBRIDGE"], _now(now))
+    if again is not None:  # ran before its moment (another host's clock): once more, then
+        renew_channel.enqueue_at(again, channel_id)
 
 
 @job("channels", timeout=900)

@@ -5,12 +5,19 @@ twice. Ours takes a Redis lock (SET NX PX with a random value, renewed every tic
 the holder enqueues; a second scheduler waits and takes over within one lock timeout if
 the leader dies. Each periodic job is enqueued under a stable job id per time slot, so
 even a brief double leadership cannot enqueue one slot twice.
+
+SIGTERM (a deploy, honcho's Ctrl-C, a container stop) ends the process cleanly: Python's
+default SIGTERM kills it without running `finally`, which left the leader lock to expire on
+its own and made the next scheduler wait out its TTL. `stop_on_termination` turns SIGTERM
+and SIGINT into a stop between ticks, and the lock is released on the way out.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -76,12 +83,26 @@ class LeaderLock(RedisLock):
         return self.renew() or bool(self.conn.set(self.key, self.value, nx=True, px=self.ttl_ms))
 
 
-def run_scheduler(app: Flask, *, max_ticks: int | None = None) -> None:
+def stop_on_termination() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (instead of dying at once): the scheduler stops at it."""
+    stop = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        log.info("scheduler stopping on %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+def run_scheduler(app: Flask, *, max_ticks: int | None = None, stop: threading.Event | None = None) -> None:
     tick = float(app.config["ROOMBRIDGE"].SCHEDULER_TICK_SECONDS)
     lock = LeaderLock(app, ttl_seconds=max(tick * 3, 10))
+    stop = stop or threading.Event()
     ticks = 0
     try:
-        while max_ticks is None or ticks < max_ticks:
+        while (max_ticks is None or ticks < max_ticks) and not stop.is_set():
             ticks += 1
             try:
                 if lock.acquire_or_renew():
@@ -92,7 +113,7 @@ def run_scheduler(app: Flask, *, max_ticks: int | None = None) -> None:
             except Exception:  # Redis down: keep the process, try again next tick
                 log.exception("scheduler tick failed")
             if max_ticks is None or ticks < max_ticks:
-                time.sleep(tick)
+                stop.wait(tick)
     finally:
         try:
             lock.release()

@@ -9,8 +9,16 @@ and retried by the periodic job; it never blocks the new channel.
 Renewal is driven by each channel's real expiration, as Google answered it (it may cap the
 ttl we ask for). Each channel renews at its own moment inside its renewal window, chosen by
 hashing its id, so that thousands of rooms whose channels were made in the same minute do not
-all renew in the same minute again. Every moment lies at least a safety margin before expiry,
-several scheduler ticks, so a missed tick or a slow worker still renews in time.
+all renew in the same minute again. Opening a channel announces `ChannelOpened` with that
+moment, and jobs/ schedules the channel's own renewal job for it (`renew_channel`, keyed by the
+channel): renewal does not depend on the scheduler's tick being short against the channel's
+life, which Google may cap well below what we asked. The periodic pass (`renew_due`) is the
+safety net: it opens channels for rooms that have none, renews what a lost scheduled job left
+due, and stops superseded channels. Every moment lies a safety margin before expiry.
+
+Both paths tend a room under its renewal lock in Redis, and read the room's channels afresh
+under it: two workers never replace one channel twice, and the pass never stops a channel
+that another worker has just opened.
 
 Functions here take the session, the gateway and `now`; they never read the clock, so tests
 (and the hour of simulated time) drive them with the emulator's clock. Those that call Google
@@ -25,17 +33,22 @@ import logging
 import secrets
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from roombridge import notifications
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
 from roombridge.gcal import CalendarGateway, CalendarNotInScope, GoogleError, PermanentGoogleError
 from roombridge.models import Room, RoomHealth, WatchChannel, audit
-from roombridge.unit_of_work import after_commit, outside_units, unit_of_work
+from roombridge.queue import RedisLock
+from roombridge.queue import redis as app_redis
+from roombridge.unit_of_work import ChannelOpened, after_commit, announce, outside_units, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +56,8 @@ WEBHOOK_PATH = "/webhooks/google/calendar"
 # A channel whose stop keeps failing is given up on after this long past its expiry: Google
 # no longer delivers on an expired channel, so there is nothing left to stop.
 GIVE_UP_STOPPING_AFTER = timedelta(days=1)
+RENEWAL_LOCK_KEY = "roombridge:channels:renewing:{room_id}"
+RENEWAL_LOCK_TTL_SECONDS = 30.0  # renewed by a heartbeat while held; frees itself if the worker dies
 
 
 class ChannelRefused(Exception):
@@ -89,11 +104,16 @@ def is_due(channel: WatchChannel, now: datetime, config: Config) -> bool:
 
 
 def open_channels(session: Session, room_id: int | None = None) -> list[WatchChannel]:
-    """Channels not yet stopped, newest first (expired ones included: they still need a stop)."""
+    """Channels not yet stopped, newest first (expired ones included: they still need a stop).
+
+    Read afresh (populate_existing): another worker may have renewed or stopped channels that
+    this session loaded earlier.
+    """
     query = sa.select(WatchChannel).where(WatchChannel.stopped_at.is_(None))
     if room_id is not None:
         query = query.where(WatchChannel.room_id == room_id)
-    return list(session.scalars(query.order_by(WatchChannel.created_at.desc(), WatchChannel.id)))
+    query = query.order_by(WatchChannel.created_at.desc(), WatchChannel.id)
+    return list(session.scalars(query, execution_options={"populate_existing": True}))
 
 
 def current_channel(session: Session, room: Room, now: datetime) -> WatchChannel | None:
@@ -160,6 +180,7 @@ def create_channel(session: Session, gateway: CalendarGateway, room: Room, confi
         audit(session, actor, "channel.created", channel, room=room.calendar_id,
               expiration=result.expiration.isoformat())
         after_commit(session, lambda: notifications.cache_channel_quietly(channel))
+        announce(session, ChannelOpened(channel.id, renewal_moment(channel, config)))
     return channel
 
 
@@ -221,8 +242,87 @@ def stop_room_channels(session: Session, gateway: CalendarGateway, room: Room, n
     return [c for c in open_channels(session, room.id) if not stop_channel(session, gateway, c, now, actor)]
 
 
+@contextmanager
+def renewal_lock(room_id: int) -> Iterator[bool]:
+    """Hold the room's renewal lock for the block; yields False if another worker holds it.
+
+    With Redis unreachable the block runs unlocked (yields True): a channel about to lapse
+    matters more than a rare duplicate, which the next pass stops as superseded.
+    """
+    lock = RedisLock(app_redis(), RENEWAL_LOCK_KEY.format(room_id=room_id), RENEWAL_LOCK_TTL_SECONDS)
+    try:
+        held = lock.acquire()
+    except RedisError:
+        log.warning("no renewal lock for room %s (Redis unreachable); renewing without it", room_id)
+        yield True
+        return
+    try:
+        yield held
+    finally:
+        if held:
+            lock.release()
+
+
+def tend_room(session: Session, gateway: CalendarGateway, room: Room, config: Config, now: datetime,
+              report: RenewalReport) -> WatchChannel | None:
+    """Under the room's renewal lock: give the room a live channel, replace it if due, stop the superseded.
+
+    Returns the room's current channel, or None when another worker is tending the room now.
+    Errors propagate (a refusal as ChannelRefused), after whatever was done before them.
+    """
+    with renewal_lock(room.id) as held:
+        if not held:
+            return None
+        with unit_of_work(session, write=False):
+            open_ = open_channels(session, room.id)
+        current = _newest_live(open_, now)
+        if current is None:
+            current = create_channel(session, gateway, room, config, now)
+            report.created.append(current.id)
+        elif is_due(current, now, config):
+            current = replace_channel(session, gateway, current, config, now, report=report)
+        for channel in open_:
+            if channel.id == current.id or channel.stopped_at is not None:
+                continue  # the current one, or stopped by replace_channel just now
+            _stop_reporting(session, gateway, channel, now, report)
+        return current
+
+
+def _stop_reporting(session: Session, gateway: CalendarGateway, channel: WatchChannel, now: datetime,
+                    report: RenewalReport) -> None:
+    try:
+        stopped = stop_channel(session, gateway, channel, now)
+    except Exception:
+        log.exception("stopping channel %s failed; the periodic pass tries again", channel.id)
+        stopped = False
+    (report.stopped if stopped else report.stop_failed).append(channel.id)
+
+
+def renew_channel(session: Session, gateway: CalendarGateway, channel_id: str, config: Config,
+                  now: datetime) -> datetime | None:
+    """A channel's own renewal, scheduled at its moment when it opened (`ChannelOpened`).
+
+    Replaces the channel if it is still its room's current one and due. Returns None when
+    done (renewed, superseded meanwhile, stopped, room out of scope, another worker on it),
+    or, run before its moment (clocks of two hosts disagree), the moment to run again.
+    """
+    outside_units(session)
+    with unit_of_work(session, write=False):
+        channel = session.get(WatchChannel, channel_id, populate_existing=True)
+        room = channel.room if channel is not None else None
+    if channel is None or channel.stopped_at is not None or not room.in_scope:
+        return None
+    if channel.expiration is not None and not is_due(channel, now, config):
+        return renewal_moment(channel, config)
+    report = RenewalReport()
+    tend_room(session, gateway, room, config, now, report)
+    if report.as_dict():
+        log.info("renewal of channel %s: %s", channel_id, report.as_dict())
+    return None
+
+
 def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: datetime) -> RenewalReport:
-    """One renewal pass: the work of the periodic job.
+    """One renewal pass: the periodic safety net behind each channel's own scheduled renewal.
 
     - every in-scope room gets a channel if it has no live one (first channel, lapsed, refused before);
     - a room whose newest channel has reached its renewal moment gets a replacement;
@@ -236,42 +336,28 @@ def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: d
         channels_by_room: dict[int, list[WatchChannel]] = defaultdict(list)
         for open_channel in open_channels(session):
             channels_by_room[open_channel.room_id].append(open_channel)
-    current: dict[int, str] = {}
     # Each room in its own units of work: one room's failure, database errors included, never stops the others.
     for room in rooms:
+        known = channels_by_room.pop(room.id, [])
+        current = _newest_live(known, now)
+        if current is not None and len(known) == 1 and not is_due(current, now, config):
+            continue  # the common case: nothing to do, and no lock taken
         try:
-            channel = _newest_live(channels_by_room[room.id], now)
-            if channel is None:
-                channel = create_channel(session, gateway, room, config, now)
-                report.created.append(channel.id)
-            elif is_due(channel, now, config):
-                channel = replace_channel(session, gateway, channel, config, now, report=report)
-            current[room.id] = channel.id
+            tend_room(session, gateway, room, config, now, report)
         except ChannelRefused as refused:
             report.refused[room.calendar_id] = str(refused)
         except CalendarNotInScope:
-            pass  # removed from scope meanwhile: its channels are stopped below
+            pass  # removed from scope meanwhile: its channels are stopped by the next pass
         except GoogleError as error:
             report.retry_later[room.calendar_id] = str(error)
             log.warning("channel renewal for %s will be retried: %s", room.calendar_id, error)
         except Exception as error:
             report.failed[room.calendar_id] = str(error)
             log.exception("channel renewal for %s failed; the other rooms go on", room.calendar_id)
-    in_scope = {room.id for room in rooms}
-    with unit_of_work(session, write=False):
-        still_open = open_channels(session)
-    for channel in still_open:
-        if channel.id in current.values() or channel.id in report.replaced:
-            continue
-        superseded = channel.room_id in current or channel.room_id not in in_scope or channel.stop_pending
-        expired = channel.expiration is not None and channel.expiration <= now
-        if superseded or expired:
-            try:
-                stopped = stop_channel(session, gateway, channel, now)
-            except Exception:
-                log.exception("stopping channel %s failed; the periodic pass tries again", channel.id)
-                stopped = False
-            (report.stopped if stopped else report.stop_failed).append(channel.id)
+    # What is left: channels of rooms out of scope (no renewal of theirs can race with this).
+    for leftovers in channels_by_room.values():
+        for channel in leftovers:
+            _stop_reporting(session, gateway, channel, now, report)
     return report
 
 

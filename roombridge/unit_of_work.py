@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 from flask import Flask, current_app, has_app_context
@@ -71,6 +72,14 @@ class SyncRequested:
     """A room's sync was asked for and its coalescing marker set: a sync job must run (roombridge/sync.py)."""
 
     room_id: int
+
+
+@dataclass(frozen=True)
+class ChannelOpened:
+    """A watch channel was opened: its own renewal must run at `renew_at` (roombridge/channels.py)."""
+
+    channel_id: str
+    renew_at: datetime
 
 
 HANDLERS_KEY = "roombridge.handlers"

@@ -41,24 +41,23 @@ def db_revision(message: str) -> None:
 @click.argument("queues", nargs=-1)
 def worker_command(burst: bool, queues: tuple[str, ...]) -> None:
     """Run an RQ worker on the named queues (default: all, most urgent first)."""
-    from rq import SimpleWorker
-
     from jobs import set_worker_app
+    from jobs.worker import Worker
     from roombridge.queue import QUEUE_NAMES, queue
 
     app = current_app._get_current_object()
     set_worker_app(app)
     queues_to_watch = [queue(name) for name in (queues or QUEUE_NAMES)]
-    worker = SimpleWorker(queues_to_watch, connection=queues_to_watch[0].connection)
+    worker = Worker(queues_to_watch, connection=queues_to_watch[0].connection)
     worker.work(burst=burst, with_scheduler=True)
 
 
 @click.command("scheduler")
 def scheduler_command() -> None:
-    """Run the periodic scheduler (only one leads at a time, see jobs/schedule.py)."""
-    from jobs.schedule import run_scheduler
+    """Run the periodic scheduler (only one leads at a time, see jobs/schedule.py); SIGTERM ends it cleanly."""
+    from jobs.schedule import run_scheduler, stop_on_termination
 
-    run_scheduler(current_app._get_current_object())
+    run_scheduler(current_app._get_current_object(), stop=stop_on_termination())
 
 
 tokens_cli = AppGroup("tokens", help="API tokens for the JSON API (stored hashed).")

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import jobs.channels
 from jobs import schedule
 from jobs.channels import renew_room_channel
-from roombridge import db, notifications, rooms
+from roombridge import channels, db, notifications, rooms
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway
 from roombridge.models import Room, WatchChannel
@@ -166,3 +166,56 @@ def test_renewal_of_a_room_out_of_scope_does_nothing(atlas, emulator):
     calls = len(emulator.state.requests())
     assert renew_room_channel(room_id) is None
     assert len(emulator.state.requests()) == calls
+
+
+# --- each channel's own renewal, scheduled at its moment ------------------------------------------
+
+
+def scheduled_renewals(app) -> dict[str, datetime]:
+    """Channel renewal jobs waiting in RQ's scheduled registry: job id -> when they run."""
+    from rq.registry import ScheduledJobRegistry
+
+    with app.app_context():
+        registry = ScheduledJobRegistry("channels", connection=redis())
+        return {job_id: registry.get_scheduled_time(job_id) for job_id in registry.get_job_ids()}
+
+
+def test_opening_a_channel_schedules_its_own_renewal_at_its_moment(atlas, emulator, app):
+    _, first = atlas
+    config = app.config["ROOMBRIDGE"]
+    channel = db.session().get(WatchChannel, first)
+    moment = channels.renewal_moment(channel, config)
+    assert moment < channel.expiration - timedelta(seconds=3 * config.SCHEDULER_TICK_SECONDS)
+    renewals = scheduled_renewals(app)
+    assert list(renewals) == [jobs.channels.renewal_job_id(first)]
+    assert abs(renewals[jobs.channels.renewal_job_id(first)] - moment) < timedelta(seconds=1)
+
+
+def test_a_channels_own_renewal_replaces_it_once_at_its_moment(make_google_app, emulator):
+    # Google caps the channel at a minute, whatever we ask: far less than a tick away from the
+    # lapse if the tick were the only thing driving renewal.
+    emulator.state.update_settings(max_channel_ttl=60)
+    shared_room(emulator, ATLAS, "Atlas")
+    app = make_google_app(GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9")
+    with app.app_context():
+        added = rooms.add_room(db.session(), CalendarGateway.for_app(kind="write"), app.config["ROOMBRIDGE"], ATLAS,
+                               name="Atlas", now=utcnow())
+        first = db.session().get(WatchChannel, added.channel.id)
+        moment = channels.renewal_moment(first, app.config["ROOMBRIDGE"])
+        [at_google] = emulator.state.channels_info()
+        assert int(at_google["expiration"]) - at_google["created"] == 60_000  # the watch answer said so
+
+        # Run before its moment (another host's clock runs behind): nothing is replaced, it comes back later.
+        jobs.channels.renew_channel(first.id, now=(moment - timedelta(seconds=5)).isoformat())
+        assert [c["id"] for c in emulator.state.channels_info()] == [first.id]
+        assert len(scheduled_renewals(app)) == 2
+
+        jobs.channels.renew_channel(first.id, now=moment.isoformat())
+        google = {c["id"]: c["stopped"] for c in emulator.state.channels_info()}
+        [second] = set(google) - {first.id}
+        assert google == {first.id: True, second: False}
+        assert jobs.channels.renewal_job_id(second) in scheduled_renewals(app)
+
+        # A second run for the replaced channel (a retry, or the periodic pass got there first) does nothing.
+        jobs.channels.renew_channel(first.id, now=moment.isoformat())
+        assert len(emulator.state.channels_info()) == 2

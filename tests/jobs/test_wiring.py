@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
+import pytest
 import sqlalchemy as sa
 from flask import current_app
 from rq import SimpleWorker
@@ -10,6 +15,7 @@ from jobs import job, schedule
 from roombridge import db
 from roombridge.models import AuditEntry, audit
 from roombridge.queue import queue, redis
+from tests.support import ROOT, start_worker, stop_worker, wait_until, worker_env
 
 
 @job("default", timeout=30)
@@ -69,3 +75,43 @@ def record_heartbeat() -> None:
     session = db.session()
     audit(session, "system", "heartbeat", "scheduler")
     session.commit()
+
+
+# --- SIGTERM: the processes end cleanly and free their locks ------------------------------------
+
+
+def _scheduler_locks(app) -> list[bytes]:
+    with app.app_context():
+        return redis().keys("rq:scheduler-lock:*")
+
+
+@pytest.mark.slow
+def test_the_scheduler_process_frees_its_leader_lock_on_sigterm(app):
+    scheduler = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "scheduler"], cwd=ROOT,
+                                 env=worker_env(app), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        with app.app_context():
+            wait_until(lambda: redis().exists(schedule.LEADER_KEY), timeout=30, what="the scheduler to lead")
+        scheduler.send_signal(signal.SIGTERM)
+        assert scheduler.wait(15) == 0  # an exit of its own, not death by the signal (-15)
+    finally:
+        if scheduler.poll() is None:
+            scheduler.kill()
+            scheduler.wait(5)
+    with app.app_context():
+        # Released, not left to expire: a scheduler started now leads at once.
+        assert not redis().exists(schedule.LEADER_KEY)
+
+
+@pytest.mark.slow
+def test_the_worker_process_frees_rq_schedulers_lock_on_sigterm(app):
+    worker = start_worker(app)
+    try:
+        wait_until(lambda: _scheduler_locks(app), timeout=30, what="the worker's RQ scheduler to take its lock")
+        with app.app_context():  # idle in its loop: RQ's signal handlers are installed by then
+            wait_until(lambda: [k for k in redis().keys("rq:worker:*") if redis().hget(k, "state") == b"idle"],
+                       timeout=30, what="the worker to wait for jobs")
+    finally:
+        stop_worker(worker)  # SIGTERM to its process group, as honcho and container runtimes do
+    assert worker.returncode == 0
+    assert _scheduler_locks(app) == []
