@@ -176,6 +176,7 @@ def _room_page(room: Room, form: RoomForm, status: int = 200):
     return render_template(
         "admin/room.html", room=room, overview=overview, form=form, now=now,
         open_channels=channels.open_channels(session, room.id), conflicts=console.room_conflicts(session, room, now),
+        skipped_events=console.skipped_events(session, room),
         awaiting=awaiting if awaiting in AWAITING else None, status=_status(overview, now),
     ), status
 
