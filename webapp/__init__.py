@@ -61,4 +61,5 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
 
     app.register_blueprint(admin.bp)
     auth.init_app(app)  # last: it exempts the webhook and API blueprints from CSRF
+    security.refuse_unstorable_text(app)  # after CSRF's check
     return app
