@@ -107,7 +107,8 @@ def day_segments(busy: list[booking.Busy], day: date, zone: ZoneInfo, hours: str
 
 
 def _timelines(session, rooms: list[Room], day: date) -> dict[int, list[Segment]]:
-    busy = booking.day_timeline(session, rooms, day)
+    user = current_user()
+    busy = booking.day_timeline(session, rooms, day, user.email if user else None, bool(user and user.is_admin))
     config = _config()
     return {
         room.id: day_segments(busy.get(room.id, []), day, _zone(room), room.bookable_hours or config.BOOKABLE_HOURS)

@@ -15,7 +15,18 @@ Callers read `booking.book(...)`: the public names are re-exported here.
 
 from roombridge.booking.commands import BookingRequest, BookingResult, book, cancel, edit, retry_write
 from roombridge.booking.conflicts import Clash, Conflict, find_clashes, settle_conflicts
-from roombridge.booking.queries import Busy, can_change, can_see, day_timeline, find_free_rooms, get, list_reservations
+from roombridge.booking.queries import (
+    PRIVATE_TITLE,
+    Busy,
+    can_change,
+    can_see,
+    day_timeline,
+    find_free_rooms,
+    get,
+    list_reservations,
+    may_see_details,
+    title_for,
+)
 from roombridge.booking.recurrence import FREQUENCIES, Recurrence, expand
 from roombridge.booking.rules import (
     MAX_ATTENDEES,
@@ -33,7 +44,8 @@ from roombridge.booking.rules import (
 )
 
 __all__ = [
-    "FREQUENCIES", "MAX_ATTENDEES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
+    "FREQUENCIES", "MAX_ATTENDEES", "PRIVATE_TITLE", "may_see_details", "title_for",
+    "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
     "BookingResult", "Busy", "Clash", "Conflict", "InvalidBooking", "NotAllowed", "NotFound", "Policy", "Recurrence",
     "book", "can_change", "can_see", "cancel", "clean_attendees", "day_timeline", "edit", "expand", "find_clashes",
     "find_free_rooms", "get", "is_admin", "list_reservations", "normalise_email", "parse_hours", "retry_write",

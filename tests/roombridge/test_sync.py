@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import time
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 
-from roombridge import db
+from roombridge import booking, db
 from roombridge.gcal import RESERVATION_PROPERTY, CalendarGateway, event_id_for
 from roombridge.models import (
     AuditEntry,
@@ -27,6 +28,7 @@ from roombridge.sync import RoomLock, sync_room_now
 from tests.factories import make_reservation
 from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
 from tests.webapp.signin import sign_in
+from webapp.schemas import reservation_json
 
 
 @pytest.fixture
@@ -360,3 +362,38 @@ def test_an_event_that_cannot_be_applied_is_skipped_shown_to_admins_and_the_room
     sync(google_app, room_id)
     with google_app.app_context():
         assert db.session().scalars(sa.select(SkippedEvent)).all() == []
+
+
+def test_a_private_google_event_shows_as_busy_to_everyone_but_its_people_and_admins(emulator, google_app, room_id):
+    start = soon()
+    event = emulator.state.book("bob@example.com", ROOM, "Layoffs", rfc(start), rfc(start + timedelta(hours=1)),
+                                attendees=["carol@example.com"], description="do not share")
+    emulator.state.patch_person_event("bob@example.com", event["id"], {"visibility": "private"})
+    sync(google_app, room_id)
+    [mirror] = reservations(google_app, room_id)
+    assert mirror.private and mirror.title == "Layoffs"
+
+    def room_page(email: str) -> str:
+        client = google_app.test_client()
+        sign_in(client, email)
+        return client.get(f"/rooms/{room_id}", query_string={"date": start.astimezone(
+            ZoneInfo("Europe/London")).date().isoformat()}).get_data(as_text=True)
+
+    for email in ("bob@example.com", "carol@example.com", "admin@example.com"):  # organiser, attendee, admin
+        assert "Busy: Layoffs" in room_page(email), email
+    other = room_page("alice@example.com")
+    assert "Layoffs" not in other and "do not share" not in other and "Busy (Google)" in other
+    with google_app.app_context():
+        session = db.session()
+        reservation = session.get(Reservation, mirror.id)
+        assert booking.title_for(reservation, "alice@example.com") == "Busy"
+        hidden = reservation_json(reservation, viewer_email="alice@example.com")
+        shown = reservation_json(reservation, viewer_email="admin@example.com", viewer_is_admin=True)
+    assert (hidden["title"], hidden["description"], hidden["attendees"]) == ("Busy", "", [])
+    assert (shown["title"], shown["attendees"]) == ("Layoffs", ["carol@example.com"])
+
+    # A later change of visibility in Google is mirrored: confidential is private too; default is not.
+    for visibility, private in (("default", False), ("confidential", True)):
+        emulator.state.patch_person_event("bob@example.com", event["id"], {"visibility": visibility})
+        sync(google_app, room_id)
+        assert reservations(google_app, room_id)[0].private is private, visibility
