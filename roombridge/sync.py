@@ -6,8 +6,11 @@ or with no token, or when Google answers 410, every event of a window (SYNC_WIND
 to SYNC_WINDOW_DAYS_AHEAD). It reads every page first, with no database transaction open,
 so SQLite bookings are not blocked while Google answers, spooling them to a temporary file;
 then it applies each event through the mirroring rules (roombridge/mirror.py), a page at a
-time, and stores the new token, in ONE transaction. Memory stays at about one page. A
-crash before that commit leaves the old token, and the next run repeats the work safely:
+time, and stores the new token, in ONE transaction. Memory stays at about one page. Each
+event is applied in its own savepoint: one that cannot be applied (its content, or the
+database refusing its row; not the database being down) is skipped and kept as a
+`SkippedEvent` for admins while the rest and the token go on, so one bad event never stops
+a room. A crash before that commit leaves the old token, and the next run repeats the work safely:
 applying is idempotent (one reservation per (room, event id); echoes change nothing). After
 a full listing, Google reservations in the window that Google no longer has are cancelled.
 
