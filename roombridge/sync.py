@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from roombridge import notifications
 from roombridge.booking import settle_conflicts
+from roombridge.booking.conflicts import _is_overlap_violation as is_overlap_violation
 from roombridge.config import Config
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, PermanentGoogleError, SyncTokenInvalid, signing_key
@@ -318,6 +319,9 @@ def _apply_one(session: Session, room_id: int, calendar_id: str, time_zone: str,
             reason = SkipReason.NOT_APPLIED
             apply_event(session, room_id, event, report)
     except SKIPPABLE as error:
+        if isinstance(error, sa.exc.IntegrityError) and is_overlap_violation(error):
+            # A booking committed meanwhile (PostgreSQL): the retried sync sees it and keeps a conflict.
+            raise
         log.warning("sync of room %s skipped event %r (%s): %r", room_id, event_id, reason.value, error)
         report.skipped += 1
         if event_id is not None:
