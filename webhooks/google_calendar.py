@@ -133,6 +133,8 @@ def google_calendar_push() -> Response:
     now = utcnow()
     try:
         if state == "sync":
+            if redis().exists(notifications.unknown_channel_key(channel_id)):
+                return _refuse(channel_id, 404, "unknown channel")
             return _record_handshake(channel_id, resource_id, token, now)
         taken = take_push(redis(), channel_id, token, resource_id, number, now)
         if taken.verdict == "known unknown":
@@ -198,5 +200,7 @@ def _record_handshake(channel_id: str, resource_id: str, token: str, now) -> Res
             if refusal is not None:
                 raise _Refused(*refusal)
     except _Refused as refused:
+        if refused.args[0] == 404:
+            notifications.remember_unknown_channel(redis(), channel_id)
         return _refuse(channel_id, *refused.args)
     return _answer(200, "sync recorded")

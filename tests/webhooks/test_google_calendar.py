@@ -201,11 +201,14 @@ def test_a_channel_id_we_never_issue_is_refused_without_any_lookup(app, client, 
 
 def test_forged_pushes_on_an_unknown_channel_cost_one_database_read(app, client):
     _channel(app)
-    forged = "11111111-2222-4333-8444-555555555555"
+    forged, handshakes = "11111111-2222-4333-8444-555555555555", "11111111-2222-4333-8444-666666666666"
     with counting_statements(app) as statements:
         for _ in range(20):
             assert client.post(URL, headers=headers(**{"X-Goog-Channel-ID": forged})).status_code == 404
-    assert [s.split()[0].upper() for s in statements if s.strip().upper() != "BEGIN"] == ["SELECT"]
+            assert client.post(URL, headers=headers("sync", **{"X-Goog-Channel-ID": handshakes})).status_code == 404
+    assert sorted(s.split()[0].upper() for s in statements if s.strip().upper() not in ("BEGIN", "BEGIN IMMEDIATE",
+                                                                                        "ROLLBACK")) == [
+        "SELECT", "UPDATE"]
     assert queued(app) == []
 
 
