@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The Procfile runner of `make run` (pyproject.toml's "dev" extra); production runs the Procfile its own way.
 HONCHO := honcho==2.0.0
 
-.PHONY: run test lint bench soak venv
+.PHONY: run test lint bench soak venv fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ soak: $(BIN)/.test-installed
 lint: $(BIN)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+## The Hypothesis tests exploring (not replaying: no CI=true), FUZZ_EXAMPLES (default 2000) examples
+## each, on SQLite and PostgreSQL. Not part of `make test`; the tests' time limit is lifted.
+fuzz: $(BIN)/.test-installed
+	scripts/ensure-services.sh redis postgres
+	env -u CI HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider -o timeout=0 \
+		-k fuzzed tests/faults/test_fuzzing.py tests/webapp/test_api.py
 
 ## Benchmarks: not tests; they print a table (see benchmarks/README.md).
 bench: $(BIN)/.test-installed

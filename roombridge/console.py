@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from roombridge import notifications
 from roombridge.booking.rules import check_room_fields
-from roombridge.models import Reservation, ReservationStatus, Room, RoomSyncState, WatchChannel
+from roombridge.models import Reservation, ReservationStatus, Room, RoomSyncState, SkippedEvent, WatchChannel
 from roombridge.queue import QUEUE_NAMES
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class RoomOverview:
     last_push_at: datetime | None  # over every channel the room ever had
     sync: RoomSyncState | None
     conflicts: int  # bookings made in Google over a live reservation, not yet over
+    skipped_events: int = 0  # Google events its syncs could not apply (SkippedEvent rows)
 
     @property
     def problems(self) -> list[str]:
@@ -54,6 +55,8 @@ class RoomOverview:
             found.append("No live push channel: changes made in Google arrive only with the safety-net sync.")
         if self.sync is not None and self.sync.last_error:
             found.append(f"Last sync failed: {self.sync.last_error}")
+        if self.skipped_events:
+            found.append(f"{self.skipped_events} Google event(s) could not be applied and were skipped.")
         return found
 
 
@@ -65,7 +68,7 @@ def _live_channel(channels: list[WatchChannel], now: datetime) -> WatchChannel |
 
 def room_overviews(session: Session, room_list: list[Room], now: datetime,
                    redis: Redis | None = None) -> list[RoomOverview]:
-    """The integration state of each room, in room_list's order, in four queries whatever its length.
+    """The integration state of each room, in room_list's order, in five queries whatever its length.
 
     Given `redis`, "last push" also counts pushes not yet added to the rows by a sync (one
     round trip): with the workers down or behind, the console still shows pushes arriving.
@@ -91,12 +94,25 @@ def room_overviews(session: Session, room_list: list[Room], now: datetime,
                Reservation.end_at > now)
         .group_by(Reservation.room_id)
     ).all())
+    skipped = dict(session.execute(
+        sa.select(SkippedEvent.room_id, sa.func.count()).where(SkippedEvent.room_id.in_(ids))
+        .group_by(SkippedEvent.room_id)
+    ).all())
     return [
         RoomOverview(room=room, channel=_live_channel(open_by_room[room.id], now),
                      open_channels=len(open_by_room[room.id]), last_push_at=last_push.get(room.id),
-                     sync=syncs.get(room.id), conflicts=conflicts.get(room.id, 0))
+                     sync=syncs.get(room.id), conflicts=conflicts.get(room.id, 0),
+                     skipped_events=skipped.get(room.id, 0))
         for room in room_list
     ]
+
+
+def skipped_events(session: Session, room: Room, limit: int = 50) -> list[SkippedEvent]:
+    """The Google events the room's syncs could not apply, most recently skipped first."""
+    return list(session.scalars(
+        sa.select(SkippedEvent).where(SkippedEvent.room_id == room.id)
+        .order_by(SkippedEvent.last_skipped_at.desc(), SkippedEvent.id).limit(limit)
+    ))
 
 
 def _add_pending_pushes(redis: Redis, open_by_room: dict[int, list[WatchChannel]],

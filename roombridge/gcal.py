@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import hmac
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +59,9 @@ from roombridge.queue import redis
 log = logging.getLogger(__name__)
 
 RESERVATION_PROPERTY = "roombridgeReservationId"
+# An HMAC of the reservation id under SECRET_KEY: only we can write it, so only our events carry a valid one.
+SIGNATURE_PROPERTY = "roombridgeSignature"
+_RESERVATION_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes '²', int() refuses it
 ROOM_CALENDAR_SUFFIX = "@resource.calendar.google.com"
 RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
 RETRIABLE_STATUSES = {429, 500, 502, 503, 504}
@@ -121,10 +127,39 @@ def event_id_for(reservation_id: int, revision: int = 0) -> str:
     return base64.b32hexencode(raw).decode().rstrip("=").lower()
 
 
-def reservation_id_of(event: dict) -> int | None:
-    """Our reservation id if the event is one of ours (private property), else None."""
-    value = (event.get("extendedProperties") or {}).get("private", {}).get(RESERVATION_PROPERTY)
-    return int(value) if value and str(value).isdigit() else None
+def reservation_signature(reservation_id: int, key: str) -> str:
+    """What SIGNATURE_PROPERTY holds for our reservation: HMAC-SHA256 of its id under `key` (SECRET_KEY)."""
+    return hmac.new(key.encode("utf-8", "surrogatepass"), f"reservation:{reservation_id}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def own_properties(reservation_id: int, key: str) -> dict[str, str]:
+    """The private extended properties that mark an event as our reservation's."""
+    return {RESERVATION_PROPERTY: str(reservation_id), SIGNATURE_PROPERTY: reservation_signature(reservation_id, key)}
+
+
+def _own_marks(event: dict) -> tuple[object, object]:
+    private = (event.get("extendedProperties") or {}).get("private") or {}
+    return private.get(RESERVATION_PROPERTY), private.get(SIGNATURE_PROPERTY)
+
+
+def reservation_id_of(event: dict, key: str | None) -> int | None:
+    """Our reservation id if the event carries our private properties with a valid signature, else None.
+
+    Never read from the event id: anyone who may write to a room calendar chooses its event ids
+    (and may copy our property, but cannot sign it without SECRET_KEY).
+    """
+    value, signature = _own_marks(event)
+    if not key or not isinstance(value, str) or not isinstance(signature, str) or not _RESERVATION_ID.fullmatch(value):
+        return None
+    reservation_id = int(value)
+    expected = reservation_signature(reservation_id, key).encode()
+    return reservation_id if hmac.compare_digest(signature.encode("utf-8", "surrogatepass"), expected) else None
+
+
+def signing_key() -> str:
+    """The key our events' signatures are made with: the app's SECRET_KEY (set for every process)."""
+    return current_app.config["SECRET_KEY"]
 
 
 def is_room_calendar(calendar_id: str) -> bool:
@@ -339,7 +374,7 @@ class CalendarGateway:
             if error.status != 409:
                 raise
         existing = self.get_event(calendar_id, event_id)
-        if existing.get("status") == "cancelled" or reservation_id_of(existing) != reservation_id_of(body):
+        if existing.get("status") == "cancelled" or _own_marks(existing) != _own_marks(body):
             raise EventIdTaken(
                 f"event id {event_id} is used by a deleted or foreign event", status=409, reason="duplicate"
             )

@@ -18,8 +18,9 @@ Rules, decided on purpose:
   `series_id` and `google_recurring_event_id` carrying the series' event id.
 - A Google booking that overlaps a live reservation is kept with status CONFLICT and
   `conflict_with_id`, for admins; it never overwrites the reservation it clashes with.
-- Our own events (found by the event id we stored, or by the private extended property
-  carrying our reservation id) are never imported twice. Echoes of our own writes (same
+- Our own events (found by the event id we stored, or by the private extended properties
+  carrying our reservation id and its HMAC under SECRET_KEY; never by the shape of the event
+  id, which anyone who may write to the room calendar chooses) are never imported twice. Echoes of our own writes (same
   etag, or not newer than what we stored) change nothing. A move, a resize, a retitle or a
   deletion made in Google is applied to the reservation and the organiser is told; moved
   onto another live reservation, ours becomes a CONFLICT rather than overwriting it. A
@@ -40,6 +41,7 @@ from zoneinfo import ZoneInfo
 from roombridge.gcal import reservation_id_of
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
 from roombridge.publish import description_from_event
+from roombridge.text import storable_tree
 
 TITLE_MAX = 200
 SERIES_ID_MAX = 64
@@ -121,15 +123,22 @@ def _parse_updated(raw: str | None) -> datetime | None:
     return datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def read_event(event: dict, room_calendar_id: str, room_time_zone: str = "UTC") -> GoogleEvent:
-    """Read one item of events.list as seen on the room's calendar."""
+def read_event(event: dict, room_calendar_id: str, room_time_zone: str = "UTC",
+               signing_key: str | None = None) -> GoogleEvent:
+    """Read one item of events.list as seen on the room's calendar.
+
+    Every string Google sent is made storable first (roombridge/text.py: no NUL, no lone
+    surrogate), the one place where Google's text enters our rows. Our own events are told by
+    the signature in their private properties, checked under `signing_key` (SECRET_KEY).
+    """
+    event = storable_tree(event)
     event_id = event["id"]
     common = dict(
         event_id=event_id,
         etag=event.get("etag"),
         updated=_parse_updated(event.get("updated")),
         recurring_event_id=event.get("recurringEventId"),
-        own_reservation_id=reservation_id_of(event),
+        own_reservation_id=reservation_id_of(event, signing_key),
     )
     if event.get("status") == "cancelled" or "start" not in event or "end" not in event:
         # Deleted events often come back as a stub: id and status only.

@@ -60,6 +60,13 @@ class RoomHealth(enum.StrEnum):
     NO_ACCESS = "no_access"  # the access check found the service account cannot make changes
 
 
+class SkipReason(enum.StrEnum):
+    """Why a sync skipped a Google event (`SkippedEvent.reason`)."""
+
+    UNREADABLE = "unreadable"  # the event could not be read as a booking (its times, its fields)
+    NOT_APPLIED = "not_applied"  # read, but writing it to its reservation failed (the database refused it)
+
+
 def _enum(enum_cls: type[enum.Enum], name: str, *, check: bool = True) -> sa.Enum:
     # Stored as plain strings with a CHECK, so adding a value is an ordinary migration. A column
     # added later has no CHECK (SQLite cannot add one without copying the table and its triggers).
@@ -235,6 +242,26 @@ class RoomSyncState(Base):
     sync_count: Mapped[int] = mapped_column(default=0)
 
     room: Mapped[Room] = relationship(back_populates="sync_state")
+
+
+class SkippedEvent(Base):
+    """A Google event a room's sync could not apply: skipped so the rest and the sync token advance.
+
+    One row per (room, event id), kept for admins (the console's room health) until the event is
+    applied by a later sync or deleted in Google.
+    """
+
+    __tablename__ = "skipped_events"
+    __table_args__ = (sa.UniqueConstraint("room_id", "event_id", name="uq_skipped_events_room_event"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"))
+    event_id: Mapped[str] = mapped_column(sa.String(1024))  # as stored: without NUL or lone surrogates
+    reason: Mapped[SkipReason] = mapped_column(_enum(SkipReason, "skip_reason"))
+    error: Mapped[str] = mapped_column(sa.Text)  # the exception, for admins and the log
+    first_skipped_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_skipped_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    times: Mapped[int] = mapped_column(default=1)  # syncs that skipped it
 
 
 class ApiToken(Base):

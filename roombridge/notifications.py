@@ -11,6 +11,7 @@ This module owns every Redis key of that path and the Lua scripts that read them
 
 - ``roombridge:channel:<id>``: what the webhook knows of a channel (token digest, resource id,
   room, expiry, stopped) and the pushes counted on it since the room's last sync;
+- ``roombridge:unknown-channel:<id>``: a channel id the database did not know, for a minute;
 - ``roombridge:pushes:<minute>``: pushes per minute, for "pushes in the last hour";
 - ``roombridge:sync:{queued,full,started,lock}:<room>``: asking for a room's sync, coalesced.
 
@@ -74,12 +75,25 @@ def sync_key(kind: str, room_id: int) -> str:
 # channel's row (absorb_push_stats), so the row is at most one sync behind.
 
 CHANNEL_KEY = "roombridge:channel:{id}"
+# A channel id the database did not know, remembered briefly: a flood of pushes naming it costs
+# one database read, not one each. Our ids are fresh UUIDs, unknown before their channel exists.
+UNKNOWN_CHANNEL_KEY = "roombridge:unknown-channel:{id}"
+UNKNOWN_CHANNEL_TTL_SECONDS = 60
 CHANNEL_ENTRY_OUTLIVES_EXPIRY = timedelta(days=1)
 RECENTLY_STOPPED = timedelta(days=1)  # pushes counted before a stop are still absorbed
 
 
 def channel_key(channel_id: str) -> str:
     return CHANNEL_KEY.format(id=channel_id)
+
+
+def unknown_channel_key(channel_id: str) -> str:
+    return UNKNOWN_CHANNEL_KEY.format(id=channel_id)
+
+
+def remember_unknown_channel(redis: Redis, channel_id: str) -> None:
+    """The database has no such channel: refuse its pushes from Redis alone for a while."""
+    redis.set(unknown_channel_key(channel_id), 1, ex=UNKNOWN_CHANNEL_TTL_SECONDS)
 
 
 def token_digest(token: str) -> str:
@@ -98,6 +112,10 @@ def cache_channel(redis: Redis, channel: WatchChannel) -> None:
         "expires": f"{channel.expiration.timestamp():.3f}" if channel.expiration else "",
         "stopped": 1 if channel.stopped_at else 0,
     })
+    if channel.last_message_number is not None:
+        # After Redis restarted empty: the highest number the row saw, so its replays stay refused.
+        pipe.hsetnx(key, "last_message_number", str(channel.last_message_number))
+    pipe.delete(unknown_channel_key(channel.id))
     lasts_from = channel.expiration or channel.created_at
     if lasts_from is not None:
         pipe.expireat(key, lasts_from + CHANNEL_ENTRY_OUTLIVES_EXPIRY)
@@ -237,29 +255,39 @@ def _enqueue_marked(conn: Redis, room_id: int) -> None:
 
 # --- a push notification: check it and ask for the sync, in one Redis call ------------------------
 
-# KEYS: the channel's entry (above), this minute's push counter.
-# ARGV: the push's token digest, its resource id, now (epoch seconds), its message number or "".
+# KEYS: the channel's entry (above), this minute's push counter, the channel's "unknown" mark.
+# ARGV: the push's token digest, its resource id, now (epoch seconds), its message number or ""
+# (decimal digits without leading zeros, compared as strings: Lua's numbers are doubles).
 # Answers one integer: room id * 2 + 1 if the room's queued marker was set by this push (the
 # caller enqueues the job), room id * 2 if a sync already waited; or a refusal code below.
 # The marker's key is built here from the entry's room id: fine on one Redis server (ours);
 # a Redis Cluster would want it declared in KEYS.
 #
+# A message number at or below the highest the channel has seen is a replay (Google's numbers
+# increase on a channel): acknowledged, and nothing counted or requested. A lower number that is
+# only late, not replayed, needs nothing either: the sync the higher one requested lists its change.
+#
 # The token is compared as SHA-256 digests with plain equality: what its timing can leak is
 # how many leading bytes of the two digests agree, which tells nothing about the token itself
 # (finding a token for a known digest is a preimage attack). A constant-time loop in Lua
 # doubled the script's run time on the Redis server for no added safety.
-_UNKNOWN, _WRONG_TOKEN, _WRONG_RESOURCE, _STOPPED = -1, -2, -3, -4
+_UNKNOWN, _WRONG_TOKEN, _WRONG_RESOURCE, _STOPPED, _REPLAYED, _KNOWN_UNKNOWN = -1, -2, -3, -4, -5, -6
 _VERDICTS = {_UNKNOWN: "unknown", _WRONG_TOKEN: "wrong token", _WRONG_RESOURCE: "wrong resource",
-             _STOPPED: "stopped"}
+             _STOPPED: "stopped", _REPLAYED: "replayed", _KNOWN_UNKNOWN: "known unknown"}
 _TAKE_PUSH = LuaScript(f"""
-local c = redis.call('HMGET', KEYS[1], 'token', 'resource_id', 'room_id', 'expires', 'stopped')
-if not c[1] then return {_UNKNOWN} end
+local c = redis.call('HMGET', KEYS[1], 'token', 'resource_id', 'room_id', 'expires', 'stopped', 'last_message_number')
+if not c[1] then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {_KNOWN_UNKNOWN} end
+  return {_UNKNOWN}
+end
 if c[1] ~= ARGV[1] then return {_WRONG_TOKEN} end
 if c[2] ~= '' and c[2] ~= ARGV[2] then return {_WRONG_RESOURCE} end
 if c[5] == '1' or (c[4] ~= '' and tonumber(c[4]) <= tonumber(ARGV[3])) then return {_STOPPED} end
+local n = ARGV[4]
+if n ~= '' and c[6] and (#n < #c[6] or (#n == #c[6] and n <= c[6])) then return {_REPLAYED} end
 redis.call('HINCRBY', KEYS[1], 'pushes', 1)
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'last_push_at', ARGV[3], 'last_message_number', ARGV[4])
+if n ~= '' then
+  redis.call('HSET', KEYS[1], 'last_push_at', ARGV[3], 'last_message_number', n)
 else
   redis.call('HSET', KEYS[1], 'last_push_at', ARGV[3])
 end
@@ -272,7 +300,9 @@ return tonumber(c[3]) * 2 + (marked and 1 or 0)
 @dataclass(frozen=True)
 class PushTaken:
     """What `take_push` made of a push."""
-    verdict: str  # "accepted", "unknown" (no entry in Redis), "wrong token", "wrong resource", "stopped"
+    # "accepted", "unknown" (no entry in Redis), "known unknown" (the database had no such channel a
+    # moment ago), "wrong token", "wrong resource", "stopped", "replayed" (a message number already seen)
+    verdict: str
     room_id: int | None = None
     enqueued: bool = False  # a sync job was enqueued (False: one already waited)
 
@@ -286,10 +316,9 @@ def take_push(conn: Redis, channel_id: str, token: str, resource_id: str, number
     Raises redis errors when Redis is unreachable.
     """
     stamp = now.timestamp()
-    answer = _TAKE_PUSH(conn, keys=(channel_key(channel_id),
-                                    push_bucket_key(now)),
+    answer = _TAKE_PUSH(conn, keys=(channel_key(channel_id), push_bucket_key(now), unknown_channel_key(channel_id)),
                         args=(token_digest(token), resource_id, f"{stamp:.6f}",
-                              "" if number is None else number))
+                              "" if number is None else str(number)))
     if answer < 0:
         return PushTaken(_VERDICTS[answer])
     room_id, marked = divmod(answer, 2)

@@ -22,12 +22,13 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from roombridge.config import Config
 from roombridge.gcal import (
-    RESERVATION_PROPERTY,
     CalendarGateway,
     EventIdTaken,
     EventNotFound,
     PermanentGoogleError,
     event_id_for,
+    own_properties,
+    signing_key,
 )
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, audit
 from roombridge.unit_of_work import InvitationDue, announce, unit_of_work
@@ -78,7 +79,7 @@ def event_body(reservation: Reservation, config: Config) -> dict:
         "location": room.name,
         "start": {"dateTime": reservation.start_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
         "end": {"dateTime": reservation.end_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
-        "extendedProperties": {"private": {RESERVATION_PROPERTY: str(reservation.id)}},
+        "extendedProperties": {"private": own_properties(reservation.id, signing_key())},
     }
     if config.delegated_mode:
         people = [reservation.organiser_email] + [a for a in reservation.attendees or []

@@ -6,8 +6,11 @@ or with no token, or when Google answers 410, every event of a window (SYNC_WIND
 to SYNC_WINDOW_DAYS_AHEAD). It reads every page first, with no database transaction open,
 so SQLite bookings are not blocked while Google answers, spooling them to a temporary file;
 then it applies each event through the mirroring rules (roombridge/mirror.py), a page at a
-time, and stores the new token, in ONE transaction. Memory stays at about one page. A
-crash before that commit leaves the old token, and the next run repeats the work safely:
+time, and stores the new token, in ONE transaction. Memory stays at about one page. Each
+event is applied in its own savepoint: one that cannot be applied (its content, or the
+database refusing its row; not the database being down) is skipped and kept as a
+`SkippedEvent` for admins while the rest and the token go on, so one bad event never stops
+a room. A crash before that commit leaves the old token, and the next run repeats the work safely:
 applying is idempotent (one reservation per (room, event id); echoes change nothing). After
 a full listing, Google reservations in the window that Google no longer has are cancelled.
 
@@ -23,8 +26,6 @@ compare-and-delete in Lua; if the worker dies, the lock expires after LOCK_TTL_S
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import tempfile
@@ -39,9 +40,10 @@ from sqlalchemy.orm import Session
 
 from roombridge import notifications
 from roombridge.booking import settle_conflicts
+from roombridge.booking.conflicts import _is_overlap_violation as is_overlap_violation
 from roombridge.config import Config
 from roombridge.db import utcnow
-from roombridge.gcal import CalendarGateway, PermanentGoogleError, SyncTokenInvalid, event_id_for
+from roombridge.gcal import CalendarGateway, PermanentGoogleError, SyncTokenInvalid, signing_key
 from roombridge.mirror import Action, Change, GoogleEvent, decide, read_event
 from roombridge.models import (
     LIVE_STATUSES,
@@ -50,9 +52,12 @@ from roombridge.models import (
     ReservationStatus,
     Room,
     RoomSyncState,
+    SkippedEvent,
+    SkipReason,
     audit,
 )
 from roombridge.queue import RedisLock
+from roombridge.text import storable
 from roombridge.unit_of_work import InvitationDue, announce, run_retrying, unit_of_work
 
 log = logging.getLogger(__name__)
@@ -120,6 +125,8 @@ class SyncReport:
     full: bool = False
     events: int = 0  # events Google listed
     actions: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0  # events that could not be applied (kept as SkippedEvent rows for admins)
+    skips_known: bool = False  # the room has skipped events on record: an applied one clears its own
     # (reservation id, iMIP method, event id): organisers told of a change made in Google.
     notices: list[tuple[int, str, str]] = field(default_factory=list)
 
@@ -236,14 +243,17 @@ def sync_room_now(session: Session, gateway: CalendarGateway, room: Room, config
 def _apply_listing(session: Session, room_id: int, calendar_id: str, time_zone: str, listing: _Listing,
                    report: SyncReport, page_size: int) -> None:
     full_listing = listing.window is not None
+    report.skips_known = session.scalar(
+        sa.select(sa.func.count()).select_from(SkippedEvent).where(SkippedEvent.room_id == room_id)) > 0
     if full_listing:
         _start_seen(session)
+    key = signing_key()
     for chunk in listing.events.chunks(page_size):
         seen = []
         for raw in chunk:
-            event = read_event(raw, calendar_id, time_zone)
-            seen.append(event.event_id)
-            apply_event(session, room_id, event, report)
+            event_id = _apply_one(session, room_id, calendar_id, time_zone, key, raw, report)
+            if event_id is not None:
+                seen.append(event_id)
         if full_listing and seen:
             session.execute(SEEN_EVENTS.insert(), [{"event_id": event_id} for event_id in seen])
         # Send this page's changes to the database (same transaction) and let the session
@@ -266,44 +276,74 @@ def _apply_listing(session: Session, room_id: int, calendar_id: str, time_zone: 
     session.add(state)
 
 
-def _own_id_in_event_id(event_id: str) -> tuple[int, int] | None:
-    """(reservation id, revision) if the event id is one of our deterministic ids."""
-    try:
-        raw = base64.b32hexdecode(event_id.upper() + "=" * (-len(event_id) % 8)).decode()
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        return None
-    prefix, _, rest = raw.partition(":")
-    rid, _, rev = rest.partition(":")
-    if prefix != "roombridge" or not rid.isdigit() or not rev.isdigit():
-        return None
-    if event_id_for(int(rid), int(rev)) != event_id:
-        return None
-    return int(rid), int(rev)
-
-
 def find_mirror(session: Session, room_id: int, event: GoogleEvent) -> Reservation | None:
-    """The reservation mirroring this event: by stored event id, else ours by property or id."""
+    """The reservation mirroring this event: by the event id stored on it, else ours by its signed property.
+
+    Never by decoding the event id: anyone who may write to the room calendar can give an event
+    the id we would give one of our reservations, and must not take that reservation over.
+    """
     found = session.scalar(
         sa.select(Reservation).where(Reservation.room_id == room_id, Reservation.google_event_id == event.event_id)
     )
-    if found is not None:
+    if found is not None or event.own_reservation_id is None:
         return found
-    candidates = []
-    if event.own_reservation_id is not None:
-        candidates.append(event.own_reservation_id)
-    own = _own_id_in_event_id(event.event_id)
-    if own is not None:
-        candidates.append(own[0])
-    for reservation_id in candidates:
-        reservation = session.get(Reservation, reservation_id)
-        if (
-            reservation is not None
-            and reservation.room_id == room_id
-            and reservation.source != ReservationSource.GOOGLE
-            and reservation.google_event_id in (None, event.event_id)
-        ):
-            return reservation
+    reservation = session.get(Reservation, event.own_reservation_id)
+    if (
+        reservation is not None
+        and reservation.room_id == room_id
+        and reservation.source != ReservationSource.GOOGLE
+        and reservation.google_event_id in (None, event.event_id)
+    ):
+        return reservation
     return None
+
+
+# What one event may fail with and be skipped for: its content (times, fields) or the database
+# refusing its row. Not the database being unreachable (OperationalError): that fails the sync.
+SKIPPABLE = (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, LookupError,
+             sa.exc.DataError, sa.exc.IntegrityError)
+
+
+def _apply_one(session: Session, room_id: int, calendar_id: str, time_zone: str, key: str, raw: dict,
+               report: SyncReport) -> str | None:
+    """Apply one listed event in its own savepoint; one that fails is recorded and skipped, not fatal.
+
+    Returns the event's (storable) id, or None when the item has no id at all.
+    """
+    raw_id = raw.get("id") if isinstance(raw, dict) else None
+    event_id = storable(raw_id)[:1024] if isinstance(raw_id, str) else None
+    reason = SkipReason.UNREADABLE
+    try:
+        with session.begin_nested():
+            event = read_event(raw, calendar_id, time_zone, key)
+            reason = SkipReason.NOT_APPLIED
+            apply_event(session, room_id, event, report)
+    except SKIPPABLE as error:
+        if isinstance(error, sa.exc.IntegrityError) and is_overlap_violation(error):
+            # A booking committed meanwhile (PostgreSQL): the retried sync sees it and keeps a conflict.
+            raise
+        log.warning("sync of room %s skipped event %r (%s): %r", room_id, event_id, reason.value, error)
+        report.skipped += 1
+        if event_id is not None:
+            _record_skip(session, room_id, event_id, reason, error)
+        return event_id
+    if event_id is not None and report.skips_known:
+        session.execute(sa.delete(SkippedEvent).where(SkippedEvent.room_id == room_id,
+                                                      SkippedEvent.event_id == event_id))
+    return event_id
+
+
+def _record_skip(session: Session, room_id: int, event_id: str, reason: SkipReason, error: Exception) -> None:
+    text = storable(f"{type(error).__name__}: {error}")[:2000]
+    now = utcnow()
+    row = session.scalar(sa.select(SkippedEvent).where(SkippedEvent.room_id == room_id,
+                                                       SkippedEvent.event_id == event_id))
+    if row is None:
+        session.add(SkippedEvent(room_id=room_id, event_id=event_id, reason=reason, error=text,
+                                 first_skipped_at=now, last_skipped_at=now, times=1))
+    else:
+        row.reason, row.error, row.last_skipped_at, row.times = reason, text, now, row.times + 1
+    session.flush()
 
 
 def live_clashes(session: Session, room_id: int, event: GoogleEvent, exclude_id: int | None) -> list[Reservation]:

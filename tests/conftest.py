@@ -19,6 +19,7 @@ from roombridge import db, migrate
 from roombridge.db import Base
 from tests.support import (
     DATABASES,
+    FUZZ_EXAMPLES,
     POSTGRES_DB,
     POSTGRES_SERVER,
     REDIS_URL,
@@ -32,8 +33,12 @@ from tests.support import (
 from webapp import create_app
 
 # CI replays the same examples every run (a red run must be reproducible); elsewhere, explore.
+# `make fuzz` (HYPOTHESIS_PROFILE=fuzz) explores with many more examples (tests.support.examples).
 hypothesis.settings.register_profile("ci", derandomize=True)
-if os.environ.get("CI"):
+hypothesis.settings.register_profile("fuzz", derandomize=False, max_examples=FUZZ_EXAMPLES, deadline=None)
+if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz":
+    hypothesis.settings.load_profile("fuzz")
+elif os.environ.get("CI"):
     hypothesis.settings.load_profile("ci")
 
 

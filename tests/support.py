@@ -35,6 +35,16 @@ DATABASES = [d for d in os.environ.get("ROOMBRIDGE_TEST_DATABASES", "sqlite,post
 # The app's service account in the emulator: the demo's own, so tests and the demo seed agree.
 SERVICE_ACCOUNT = DEMO_SERVICE_ACCOUNT
 # ENV and AUTH_MODE said explicitly: the defaults are production and OIDC (fail closed).
+# Hypothesis examples per test under `make fuzz` (the "fuzz" profile, tests/conftest.py); FUZZ_EXAMPLES=N
+# in the environment for a shorter or longer run.
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2000"))
+
+
+def examples(usual: int) -> int:
+    """A fuzz test's number of examples: `usual` in ordinary runs and CI, FUZZ_EXAMPLES under `make fuzz`."""
+    return FUZZ_EXAMPLES if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz" else usual
+
+
 TEST_SETTINGS = dict(ENV="test", AUTH_MODE="dev", SECRET_KEY="test-secret",
                      ADMIN_EMAILS=frozenset({"admin@example.com"}))
 

@@ -73,4 +73,5 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
 
     limits.init_app(app)  # after every blueprint: it wraps the views marked @booking_writes
     auth.init_app(app)  # last: it exempts the webhook and API blueprints from CSRF
+    security.refuse_unstorable_text(app)  # after CSRF's check
     return app

@@ -138,7 +138,7 @@ def tokens():
     return render_template("admin/tokens.html", tokens=api_tokens.list_tokens(db.session()), now=utcnow())
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<id:token_id>/revoke")
 @admin_required
 def revoke_token(token_id: int):
     revoked = api_tokens.revoke_by_id(db.session(), token_id, actor=_actor())
@@ -202,6 +202,7 @@ def _room_page(room: Room, form: RoomForm, status: int = 200):
         "admin/room.html", room=room, overview=overview, form=form, now=now,
         displays=displays.live_displays(session, room.id), checkin_defaults=_config(),
         open_channels=channels.open_channels(session, room.id), conflicts=console.room_conflicts(session, room, now),
+        skipped_events=console.skipped_events(session, room),
         awaiting=awaiting if awaiting in AWAITING else None, status=_status(overview, now),
     ), status
 

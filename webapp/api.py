@@ -87,6 +87,10 @@ def _actor() -> dict:
     return {"actor_email": g.api_user, "actor_is_admin": g.api_admin}
 
 
+def _reservation_json(reservation, warnings: list[str] | None = None) -> dict:
+    return schemas.reservation_json(reservation, warnings, viewer_email=g.api_user, viewer_is_admin=g.api_admin)
+
+
 def _load(schema: Schema, data) -> dict:
     if not isinstance(data, dict):
         raise ValidationError({"_schema": ["Send a JSON object."]})
@@ -222,7 +226,7 @@ def list_reservations():
     found = booking.list_reservations(
         db.session(), room_id=query.get("room"), start=query.get("start"), end=query.get("end"), **_actor()
     )
-    return jsonify(reservations=[schemas.reservation_json(r) for r in found])
+    return jsonify(reservations=[_reservation_json(r) for r in found])
 
 
 @bp.post("/reservations")
@@ -249,11 +253,11 @@ def create_reservation():
     first = result.reservations[0]
     location = {"Location": f"{bp.url_prefix}/reservations/{first.id}"}
     if recurrence is None:
-        return jsonify(schemas.reservation_json(first, result.warnings)), 201, location
+        return jsonify(_reservation_json(first, result.warnings)), 201, location
     return (
         jsonify(
             series_id=first.series_id,
-            reservations=[schemas.reservation_json(r) for r in result.reservations],
+            reservations=[_reservation_json(r) for r in result.reservations],
             warnings=result.warnings,
             skipped=[schemas.rfc3339(s) for s in result.skipped],
         ),
@@ -264,7 +268,7 @@ def create_reservation():
 
 @bp.get("/reservations/<id:reservation_id>")
 def get_reservation(reservation_id: int):
-    return jsonify(schemas.reservation_json(booking.get(db.session(), reservation_id, **_actor())))
+    return jsonify(_reservation_json(booking.get(db.session(), reservation_id, **_actor())))
 
 
 @bp.patch("/reservations/<id:reservation_id>")
@@ -274,28 +278,28 @@ def edit_reservation(reservation_id: int):
     booking.get(db.session(), reservation_id, **_actor())
     changes = _load(schemas.ReservationPatchSchema(), _json_body())
     result = booking.edit(db.session(), _config(), reservation_id, **_actor(), **changes)
-    return jsonify(schemas.reservation_json(result.reservations[0], result.warnings))
+    return jsonify(_reservation_json(result.reservations[0], result.warnings))
 
 
 @bp.delete("/reservations/<id:reservation_id>")
 @booking_writes
 def cancel_reservation(reservation_id: int):
     reservation = booking.cancel(db.session(), _config(), reservation_id, **_actor())
-    return jsonify(schemas.reservation_json(reservation))
+    return jsonify(_reservation_json(reservation))
 
 
 @bp.post("/reservations/<id:reservation_id>/retry")
 def retry_reservation(reservation_id: int):
     """Try the Google write of a failed reservation again."""
     reservation = booking.retry_write(db.session(), reservation_id, **_actor())
-    return jsonify(schemas.reservation_json(reservation)), 202
+    return jsonify(_reservation_json(reservation)), 202
 
 
 @bp.post("/reservations/<id:reservation_id>/check-in")
 def check_in_reservation(reservation_id: int):
     """Check in to a meeting (organiser, attendee or admin), inside its check-in window."""
     reservation = checkin.check_in(db.session(), _config(), reservation_id, checkin.person(g.api_user, g.api_admin))
-    return jsonify(schemas.reservation_json(reservation))
+    return jsonify(_reservation_json(reservation))
 
 
 @bp.get("/openapi.json")

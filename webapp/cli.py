@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
+
+from roombridge.text import unstorable_fields
 
 db_cli = AppGroup("db", help="Create or upgrade the database schema.")
 
@@ -386,13 +390,36 @@ def displays_revoke(room_email: str, prefix: str | None) -> None:
     click.echo(f"revoked {count} display link(s)")
 
 
+def _refusing_unstorable_text(command: click.Command) -> click.Command:
+    """`command`, and every command of a group, refuse arguments the database cannot store.
+
+    A lone surrogate is what Python makes of command-line bytes that are not UTF-8; NUL comes
+    from scripts calling the commands in-process. One usage error (exit status 2) names the option.
+    """
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _refusing_unstorable_text(sub)
+        return command
+    callback = command.callback
+    if callback is None or getattr(callback, "refuses_unstorable_text", False):
+        return command
+
+    @functools.wraps(callback)
+    def checked(*args, **kwargs):
+        bad = unstorable_fields(kwargs.items())
+        if bad:
+            name = bad[0]
+            param = next((p for p in command.params if p.name == name), None)
+            raise click.BadParameter("must not contain NUL characters or undecodable bytes",
+                                     param=param, param_hint=None if param else name)
+        return callback(*args, **kwargs)
+
+    checked.refuses_unstorable_text = True
+    command.callback = checked
+    return command
+
+
 def init_app(app: Flask) -> None:
-    app.cli.add_command(displays_cli)
-    app.cli.add_command(tokens_cli)
-    app.cli.add_command(db_cli)
-    app.cli.add_command(worker_command)
-    app.cli.add_command(scheduler_command)
-    app.cli.add_command(rooms_cli)
-    app.cli.add_command(channels_cli)
-    app.cli.add_command(sync_command)
-    app.cli.add_command(google_cli)
+    for command in (displays_cli, tokens_cli, db_cli, worker_command, scheduler_command, rooms_cli, channels_cli,
+                    sync_command, google_cli):
+        app.cli.add_command(_refusing_unstorable_text(command))

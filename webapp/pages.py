@@ -111,7 +111,8 @@ def day_segments(busy: list[booking.Busy], day: date, zone: ZoneInfo, hours: str
 
 
 def _timelines(session, rooms: list[Room], day: date) -> dict[int, list[Segment]]:
-    busy = booking.day_timeline(session, rooms, day)
+    user = current_user()
+    busy = booking.day_timeline(session, rooms, day, user.email if user else None, bool(user and user.is_admin))
     config = _config()
     return {
         room.id: day_segments(busy.get(room.id, []), day, _zone(room), room.bookable_hours or config.BOOKABLE_HOURS)
@@ -197,7 +198,7 @@ def free_now():
                            favourites=favourites)
 
 
-@bp.post("/rooms/<int:room_id>/favourite")
+@bp.post("/rooms/<id:room_id>/favourite")
 @login_required
 def favourite(room_id: int):
     if not people.set_favourite(db.session(), current_user().email, room_id, request.form.get("favourite") == "1"):
@@ -240,13 +241,9 @@ class GridRow:
 
 
 def _busy_label(busy: booking.Busy) -> str:
-    """A private meeting shows as Busy to anyone but its organiser, its attendees and admins."""
-    # The core's visibility rule for private meetings is being written on another branch; until it lands
-    # the pages apply the same rule as queries.can_see.
-    user = current_user()
-    if busy.private and not (user is not None and (
-            user.is_admin or busy.organiser_email == user.email or user.email in busy.attendees)):
-        return "Busy"
+    """"Busy: title", or only "Busy" for a private meeting the viewer may not see into (booking.may_see_details)."""
+    if busy.hidden:
+        return booking.PRIVATE_TITLE
     return f"Busy: {busy.title}" + (" (Google)" if busy.source == ReservationSource.GOOGLE else "")
 
 
@@ -323,7 +320,7 @@ def grid():
                            **_filters(rooms))
 
 
-@bp.get("/rooms/<int:room_id>/week")
+@bp.get("/rooms/<id:room_id>/week")
 @login_required
 def week(room_id: int):
     session = db.session()
@@ -636,7 +633,7 @@ def create_token():
     return _tokens_page(new_token=new.token)
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<id:token_id>/revoke")
 @login_required
 def revoke_token(token_id: int):
     user = current_user()

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from roombridge import booking
 from roombridge.booking import MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH, rules
 from roombridge.models import Reservation, Room
 
@@ -186,19 +187,22 @@ def rfc3339(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def reservation_json(reservation: Reservation, warnings: list[str] | None = None) -> dict:
+def reservation_json(reservation: Reservation, warnings: list[str] | None = None, *, viewer_email: str | None,
+                     viewer_is_admin: bool = False) -> dict:
+    """The reservation as the viewer may see it: a private meeting of others shows only as "Busy"."""
     zone = reservation.room.zone
+    shown = booking.may_see_details(reservation, viewer_email, viewer_is_admin)
     answer = {
         "id": reservation.id,
         "room_id": reservation.room_id,
-        "title": reservation.title,
-        "description": reservation.description,
+        "title": reservation.title if shown else booking.PRIVATE_TITLE,
+        "description": reservation.description if shown else "",
         "start": rfc3339(reservation.start_at),
         "end": rfc3339(reservation.end_at),
         "time_zone": reservation.room.time_zone,
         "start_local": reservation.start_at.astimezone(zone).isoformat(timespec="seconds"),
         "end_local": reservation.end_at.astimezone(zone).isoformat(timespec="seconds"),
-        "attendees": list(reservation.attendees or []),
+        "attendees": list(reservation.attendees or []) if shown else [],
         "organiser": reservation.organiser_email,
         "status": str(reservation.status),
         "status_reason": reservation.status_reason,

@@ -10,15 +10,20 @@
   body would be cut, not refused: `SizedChunkedBodies` reads at most one byte past the limit
   and hands Flask a sized body, which werkzeug refuses with 413 when it is too long.
 - The headers are set after every request, errors and static files included.
+- Text the database cannot store (NUL characters, lone surrogates: roombridge/text.py) is refused
+  before any handler runs, in one place (`refuse_unstorable_text`): the API answers 422 naming
+  each field (JSON body and query string), a page answers 422 naming the form field. The webhook
+  checks its headers itself (400, counted).
 """
 
 from __future__ import annotations
 
 import io
 
-from flask import Flask, current_app, url_for
+from flask import Flask, current_app, jsonify, render_template, request, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from roombridge import text
 from roombridge.config import Config
 
 MAX_BODY_BYTES = 256 * 1024
@@ -94,3 +99,28 @@ def init_app(app: Flask, config: Config) -> None:
         for name, value in headers.items():
             response.headers.setdefault(name, value)
         return response
+
+
+def refuse_unstorable_text(app: Flask) -> None:
+    """Install the check of every request's text (after CSRF's, so a forged form is still a 400)."""
+
+    @app.before_request
+    def _refuse_unstorable_text():
+        if request.blueprint == "webhooks":
+            return None
+        api = request.blueprint == "api"
+        pairs = list(request.args.items(multi=True))
+        if api:
+            body = request.get_json(silent=True) if request.is_json else None
+            pairs += list(body.items()) if isinstance(body, dict) else [("_schema", body)]
+        else:
+            pairs += list(request.form.items(multi=True))
+        fields = text.unstorable_fields(pairs)
+        if not fields:
+            return None
+        if api:
+            return jsonify(error="invalid", errors={name: [text.MESSAGE] for name in fields}), 422
+        named = ", ".join(f"“{name}”" for name in fields)
+        return render_template("error.html", title="Text that cannot be kept",
+                               message=f"The field {named} holds a NUL character or broken Unicode, which "
+                                       "cannot be stored. Go back and type it again without it."), 422

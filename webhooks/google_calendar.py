@@ -11,10 +11,14 @@ Answers, chosen with Google's rules in mind (2xx and 102 are success; 500, 502, 
 504 make Google retry with backoff; anything else is a failure it does not retry):
 
 - 400: a required header (X-Goog-Channel-ID, X-Goog-Resource-ID, X-Goog-Resource-State)
-  is missing or malformed, or X-Goog-Message-Number is not a number. Not something Google
-  sends; nothing to retry.
+  is missing or malformed, X-Goog-Message-Number is not a number, or a header holds a NUL
+  character (roombridge/text.py: nothing the database could not store goes further). Not
+  something Google sends; nothing to retry.
 - 404: no channel with that id. Not retried, which is what we want for a channel we do not
-  know (or forgot after stopping it).
+  know (or forgot after stopping it). An id that is not one we issue (a UUID) is refused before
+  any lookup; an unknown one is remembered in Redis for a minute, so a flood of pushes naming it
+  costs one database read.
+- 200, ignored: a message number the channel has already seen (a replay): no sync requested.
 - 403: the channel token does not match (compared as SHA-256 digests in Redis, see
   roombridge/notifications.py why that leaks nothing; in constant time when read from the database),
   or the resource id is not the one the channel was made for. Someone other than Google,
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 
 import sqlalchemy as sa
 from flask import Response, request
@@ -47,6 +52,7 @@ from roombridge.metrics import WEBHOOK_PUSHES
 from roombridge.models import WatchChannel
 from roombridge.notifications import take_push
 from roombridge.queue import redis
+from roombridge.text import unstorable_fields
 from roombridge.unit_of_work import unit_of_work
 from webhooks import bp
 
@@ -59,6 +65,8 @@ CHANGE_STATES = {"exists", "not_exists"}  # events only send exists; not_exists 
 STATES = {"sync"} | CHANGE_STATES
 # Answers that mean the push was taken; every other answer is a refusal, counted by its text.
 TAKEN = frozenset({"sync requested", "sync already requested", "sync recorded"})
+# The channel ids we issue (roombridge/channels.py): lowercase UUIDs. ASCII only, whatever re's defaults.
+OUR_CHANNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
 
 
 def _answer(status: int, text: str) -> Response:
@@ -72,6 +80,12 @@ class BadPush(ValueError):
 
 
 def _read_headers(headers) -> tuple[str, str, str, str, int | None]:
+    unstorable = unstorable_fields((name, value) for name, value in headers.items()
+                                   if name.lower().startswith("x-goog-"))
+    if unstorable:
+        # One fixed answer (the metric's label set stays small whatever names are sent); the log names it.
+        log.info("push refused: %s holds a NUL character", unstorable[0])
+        raise BadPush("a header holds a NUL character")
     channel_id = headers.get("X-Goog-Channel-ID", "").strip()
     resource_id = headers.get("X-Goog-Resource-ID", "").strip()
     state = headers.get("X-Goog-Resource-State", "").strip()
@@ -87,7 +101,7 @@ def _read_headers(headers) -> tuple[str, str, str, str, int | None]:
         raise BadPush("X-Goog-Channel-Token too long")
     number = None
     if raw_number:
-        if not raw_number.isdigit() or len(raw_number) > 18:
+        if not raw_number.isascii() or not raw_number.isdigit() or len(raw_number) > 18:
             raise BadPush("X-Goog-Message-Number is not a number")
         number = int(raw_number)
     return channel_id, resource_id, state, token, number
@@ -114,11 +128,17 @@ def google_calendar_push() -> Response:
         channel_id, resource_id, state, token, number = _read_headers(request.headers)
     except BadPush as problem:
         return _answer(400, str(problem))
+    if not OUR_CHANNEL_ID.fullmatch(channel_id):
+        return _refuse(channel_id, 404, "unknown channel")  # not an id we issue: no lookup at all
     now = utcnow()
     try:
         if state == "sync":
+            if redis().exists(notifications.unknown_channel_key(channel_id)):
+                return _refuse(channel_id, 404, "unknown channel")
             return _record_handshake(channel_id, resource_id, token, now)
         taken = take_push(redis(), channel_id, token, resource_id, number, now)
+        if taken.verdict == "known unknown":
+            return _refuse(channel_id, 404, "unknown channel")
         if taken.verdict == "unknown":
             refusal = _check_in_database(channel_id, resource_id, token, now)
             if refusal is not None:
@@ -134,6 +154,8 @@ def google_calendar_push() -> Response:
         return _answer(200, "sync requested" if taken.enqueued else "sync already requested")
     if taken.verdict == "stopped":
         return _refuse(channel_id, 200, "channel stopped; ignored")
+    if taken.verdict == "replayed":
+        return _refuse(channel_id, 200, "message already seen; ignored")
     if taken.verdict in ("wrong token", "wrong resource"):
         return _refuse(channel_id, 403, taken.verdict)
     # Written a moment ago and gone already: only a race with the entry's expiry. Let Google retry.
@@ -152,6 +174,8 @@ def _check_in_database(channel_id: str, resource_id: str, token: str, now) -> tu
         channel = session.get(WatchChannel, channel_id)
         if channel is not None:
             notifications.cache_channel(redis(), channel)
+        else:
+            notifications.remember_unknown_channel(redis(), channel_id)
         return _refusal(channel, token, resource_id, now)
 
 
@@ -176,5 +200,7 @@ def _record_handshake(channel_id: str, resource_id: str, token: str, now) -> Res
             if refusal is not None:
                 raise _Refused(*refusal)
     except _Refused as refused:
+        if refused.args[0] == 404:
+            notifications.remember_unknown_channel(redis(), channel_id)
         return _refuse(channel_id, *refused.args)
     return _answer(200, "sync recorded")

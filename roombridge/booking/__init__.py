@@ -17,6 +17,7 @@ Callers read `booking.book(...)`: the public names are re-exported here.
 from roombridge.booking.commands import BookingRequest, BookingResult, book, cancel, edit, retry_write
 from roombridge.booking.conflicts import Clash, Conflict, find_clashes, settle_conflicts
 from roombridge.booking.queries import (
+    PRIVATE_TITLE,
     Assessment,
     Busy,
     assess,
@@ -26,9 +27,11 @@ from roombridge.booking.queries import (
     find_free_rooms,
     get,
     list_reservations,
+    may_see_details,
     organised_or_attended_by,
     refusals,
     rooms_that_fit,
+    title_for,
 )
 from roombridge.booking.recurrence import FREQUENCIES, Recurrence, expand
 from roombridge.booking.rules import (
@@ -46,7 +49,7 @@ from roombridge.booking.rules import (
 )
 
 __all__ = [
-    "Assessment", "assess", "refusals", "rooms_that_fit",
+    "Assessment", "assess", "refusals", "rooms_that_fit", "PRIVATE_TITLE", "may_see_details", "title_for",
     "FREQUENCIES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
     "BookingResult", "Busy", "Clash", "Conflict", "InvalidBooking", "NotAllowed", "NotFound", "Policy", "Recurrence",
     "book", "can_change", "can_see", "cancel", "clean_attendees", "day_timeline", "edit", "expand", "find_clashes",

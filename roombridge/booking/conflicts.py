@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from roombridge.booking.queries import title_for
 from roombridge.booking.rules import BookingError
 from roombridge.models import LIVE_STATUSES, Reservation, ReservationStatus, audit
 from roombridge.unit_of_work import run_retrying
@@ -66,7 +67,9 @@ def find_clashes(session: Session, room_id: int, spans: Sequence[tuple[datetime,
     for index, (start, end) in enumerate(spans):
         for other in found:
             if other.start_at < end and other.end_at > start:
-                clashes.setdefault(index, []).append(Clash(other.start_at, other.end_at, other.id, other.title))
+                # Shown to whoever is booking: a private meeting's title stays hidden ("Busy").
+                clashes.setdefault(index, []).append(
+                    Clash(other.start_at, other.end_at, other.id, title_for(other, viewer_email=None)))
     return clashes
 
 

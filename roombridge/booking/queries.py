@@ -31,14 +31,32 @@ class Busy:
     title: str
     source: ReservationSource
     organiser_email: str
-    private: bool = False
-    attendees: tuple[str, ...] = ()
+    hidden: bool = False  # a private meeting the viewer may not see into: title "Busy", no organiser
 
 
 
 def can_see(reservation: Reservation, actor_email: str, actor_is_admin: bool) -> bool:
     actor = actor_email.strip().lower()
     return actor_is_admin or reservation.organiser_email == actor or actor in (reservation.attendees or [])
+
+
+PRIVATE_TITLE = "Busy"
+
+
+def may_see_details(reservation: Reservation, viewer_email: str | None, viewer_is_admin: bool = False) -> bool:
+    """Whether the viewer may see what a reservation is (title, description, attendees), not only when.
+
+    The one rule for private meetings: a reservation mirrored from a Google event whose
+    visibility is private or confidential shows as "Busy" to everyone but its organiser, its
+    attendees and admins, on every page and in the API. No viewer (None): only "Busy".
+    """
+    return not reservation.private or (viewer_email is not None and can_see(reservation, viewer_email,
+                                                                              viewer_is_admin))
+
+
+def title_for(reservation: Reservation, viewer_email: str | None, viewer_is_admin: bool = False) -> str:
+    """The reservation's title as the viewer may see it (see `may_see_details`)."""
+    return reservation.title if may_see_details(reservation, viewer_email, viewer_is_admin) else PRIVATE_TITLE
 
 
 def can_change(reservation: Reservation, actor_email: str, actor_is_admin: bool) -> bool:
@@ -93,8 +111,9 @@ def list_reservations(
     return list(session.scalars(query.order_by(Reservation.start_at, Reservation.id).limit(limit)))
 
 
-def day_timeline(session: Session, rooms: list[Room], day: date) -> dict[int, list[Busy]]:
-    """Each room's live reservations on `day` (the room's own calendar day); ONE query."""
+def day_timeline(session: Session, rooms: list[Room], day: date, viewer_email: str | None = None,
+                 viewer_is_admin: bool = False) -> dict[int, list[Busy]]:
+    """Each room's live reservations on `day` (the room's own calendar day) as the viewer may see them; ONE query."""
     if not rooms:
         return {}
     windows = {}
@@ -120,10 +139,11 @@ def day_timeline(session: Session, rooms: list[Room], day: date) -> dict[int, li
     for reservation in found:
         window_start, window_end = windows[reservation.room_id]
         if reservation.start_at < window_end and reservation.end_at > window_start:
+            shown = may_see_details(reservation, viewer_email, viewer_is_admin)
             timeline[reservation.room_id].append(
-                Busy(reservation.start_at, reservation.end_at, reservation.id, reservation.title,
-                     reservation.source, reservation.organiser_email, reservation.private,
-                     tuple(reservation.attendees or ()))
+                Busy(reservation.start_at, reservation.end_at, reservation.id,
+                     reservation.title if shown else PRIVATE_TITLE, reservation.source,
+                     reservation.organiser_email if shown else "", hidden=not shown)
             )
     return timeline
 

@@ -8,7 +8,6 @@ import pytest
 
 from roombridge import db
 from roombridge.gcal import (
-    RESERVATION_PROPERTY,
     CalendarGateway,
     CalendarNotInScope,
     EventIdTaken,
@@ -16,10 +15,11 @@ from roombridge.gcal import (
     RetriableGoogleError,
     SyncTokenInvalid,
     event_id_for,
+    own_properties,
     reservation_id_of,
 )
 from tests.factories import make_room
-from tests.support import SERVICE_ACCOUNT
+from tests.support import SERVICE_ACCOUNT, TEST_SETTINGS
 
 ROOM = "atlas@resource.calendar.google.com"
 OTHER_ROOM = "borealis@resource.calendar.google.com"
@@ -31,7 +31,7 @@ def event_body(reservation_id: int, start: datetime = T0, **extra) -> dict:
         "summary": f"Reservation {reservation_id}",
         "start": {"dateTime": start.isoformat()},
         "end": {"dateTime": (start + timedelta(hours=1)).isoformat()},
-        "extendedProperties": {"private": {RESERVATION_PROPERTY: str(reservation_id)}},
+        "extendedProperties": {"private": own_properties(reservation_id, TEST_SETTINGS["SECRET_KEY"])},
         **extra,
     }
 
@@ -93,7 +93,7 @@ def test_a_retried_insert_creates_one_event(emulator, gw):
     first = gw.insert_event(ROOM, event_id_for(7), event_body(7))
     again = gw.insert_event(ROOM, event_id_for(7), event_body(7))  # as after a lost response
     assert again["id"] == first["id"] and again["etag"] == first["etag"]
-    assert reservation_id_of(again) == 7
+    assert reservation_id_of(again, TEST_SETTINGS["SECRET_KEY"]) == 7
     inserts = [r for r in calendar_calls(emulator, ROOM) if r["method"] == "POST"]
     assert [r["status"] for r in inserts] == [200, 409]
     assert len([e for page in gw.list_events(ROOM).pages() for e in page]) == 1

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
+from roombridge.gcal import RESERVATION_PROPERTY, SIGNATURE_PROPERTY, event_id_for, own_properties
 from roombridge.mirror import NO_TITLE, Action, decide, read_event
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
 from tests.support import SERVICE_ACCOUNT
 
 ROOM = "room-a@resource.calendar.google.com"
+KEY = "test-secret"
 
 
 def at(hour: int, minute: int = 0, day: int = 7) -> datetime:
@@ -151,18 +152,18 @@ def own_event(**overrides) -> dict:
         "summary": "Planning", "organizer": {"email": ROOM, "self": True},
         "creator": {"email": SERVICE_ACCOUNT},
         "start": {"dateTime": "2030-01-07T10:00:00Z"}, "end": {"dateTime": "2030-01-07T11:00:00Z"},
-        "extendedProperties": {"private": {RESERVATION_PROPERTY: "10"}},
+        "extendedProperties": {"private": own_properties(10, KEY)},
     }
     event.update(overrides)
     return event
 
 
 def test_our_own_event_is_recognised_and_never_imported():
-    event = read_event(own_event(), ROOM)
+    event = read_event(own_event(), ROOM, signing_key=KEY)
     assert event.own_reservation_id == 10
     assert decide(event, reservation(), []).action is Action.NONE  # echo
     # Same content, new etag (seen before the push job stored its etag): still nothing to do.
-    assert decide(read_event(own_event(etag='"x"', updated="2030-01-01T08:30:00.000Z"), ROOM),
+    assert decide(read_event(own_event(etag='"x"', updated="2030-01-01T08:30:00.000Z"), ROOM, signing_key=KEY),
                   reservation(), []).action is Action.NONE
     # Ours by its property, but no reservation of ours here: not imported as a Google booking.
     assert decide(event, None, []).action is Action.NONE
@@ -214,3 +215,35 @@ def test_a_stale_copy_never_revives_a_reservation_we_cancelled():
 def test_an_older_version_of_our_event_is_ignored():
     older = own_event(etag='"old"', updated="2029-12-31T08:00:00.000Z", summary="Old title")
     assert decide(read_event(older, ROOM), reservation(), []).action is Action.NONE
+
+
+def _marks(**private) -> dict:
+    return {"extendedProperties": {"private": private}}
+
+
+def test_only_a_valid_signature_makes_an_event_ours_never_its_id_or_a_bare_property():
+    signed = own_properties(10, KEY)
+    assert read_event(own_event(), ROOM, signing_key=KEY).own_reservation_id == 10
+    forged = [
+        _marks(**{RESERVATION_PROPERTY: "10"}),  # our property copied, unsigned
+        _marks(**{RESERVATION_PROPERTY: "11", SIGNATURE_PROPERTY: signed[SIGNATURE_PROPERTY]}),  # another id's
+        _marks(**{RESERVATION_PROPERTY: "10", SIGNATURE_PROPERTY: own_properties(10, "other")[SIGNATURE_PROPERTY]}),
+        _marks(**{RESERVATION_PROPERTY: "1²", SIGNATURE_PROPERTY: "ünï"}),  # '²'.isdigit() is True; int() refuses
+        _marks(**{RESERVATION_PROPERTY: "١٠", SIGNATURE_PROPERTY: signed[SIGNATURE_PROPERTY]}),  # Arabic-Indic 10
+    ]
+    for marks in forged:
+        assert read_event(own_event(**marks), ROOM, signing_key=KEY).own_reservation_id is None, marks
+    assert read_event(own_event(), ROOM, signing_key=None).own_reservation_id is None
+
+
+def test_text_google_sends_is_stored_without_nul_or_lone_surrogates():
+    raw = person_booking(event_id="evt\x00nul", summary="Board\x00meeting \ud800", description="a\x00b\udfff",
+                         attendees=[{"email": "carol\x00@example.com", "displayName": "C\x00arol \udc80"},
+                                    {"email": ROOM, "resource": True, "self": True, "responseStatus": "accepted"}],
+                         location="HQ\x00")
+    event = read_event(raw, ROOM)
+    assert (event.event_id, event.title, event.description) == ("evtnul", "Boardmeeting \ufffd", "ab\ufffd")
+    assert event.attendees == ("carol@example.com",)
+    for text in (event.event_id, event.title, event.description, *event.attendees, event.organiser_email):
+        text.encode("utf-8")
+        assert "\x00" not in text

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 
-from roombridge import db
+from roombridge import booking, db
 from roombridge.gcal import RESERVATION_PROPERTY, CalendarGateway, event_id_for
-from roombridge.models import AuditEntry, ReservationSource, ReservationStatus, Room, RoomSyncState
+from roombridge.models import (
+    AuditEntry,
+    Reservation,
+    ReservationSource,
+    ReservationStatus,
+    Room,
+    RoomSyncState,
+    SkippedEvent,
+    SkipReason,
+)
 from roombridge.notifications import request_sync
 from roombridge.queue import queue, redis
 from roombridge.sync import RoomLock, sync_room_now
 from tests.factories import make_reservation
 from tests.sync_support import ROOM, add_room, reservations, rfc, soon, sync_runs
+from tests.webapp.signin import sign_in
+from webapp.schemas import reservation_json
 
 
 @pytest.fixture
@@ -241,3 +255,145 @@ def test_sync_runs_are_counted_from_the_emulator_log(emulator, google_app, room_
     emulator.state.book("bob@example.com", ROOM, "Y", rfc(soon(hour=14)), rfc(soon(hour=15)))
     sync(google_app, room_id, page_size=1)
     assert sync_runs(emulator) == 2
+
+
+# --- what a Google event can do (issues #14 and #19) -----------------------------------------------
+
+
+def test_nul_and_lone_surrogates_from_google_are_mirrored_clean_and_the_room_goes_on(emulator, google_app, room_id):
+    start = soon()
+    event = emulator.state.book("bob@example.com", ROOM, "Board\x00meeting \ud800", rfc(start),
+                                rfc(start + timedelta(hours=1)), attendees=["carol@example.com"],
+                                description="Agenda\x00 \udfff")
+    attendees = [dict(a, displayName="C\x00arol \udc80") if a["email"] == "carol@example.com" else a
+                 for a in event["attendees"]]
+    emulator.state.patch_person_event("bob@example.com", event["id"], {"attendees": attendees,
+                                                                        "location": "HQ\x00"})
+    assert sync(google_app, room_id).actions == {"create": 1}
+    [mirror] = reservations(google_app, room_id)
+    assert (mirror.title, mirror.description) == ("Boardmeeting \ufffd", "Agenda \ufffd")
+    assert mirror.attendees == ["carol@example.com"]
+
+    # A later change on the same room is mirrored too: the room's sync did not stall.
+    later = emulator.state.book("dave@example.com", ROOM, "Plain", rfc(start + timedelta(hours=2)),
+                                rfc(start + timedelta(hours=3)))
+    report = sync(google_app, room_id)
+    assert report.actions == {"create": 1} and report.skipped == 0
+    assert [r.google_event_id for r in reservations(google_app, room_id)] == [event["id"], later["id"]]
+
+
+def test_a_crafted_event_id_neither_adopts_our_reservation_nor_stops_the_room(emulator, google_app, room_id):
+    start = soon()
+    with google_app.app_context():
+        session = db.session()
+        pending = make_reservation(session, session.get(Room, room_id), start=start, title="Ours",
+                                   status=ReservationStatus.PENDING)
+        failed = make_reservation(session, session.get(Room, room_id), start=start + timedelta(hours=2),
+                                  title="Ours too", status=ReservationStatus.FAILED)
+        session.commit()
+        pending_id, failed_id = pending.id, failed.id
+    crafted = [
+        # The very id our write would give each reservation, with our property copied but unsigned.
+        {"id": event_id_for(pending_id), "summary": "Taken over", "start": rfc(start + timedelta(days=1)),
+         "end": rfc(start + timedelta(days=1, hours=1)),
+         "extendedProperties": {"private": {RESERVATION_PROPERTY: str(pending_id)}}},
+        {"id": event_id_for(failed_id, 1), "summary": "Mine now", "start": rfc(start + timedelta(hours=2)),
+         "end": rfc(start + timedelta(hours=3))},
+        # base32hex("roombridge:²:0"): '²'.isdigit() is True and int('²') raises.
+        {"id": base64.b32hexencode("roombridge:²:0".encode()).decode().rstrip("=").lower(), "summary": "Odd",
+         "start": rfc(start + timedelta(hours=5)), "end": rfc(start + timedelta(hours=6))},
+    ]
+    for body in crafted:
+        emulator.state.insert_as(ROOM, "mallory@example.com", body)
+    report = sync(google_app, room_id)
+    assert report.skipped == 0
+    with google_app.app_context():
+        session = db.session()
+        ours = session.get(Reservation, pending_id), session.get(Reservation, failed_id)
+        assert [(r.title, r.start_at, r.google_event_id) for r in ours] == [
+            ("Ours", start, None), ("Ours too", start + timedelta(hours=2), None)]
+        imported = session.scalars(sa.select(Reservation).where(Reservation.source == ReservationSource.GOOGLE)
+                                   .order_by(Reservation.start_at)).all()
+    # Each is a Google booking of its own; the one over our failed reservation is a conflict for admins.
+    assert [(r.title, r.status) for r in imported] == [
+        ("Mine now", ReservationStatus.CONFLICT), ("Odd", ReservationStatus.CONFIRMED),
+        ("Taken over", ReservationStatus.CONFIRMED)]
+    with google_app.app_context():
+        assert db.session().get(RoomSyncState, room_id).last_error is None
+
+
+def test_an_event_that_cannot_be_applied_is_skipped_shown_to_admins_and_the_room_goes_on(
+        emulator, google_app, room_id):
+    assert sync(google_app, room_id).full  # the room's token: what follows comes as changes
+    with google_app.app_context():  # the room's zone here differs from its calendar's in Google
+        session = db.session()
+        session.get(Room, room_id).time_zone = "Asia/Tokyo"
+        session.commit()
+    # All day on 1 January of year 1: fine in the calendar's London, but in the room's Tokyo (UTC+9) it
+    # begins before the first instant Python can hold.
+    bad = emulator.state.insert_as(ROOM, "mallory@example.com", {
+        "summary": "Year one", "start": {"date": "0001-01-01"}, "end": {"date": "0001-01-02"}})
+    start = soon()
+    good = emulator.state.book("bob@example.com", ROOM, "Fine", rfc(start), rfc(start + timedelta(hours=1)))
+
+    report = sync(google_app, room_id)
+    assert report.skipped == 1 and report.actions == {"create": 1}
+    assert [r.google_event_id for r in reservations(google_app, room_id)] == [good["id"]]
+    with google_app.app_context():
+        session = db.session()
+        [skipped] = session.scalars(sa.select(SkippedEvent)).all()
+        assert (skipped.room_id, skipped.event_id, skipped.reason) == (room_id, bad["id"], SkipReason.UNREADABLE)
+        state = session.get(RoomSyncState, room_id)
+        assert state.last_error is None and state.sync_count == 2
+    # The token advanced: the next sync lists nothing, and one more change comes through.
+    assert sync(google_app, room_id).events == 0
+    emulator.state.patch_person_event("bob@example.com", good["id"], {"summary": "Fine, renamed"})
+    assert sync(google_app, room_id).actions == {"update": 1}
+
+    client = google_app.test_client()
+    sign_in(client, "admin@example.com")
+    overview = client.get("/admin/").get_data(as_text=True)
+    assert '<td class="skipped"><a' in overview
+    page = client.get(f"/admin/rooms/{room_id}").get_data(as_text=True)
+    assert bad["id"] in page and 'data-skip-reason="unreadable"' in page
+
+    # Deleted in Google: it leaves the admins' list with the next sync.
+    emulator.state.admin_delete_event(ROOM, bad["id"])
+    sync(google_app, room_id)
+    with google_app.app_context():
+        assert db.session().scalars(sa.select(SkippedEvent)).all() == []
+
+
+def test_a_private_google_event_shows_as_busy_to_everyone_but_its_people_and_admins(emulator, google_app, room_id):
+    start = soon()
+    event = emulator.state.book("bob@example.com", ROOM, "Layoffs", rfc(start), rfc(start + timedelta(hours=1)),
+                                attendees=["carol@example.com"], description="do not share")
+    emulator.state.patch_person_event("bob@example.com", event["id"], {"visibility": "private"})
+    sync(google_app, room_id)
+    [mirror] = reservations(google_app, room_id)
+    assert mirror.private and mirror.title == "Layoffs"
+
+    def room_page(email: str) -> str:
+        client = google_app.test_client()
+        sign_in(client, email)
+        return client.get(f"/rooms/{room_id}", query_string={"date": start.astimezone(
+            ZoneInfo("Europe/London")).date().isoformat()}).get_data(as_text=True)
+
+    for email in ("bob@example.com", "carol@example.com", "admin@example.com"):  # organiser, attendee, admin
+        assert "Busy: Layoffs" in room_page(email), email
+    other = room_page("alice@example.com")
+    assert "Layoffs" not in other and "do not share" not in other and "Busy (Google)" in other
+    with google_app.app_context():
+        session = db.session()
+        reservation = session.get(Reservation, mirror.id)
+        assert booking.title_for(reservation, "alice@example.com") == "Busy"
+        hidden = reservation_json(reservation, viewer_email="alice@example.com")
+        shown = reservation_json(reservation, viewer_email="admin@example.com", viewer_is_admin=True)
+    assert (hidden["title"], hidden["description"], hidden["attendees"]) == ("Busy", "", [])
+    assert (shown["title"], shown["attendees"]) == ("Layoffs", ["carol@example.com"])
+
+    # A later change of visibility in Google is mirrored: confidential is private too; default is not.
+    for visibility, private in (("default", False), ("confidential", True)):
+        emulator.state.patch_person_event("bob@example.com", event["id"], {"visibility": visibility})
+        sync(google_app, room_id)
+        assert reservations(google_app, room_id)[0].private is private, visibility

@@ -17,7 +17,7 @@ from roombridge import api_tokens, booking, db
 from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
 from roombridge.models import ApiToken, Reservation, ReservationStatus
 from tests.factories import make_reservation, make_room
-from tests.support import SERVICE_ACCOUNT, invoke_ok, run_jobs
+from tests.support import SERVICE_ACCOUNT, examples, invoke_ok, run_jobs
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -464,7 +464,7 @@ def malformed_bodies(draw):
     return draw(st.one_of(st.just(body), st.lists(st.just(body), max_size=1), junk.filter(lambda j: j != body)))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(body=malformed_bodies())
 def test_fuzzed_bodies_never_500_and_store_nothing(fuzz_api, body):
@@ -489,7 +489,7 @@ def malformed_patches(draw):
     return draw(st.one_of(st.just(body), junk.filter(lambda j: not isinstance(j, dict) or "recurrence" in j)))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(body=malformed_patches())
 def test_fuzzed_edits_never_500_and_change_nothing_when_refused(fuzz_api, body):

@@ -3,6 +3,7 @@ emulator pushing to a live server and a real worker process syncing."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ from tests.support import Stack, counting_statements, run_jobs, start_worker, st
 from tests.sync_support import ROOM, pushes_counted, reservations, rfc, soon, sync_runs, watched_room
 
 URL = "/webhooks/google/calendar"
+CHANNEL = "0f5d2c4e-8a1b-4c3d-9e7f-123456789abc"  # ids are UUIDs, as roombridge/channels.py issues them
+_numbers = itertools.count(100)  # Google's message numbers grow on a channel; a repeated one is a replay
 
 
 # --- the protocol matrix ------------------------------------------------------------------------------
@@ -29,7 +32,7 @@ def _channel(app, **fields) -> WatchChannel:
         session = db.session()
         room = make_room(session)
         channel = WatchChannel(
-            id=fields.pop("id", "chan-1"), room_id=room.id, resource_id=fields.pop("resource_id", "res-1"),
+            id=fields.pop("id", CHANNEL), room_id=room.id, resource_id=fields.pop("resource_id", "res-1"),
             token=fields.pop("token", "s3cret-token"), address="https://example.com" + URL,
             expiration=fields.pop("expiration", utcnow() + timedelta(days=1)), **fields)
         session.add(channel)
@@ -39,8 +42,8 @@ def _channel(app, **fields) -> WatchChannel:
 
 def headers(state="exists", **overrides) -> dict:
     h = {
-        "X-Goog-Channel-ID": "chan-1", "X-Goog-Channel-Token": "s3cret-token", "X-Goog-Resource-ID": "res-1",
-        "X-Goog-Resource-State": state, "X-Goog-Message-Number": "7",
+        "X-Goog-Channel-ID": CHANNEL, "X-Goog-Channel-Token": "s3cret-token", "X-Goog-Resource-ID": "res-1",
+        "X-Goog-Resource-State": state, "X-Goog-Message-Number": str(next(_numbers)),
         "X-Goog-Resource-URI": "https://www.googleapis.com/calendar/v3/calendars/x/events?alt=json",
         "X-Goog-Channel-Expiration": "Sat, 22 Mar 2031 19:14:43 GMT",
     }
@@ -53,18 +56,18 @@ def queued(app) -> list:
         return [job.args for job in queue("sync").jobs]
 
 
-def stored(app, channel_id="chan-1") -> WatchChannel:
+def stored(app, channel_id=CHANNEL) -> WatchChannel:
     with app.app_context():
         return db.session().get(WatchChannel, channel_id)
 
 
-def pending(app, channel_id="chan-1") -> notifications.PendingPushes:
+def pending(app, channel_id=CHANNEL) -> notifications.PendingPushes:
     """Pushes counted in Redis, not yet added to the channel's row by a sync."""
     with app.app_context():
         return notifications.pending_pushes(redis(), [channel_id])[channel_id]
 
 
-def counted(app, channel_id="chan-1") -> int:
+def counted(app, channel_id=CHANNEL) -> int:
     return pushes_counted(app, channel_id)
 
 
@@ -156,6 +159,72 @@ def test_refused_pushes_enqueue_and_record_nothing(app, client, overrides, statu
         with app.app_context():
             notifications.cache_channel(redis(), channel)
     assert client.post(URL, headers=headers(**overrides)).status_code == status
+    assert queued(app) == [] and counted(app) == 0
+
+
+def test_a_replayed_message_number_is_acknowledged_and_requests_no_sync(app, client):
+    channel = _channel(app)
+    assert client.post(URL, headers=headers(**{"X-Goog-Message-Number": "500"})).data == b"sync requested\n"
+    with app.app_context():
+        redis().delete(notifications.sync_key("queued", channel.room_id))  # as the sync job does when it starts
+        queue("sync").empty()
+    for number in ("500", "0500", "499", "7"):  # the same message again, or an older one
+        response = client.post(URL, headers=headers(**{"X-Goog-Message-Number": number}))
+        assert (response.status_code, response.data) == (200, b"message already seen; ignored\n"), number
+    assert queued(app) == [] and pending(app).count == 1 and pending(app).last_message_number == 500
+    # A new message on the channel asks for a sync again.
+    assert client.post(URL, headers=headers(**{"X-Goog-Message-Number": "10000000000000000"})).status_code == 200
+    assert queued(app) == [(channel.room_id,)] and pending(app).count == 2
+
+
+def test_replays_stay_refused_after_redis_restarted_empty(app, client):
+    channel = _channel(app)
+    assert client.post(URL, headers=headers(**{"X-Goog-Message-Number": "900"})).status_code == 200
+    with app.app_context():
+        notifications.absorb_push_stats(db.session(), redis(), channel.room_id, utcnow())  # a sync: onto the row
+        redis().flushdb()
+    response = client.post(URL, headers=headers(**{"X-Goog-Message-Number": "900"}))
+    assert response.data == b"message already seen; ignored\n" and queued(app) == []
+
+
+@pytest.mark.parametrize("channel_id", ["chan-1", "the-right-token\x00", CHANNEL.upper(), CHANNEL + " x",
+                                        "0f5d2c4e-8a1b-4c3d-9e7f-123456789ab\u0663"])
+def test_a_channel_id_we_never_issue_is_refused_without_any_lookup(app, client, channel_id):
+    _channel(app)
+    with counting_statements(app) as statements:
+        response = client.post(URL, headers=headers(**{"X-Goog-Channel-ID": channel_id}))
+    assert response.status_code in (400, 404) and statements == []
+    with app.app_context():
+        assert not redis().keys("roombridge:unknown-channel:*")
+    assert queued(app) == [] and counted(app) == 0
+
+
+def test_forged_pushes_on_an_unknown_channel_cost_one_database_read(app, client):
+    _channel(app)
+    forged, handshakes = "11111111-2222-4333-8444-555555555555", "11111111-2222-4333-8444-666666666666"
+    with counting_statements(app) as statements:
+        for _ in range(20):
+            assert client.post(URL, headers=headers(**{"X-Goog-Channel-ID": forged})).status_code == 404
+            assert client.post(URL, headers=headers("sync", **{"X-Goog-Channel-ID": handshakes})).status_code == 404
+    assert sorted(s.split()[0].upper() for s in statements if s.strip().upper() not in ("BEGIN", "BEGIN IMMEDIATE",
+                                                                                        "ROLLBACK")) == [
+        "SELECT", "UPDATE"]
+    assert queued(app) == []
+
+
+@pytest.mark.parametrize("header", ["X-Goog-Channel-Token", "X-Goog-Resource-ID", "X-Goog-Resource-URI",
+                                    "X-Goog-Channel-Expiration"])
+def test_a_header_with_a_nul_is_refused_counted_and_changes_nothing(app, client, header):
+    from roombridge.metrics import WEBHOOK_PUSHES
+
+    _channel(app)
+    good = headers()
+    refused = WEBHOOK_PUSHES.labels("refused", "a header holds a NUL character")
+    before = refused._value.get()
+    with counting_statements(app) as statements:
+        response = client.post(URL, headers={**good, header: good[header] + "\x00"})
+    assert response.status_code == 400 and statements == []
+    assert refused._value.get() == before + 1
     assert queued(app) == [] and counted(app) == 0
 
 
