@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
@@ -81,12 +82,15 @@ def job(
             with _app_for_job().app_context():
                 return fn(*args, **kwargs)
 
-        def enqueue(*args: Any, job_id: str | None = None, **options: Any) -> Job:
+        def enqueue(*args: Any, job_id: str | None = None, at: datetime | None = None, **options: Any) -> Job:
+            """Enqueue now, or `at` a moment (moved to the queue by the worker's RQ scheduler)."""
             options.setdefault("job_timeout", timeout)
             options.setdefault("failure_ttl", failure_ttl)
             options.setdefault("result_ttl", RESULT_TTL)
             if retry is not None:
                 options.setdefault("retry", retry)
+            if at is not None:
+                return named_queue(queue).enqueue_at(at, run, *args, job_id=job_id, **options)
             return named_queue(queue).enqueue(run, *args, job_id=job_id, **options)
 
         run.enqueue = enqueue  # type: ignore[attr-defined]

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from roombridge import notifications
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
-from roombridge.gcal import CalendarGateway, CalendarNotInScope, GoogleError, PermanentGoogleError
+from roombridge.gcal import CalendarGateway, CalendarNotInScope, GoogleError, OverBudget, PermanentGoogleError
 from roombridge.models import Room, RoomHealth, WatchChannel, audit
 from roombridge.unit_of_work import after_commit, outside_units, unit_of_work
 
@@ -115,6 +115,7 @@ class RenewalReport:
     refused: dict[str, str] = field(default_factory=dict)  # room calendar id -> reason
     retry_later: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # room calendar id -> an error of ours (database, ...)
+    deferred: int = 0  # rooms and stops left to the next pass: the budget's renewal share was spent
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -238,9 +239,17 @@ def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: d
             channels_by_room[open_channel.room_id].append(open_channel)
     current: dict[int, str] = {}
     # Each room in its own units of work: one room's failure, database errors included, never stops the others.
+    # Once the budget refuses a renewal call, the rest waits for the next pass: renewals are paced by
+    # what the budget leaves (roombridge/call_budget.py), spread over the passes, never a burst.
+    spent = False
     for room in rooms:
         try:
             channel = _newest_live(channels_by_room[room.id], now)
+            if spent and (channel is None or is_due(channel, now, config)):
+                report.deferred += 1
+                if channel is not None:
+                    current[room.id] = channel.id
+                continue
             if channel is None:
                 channel = create_channel(session, gateway, room, config, now)
                 report.created.append(channel.id)
@@ -251,6 +260,11 @@ def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: d
             report.refused[room.calendar_id] = str(refused)
         except CalendarNotInScope:
             pass  # removed from scope meanwhile: its channels are stopped below
+        except OverBudget:
+            spent = True
+            report.deferred += 1
+            if channel is not None:
+                current[room.id] = channel.id
         except GoogleError as error:
             report.retry_later[room.calendar_id] = str(error)
             log.warning("channel renewal for %s will be retried: %s", room.calendar_id, error)
@@ -265,7 +279,9 @@ def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: d
             continue
         superseded = channel.room_id in current or channel.room_id not in in_scope or channel.stop_pending
         expired = channel.expiration is not None and channel.expiration <= now
-        if superseded or expired:
+        if (superseded or expired) and spent:
+            report.deferred += 1
+        elif superseded or expired:
             try:
                 stopped = stop_channel(session, gateway, channel, now)
             except Exception:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from flask import (
     Blueprint,
@@ -29,10 +29,11 @@ from flask import (
 )
 from redis.exceptions import RedisError
 
-from roombridge import channels, console, db, rooms
+from roombridge import channels, console, db, rooms, sweep
+from roombridge.call_budget import KINDS
 from roombridge.config import CALENDAR_EVENTS_SCOPE
 from roombridge.db import utcnow
-from roombridge.gcal import CalendarGateway, GoogleError, is_room_calendar
+from roombridge.gcal import CalendarGateway, GoogleError, call_budget, is_room_calendar
 from roombridge.models import Room
 from roombridge.queue import redis
 from webapp.auth import admin_required, current_user
@@ -119,8 +120,13 @@ def index():
         failed = console.failed_job_count(redis())
     except RedisError:
         failed = None
+    try:
+        usage, plan = call_budget(current_app).usage(minutes=10), sweep.latest(redis())
+    except RedisError:
+        usage, plan = None, None
     return render_template("admin/index.html", health=health, overviews=overviews, failed_jobs=failed, now=now,
-                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600)
+                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600,
+                           usage=usage, kinds=KINDS, plan=plan, max_age=_config().SAFETY_SYNC_MAX_AGE_SECONDS)
 
 
 # --- adding, editing, removing rooms ------------------------------------------------------------
@@ -402,3 +408,9 @@ def admin_when(moment: datetime | None, now: datetime, missing: str = "none") ->
     delta = (moment - now).total_seconds()
     relative = f"in {_ago(delta)}" if delta > 0 else f"{_ago(delta)} ago"
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({relative})"
+
+
+@bp.app_template_filter("minute_text")
+def minute_text(epoch_seconds: float, seconds: bool = False) -> str:
+    """An epoch moment of Redis' clock as '2025-03-22 19:14' (UTC), or with its seconds."""
+    return f"{datetime.fromtimestamp(epoch_seconds, UTC):%Y-%m-%d %H:%M{':%S' if seconds else ''}}"

@@ -301,8 +301,10 @@ def google_usage(minutes: int) -> None:
 
     from redis.exceptions import RedisError
 
+    from roombridge import sweep
     from roombridge.call_budget import KINDS
     from roombridge.gcal import call_budget
+    from roombridge.queue import redis
 
     try:
         usage = call_budget(current_app).usage(minutes=minutes)
@@ -322,6 +324,17 @@ def google_usage(minutes: int) -> None:
     for answer in usage.rate_limits:
         click.echo(f"{datetime.fromtimestamp(answer.at, UTC):%Y-%m-%d %H:%M:%S}Z\t{answer.kind}\t{answer.status} "
                    f"{answer.reason}\t{answer.what}\tpaused {answer.pause_seconds:.1f}s")
+    plan = sweep.latest(redis())
+    if plan is None:
+        click.echo("safety net: not planned yet")
+    else:
+        cycle = "none synced yet" if plan.cycle_seconds is None else f"{plan.cycle_seconds / 60:.1f} min"
+        click.echo(f"safety net: {plan.rooms} rooms, every one within {plan.max_age_seconds / 60:.0f} min; "
+                   f"stalest room last synced {cycle} ago; {plan.never_synced} never synced, {plan.overdue} past "
+                   f"the age; sweep calls needed {plan.needed_per_minute:.1f}/min, budget leaves "
+                   f"{plan.left_per_minute:.1f}/min")
+        if plan.shortfall:
+            click.echo(f"FALLING BEHIND: {plan.shortfall}")
 
 
 def init_app(app: Flask) -> None:
