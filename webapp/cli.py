@@ -324,6 +324,8 @@ def google_usage(minutes: int) -> None:
     for answer in usage.rate_limits:
         click.echo(f"{datetime.fromtimestamp(answer.at, UTC):%Y-%m-%d %H:%M:%S}Z\t{answer.kind}\t{answer.status} "
                    f"{answer.reason}\t{answer.what}\tpaused {answer.pause_seconds:.1f}s")
+    click.echo(f"calls refused by the allowlist (not an in-scope room): {usage.refused_by_allowlist} (zero expected)"
+               + (f"; the last for {usage.last_refused_calendar}" if usage.last_refused_calendar else ""))
     plan = sweep.latest(redis())
     if plan is None:
         click.echo("safety net: not planned yet")
