@@ -6,6 +6,9 @@ REQUEST when a booking is made or changed, a METHOD CANCEL when it goes away. Th
 the Google event's iCalUID (``<eventId>@google.com``) so calendar clients file the
 invitation and its updates as one meeting; the room is the ORGANIZER, since it holds the
 event; SEQUENCE grows with every change, as RFC 5546 requires for updates to supersede.
+In a room that needs a check-in, the REQUEST carries the signed one-click check-in link
+(roombridge/checkin.py). The organiser's check-in notices (released, flagged, a series
+warned or ended) are plain mails, also sent from here.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 from icalendar import Calendar, Event, vCalAddress, vText
 from sqlalchemy.orm import Session
 
+from roombridge import checkin
+from roombridge.booking.rules import one_line
 from roombridge.config import Config
 from roombridge.models import Reservation, ReservationStatus
 from roombridge.unit_of_work import unit_of_work
@@ -62,6 +67,7 @@ def build_invitation(
     event_id: str | None = None,
     recipients: list[str] | None = None,
     now: datetime | None = None,
+    checkin_url: str | None = None,
 ) -> Invitation:
     """The iCalendar object and the words around it, for `method` REQUEST or CANCEL."""
     if method not in METHODS:
@@ -104,14 +110,19 @@ def build_invitation(
     zone = room.zone
     local_start, local_end = reservation.start_at.astimezone(zone), reservation.end_at.astimezone(zone)
     when = f"{local_start:%a %d %b %Y, %H:%M}-{local_end:%H:%M} ({room.time_zone})"
+    # Titles made in Google are not ours to check: a line break in one would make the Subject
+    # header refuse to be built, and the mail job fail forever.
+    title = one_line(reservation.title)
     if method == "CANCEL":
-        subject = f"Cancelled: {reservation.title} @ {local_start:%d %b %H:%M} in {room.name}"
+        subject = f"Cancelled: {title} @ {local_start:%d %b %H:%M} in {one_line(room.name)}"
         text = f"{reservation.title}\n{when}\n{room.name}\n\nThis booking was cancelled.\n"
     else:
-        subject = f"Invitation: {reservation.title} @ {local_start:%d %b %H:%M} in {room.name}"
+        subject = f"Invitation: {title} @ {local_start:%d %b %H:%M} in {one_line(room.name)}"
         text = (
             f"{reservation.title}\n{when}\n{room.name}\n\nBooked by {reservation.organiser_email}.\n"
             + (f"\n{reservation.description}\n" if reservation.description else "")
+            + (f"\nThis room needs a check-in when the meeting starts. Check in with one click:\n{checkin_url}\n"
+               if checkin_url else "")
         )
     return Invitation(
         method=method,
@@ -179,6 +190,49 @@ def mail_invitation(session: Session, config: Config, reservation_id: int, metho
             return "gone"
         if method == "REQUEST" and reservation.status != ReservationStatus.CONFIRMED:
             return "superseded"  # changed again since; the next publish sends the invitation
-        invitation = build_invitation(reservation, method, event_id=event_id, recipients=recipients)
+        policy = checkin.CheckinPolicy.for_room(reservation.room, config)
+        link = checkin.link_url(config, reservation) if method == "REQUEST" and policy.required else None
+        invitation = build_invitation(reservation, method, event_id=event_id, recipients=recipients,
+                                      checkin_url=link)
     sent = send(to_email(invitation, config.MAIL_FROM), config.SMTP_URL)
     return f"sent to {len(invitation.recipients)}" if sent else "skipped (no SMTP_URL)"
+
+
+# --- check-in notices (roombridge/checkin.py) -------------------------------------------------------
+
+_NOTICES = {
+    "released": ("Released: {title}", "Nobody checked in to {title} ({when}) in {room} by {deadline}, so the room "
+                 "was released for others."),
+    "flagged": ("No check-in: {title}", "Nobody checked in to {title} ({when}) in {room} by {deadline}. The room "
+                "is still booked; please cancel bookings you do not need."),
+    "series_warning": ("Your series may end: {title}", "Nobody checked in to {title} in {room} several times in a "
+                       "row (last: {when}). If nobody checks in next time, the rest of the series is cancelled."),
+    "series_ended": ("Series ended: {title}", "Nobody checked in to {title} in {room} {limit} times in a row (last: "
+                     "{when}), so the later occurrences were cancelled and the room released."),
+}
+
+
+def notice_message(reservation: Reservation, kind: str, config: Config) -> EmailMessage:
+    room = reservation.room
+    zone = room.zone
+    start = reservation.start_at.astimezone(zone)
+    deadline = checkin.CheckinPolicy.for_room(room, config).window(reservation)[1].astimezone(zone)
+    words = {"title": reservation.title, "room": room.name, "when": f"{start:%a %d %b %H:%M}",
+             "deadline": f"{deadline:%H:%M}", "limit": config.CHECKIN_SERIES_END_AFTER}
+    subject, text = _NOTICES[kind]
+    message = EmailMessage()
+    message["From"] = config.MAIL_FROM
+    message["To"] = reservation.organiser_email
+    message["Subject"] = subject.format(**words)
+    message.set_content(text.format(**words) + "\n")
+    return message
+
+
+def mail_checkin_notice(session: Session, config: Config, reservation_id: int, kind: str) -> str:
+    """Mail the organiser a check-in notice; SMTP errors propagate for the mail job to retry."""
+    with unit_of_work(session, write=False):
+        reservation = session.get(Reservation, reservation_id)
+        if reservation is None:
+            return "gone"
+        message = notice_message(reservation, kind, config)
+    return "sent" if send(message, config.SMTP_URL) else "skipped (no SMTP_URL)"

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import segno
 from flask import (
     Blueprint,
     abort,
@@ -29,12 +30,13 @@ from flask import (
 )
 from redis.exceptions import RedisError
 
-from roombridge import channels, console, db, rooms, sweep
+from roombridge import api_tokens, booking, channels, checkin, console, db, displays, rooms, sweep
+from roombridge.booking import quotas
 from roombridge.call_budget import KINDS
 from roombridge.config import CALENDAR_EVENTS_SCOPE
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, GoogleError, call_budget, is_room_calendar
-from roombridge.models import Room
+from roombridge.models import CheckinDeadlineAction, Room
 from roombridge.queue import redis
 from webapp.auth import admin_required, current_user
 
@@ -118,15 +120,38 @@ def index():
     overviews = console.room_overviews(session, rooms.rooms_in_scope(session), now, redis())
     try:
         failed = console.failed_job_count(redis())
+        limit_hits = quotas.recent_hits(LIMIT_HITS_SHOWN)
     except RedisError:
-        failed = None
+        failed, limit_hits = None, None
     try:
         usage, plan = call_budget(current_app).usage(minutes=10), sweep.latest(redis())
     except RedisError:
         usage, plan = None, None
     return render_template("admin/index.html", health=health, overviews=overviews, failed_jobs=failed, now=now,
-                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600,
+                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600, limit_hits=limit_hits,
                            usage=usage, kinds=KINDS, plan=plan, max_age=_config().SAFETY_SYNC_MAX_AGE_SECONDS)
+
+
+LIMIT_HITS_SHOWN = 10
+
+
+# --- API tokens: everyone's, and revoking any ------------------------------------------------------
+
+
+@bp.get("/tokens")
+@admin_required
+def tokens():
+    return render_template("admin/tokens.html", tokens=api_tokens.list_tokens(db.session()), now=utcnow())
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@admin_required
+def revoke_token(token_id: int):
+    revoked = api_tokens.revoke_by_id(db.session(), token_id, actor=_actor())
+    if revoked is None:
+        _refuse(404, "No such token", "This token does not exist.")
+    flash(f"Token {revoked.prefix}… of {revoked.user_email} revoked.", "success")
+    return redirect(url_for("admin.tokens"))
 
 
 # --- adding, editing, removing rooms ------------------------------------------------------------
@@ -181,19 +206,20 @@ def _room_page(room: Room, form: RoomForm, status: int = 200):
     awaiting = request.args.get("awaiting")
     return render_template(
         "admin/room.html", room=room, overview=overview, form=form, now=now,
+        displays=displays.live_displays(session, room.id), checkin_defaults=_config(),
         open_channels=channels.open_channels(session, room.id), conflicts=console.room_conflicts(session, room, now),
         awaiting=awaiting if awaiting in AWAITING else None, status=_status(overview, now),
     ), status
 
 
-@bp.get("/rooms/<int:room_id>")
+@bp.get("/rooms/<id:room_id>")
 @admin_required
 def room(room_id: int):
     found = _room_in_scope(room_id)
     return _room_page(found, RoomForm.for_room(found))
 
 
-@bp.post("/rooms/<int:room_id>")
+@bp.post("/rooms/<id:room_id>")
 @admin_required
 def edit(room_id: int):
     found = _room_in_scope(room_id)
@@ -210,26 +236,84 @@ def edit(room_id: int):
     return redirect(url_for("admin.room", room_id=room_id))
 
 
-@bp.get("/rooms/<int:room_id>/remove")
+def _optional_minutes(name: str) -> int | None:
+    raw = (request.form.get(name) or "").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+@bp.post("/rooms/<id:room_id>/checkin")
+@admin_required
+def checkin_policy(room_id: int):
+    """The room's own check-in policy; empty fields keep the global default."""
+    found = _room_in_scope(room_id)
+    required = {"yes": True, "no": False}.get(request.form.get("required", ""))
+    action = request.form.get("action", "")
+    try:
+        checkin.set_room_policy(
+            db.session(), found, required=required, opens_minutes=_optional_minutes("opens"),
+            grace_minutes=_optional_minutes("grace"),
+            action=CheckinDeadlineAction(action) if action in {a.value for a in CheckinDeadlineAction} else None,
+            actor=_actor())
+    except booking.InvalidBooking as exc:
+        flash(" ".join(m for messages in exc.errors.values() for m in messages), "error")
+    else:
+        flash("Check-in settings saved.", "success")
+    return redirect(url_for("admin.room", room_id=room_id) + "#checkin")
+
+
+@bp.post("/rooms/<id:room_id>/displays")
+@admin_required
+def create_display(room_id: int):
+    """A new door display link: its URL and QR code are shown on this answer only (the token is stored hashed)."""
+    found = _room_in_scope(room_id)
+    new = displays.create(db.session(), found.calendar_id, actor=_actor())
+    url = displays.display_url(_config(), new.token)
+    qr = segno.make(url, error="m").svg_data_uri(scale=6, dark="#000", light="#fff")
+    return render_template("admin/display_created.html", room=found, url=url, qr=qr, prefix=new.record.prefix)
+
+
+@bp.post("/rooms/<id:room_id>/displays/<prefix>/revoke")
+@admin_required
+def revoke_display(room_id: int, prefix: str):
+    found = _room_in_scope(room_id)
+    count = displays.revoke(db.session(), found.calendar_id, prefix=prefix, actor=_actor())
+    flash(f"Display link {prefix}… revoked." if count else "No such display link.", "success" if count else "error")
+    return redirect(url_for("admin.room", room_id=room_id))
+
+
+@bp.get("/rooms/<id:room_id>/remove")
 @admin_required
 def remove_confirm(room_id: int):
     found = _room_in_scope(room_id)
-    return render_template("admin/remove.html", room=found)
+    return render_template("admin/remove.html", room=found,
+                           future=rooms.future_reservations(db.session(), found, utcnow()))
 
 
-@bp.post("/rooms/<int:room_id>/remove")
+@bp.post("/rooms/<id:room_id>/remove")
 @admin_required
 def remove(room_id: int):
     found = _room_in_scope(room_id)
+    choice = request.form.get("future")
+    future = rooms.future_reservations(db.session(), found, utcnow())
+    if future and choice not in ("cancel", "keep"):
+        flash("Say what to do with its future reservations: cancel them or keep them.", "error")
+        return render_template("admin/remove.html", room=found, future=future), 422
     try:
         gateway = _gateway()
     except GoogleError as error:
         flash(f"Google is not set up here ({error}); the room was not removed.", "error")
         return redirect(url_for("admin.room", room_id=room_id))
-    pending = rooms.remove_room(db.session(), gateway, found, utcnow(), actor=_actor())
-    flash(f"{found.name} removed from scope: its push channel is stopped and it is no longer synced. "
-          "Its reservations are kept.", "success")
-    for channel in pending:
+    removal = rooms.leave_scope(db.session(), _config(), gateway, found, utcnow(), cancel_future=choice == "cancel",
+                                actor=_actor())
+    if not removal.removed:
+        flash(f"{found.name} stays in scope: {len(removal.not_deleted)} event(s) could not be deleted from its "
+              f"calendar ({removal.cancelled} were). Try removing it again.", "error")
+        return redirect(url_for("admin.room", room_id=room_id))
+    done = (f"{removal.cancelled} future reservation(s) cancelled and their events deleted"
+            if choice == "cancel" else f"{removal.kept} future reservation(s) kept, their events left on its calendar")
+    flash(f"{found.name} removed from scope: its push channel is stopped and it is no longer synced; {done}.",
+          "success")
+    for channel in removal.channels_pending_stop:
         flash(f"Stopping channel {channel.id} failed ({channel.stop_error}); it will be retried.", "warning")
     return redirect(url_for("admin.index"))
 
@@ -237,7 +321,7 @@ def remove(room_id: int):
 # --- renew and resync: enqueued; the room page follows them ----------------------------------------
 
 
-@bp.post("/rooms/<int:room_id>/renew")
+@bp.post("/rooms/<id:room_id>/renew")
 @admin_required
 def renew(room_id: int):
     from jobs.channels import renew_room_channel
@@ -252,7 +336,7 @@ def renew(room_id: int):
     return redirect(url_for("admin.room", room_id=room_id, awaiting="channel"))
 
 
-@bp.post("/rooms/<int:room_id>/sync")
+@bp.post("/rooms/<id:room_id>/sync")
 @admin_required
 def resync(room_id: int):
     from roombridge.notifications import request_sync
@@ -299,7 +383,7 @@ def _status(overview: console.RoomOverview, now: datetime) -> dict:
     }
 
 
-@bp.get("/rooms/<int:room_id>/status.json")
+@bp.get("/rooms/<id:room_id>/status.json")
 @admin_required
 def room_status(room_id: int):
     found = _room_in_scope(room_id)

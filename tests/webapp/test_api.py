@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 
-from roombridge import api_tokens, db
+from roombridge import api_tokens, booking, db
 from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
 from roombridge.models import ApiToken, Reservation, ReservationStatus
 from tests.factories import make_reservation, make_room
@@ -59,6 +59,12 @@ class Api:
 @pytest.fixture
 def api(app):
     return Api(app)
+
+
+@pytest.fixture
+def fuzz_api(make_app):
+    """Many writes of one person in a few seconds: past the default rate limit, which is not under test."""
+    return Api(make_app(BOOKING_WRITES_PER_MINUTE=100_000))
 
 
 def test_tokens_are_required_and_revocable(api, runner):
@@ -155,11 +161,138 @@ def test_bad_input_is_422_with_per_field_messages(api, change, field):
 
 
 def test_malformed_bodies(api):
-    for body in ("not json", "[1, 2]", "null", '"text"'):
+    for body in ("[1, 2]", "null", '"text"'):
         answer = api.call("POST", "/reservations", data=body, content_type="application/json")
         assert answer.status_code == 422
         assert "_schema" in answer.json["errors"]
-    assert api.count() == 0
+    not_json = api.call("POST", "/reservations", data="not json", content_type="application/json")
+    assert (not_json.status_code, not_json.json["error"]) == (400, "bad_request")
+    as_form = api.call("PATCH", "/reservations/1", data="title=x", content_type="application/x-www-form-urlencoded")
+    assert as_form.status_code == 404  # no reservation 1: looked up before the body is read
+    made = api.book().json
+    as_form = api.call("PATCH", f"/reservations/{made['id']}", data="title=x",
+                       content_type="application/x-www-form-urlencoded")
+    assert (as_form.status_code, as_form.json["error"]) == (415, "unsupported_media_type")
+    huge = api.call("POST", "/reservations", data=b"{" + b" " * (256 * 1024) + b"}", content_type="application/json")
+    assert (huge.status_code, huge.json["error"]) == (413, "request_entity_too_large")
+    assert api.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/reservations/-1", 404),
+        ("GET", "/reservations/0", 404),
+        ("GET", "/reservations/007", 404),
+        ("GET", "/reservations/9223372036854775808", 404),
+        ("GET", "/reservations/2147483648", 404),
+        ("PATCH", "/reservations/9223372036854775808", 404),
+        ("DELETE", "/reservations/9223372036854775808", 404),
+        ("DELETE", "/reservations/0", 404),  # not 405: no route matches an id out of range
+        ("POST", "/reservations/9223372036854775808/retry", 404),
+        ("GET", "/rooms/9223372036854775808/availability?date=2030-01-07", 404),
+        ("GET", "/reservations/2147483647", 404),  # the largest id: looked up, not found
+        ("GET", "/no/such/thing", 404),
+        ("GET", "", 404),
+        ("PUT", "/reservations/3", 405),
+        ("DELETE", "/reservations", 405),
+        ("POST", "/rooms", 405),
+    ],
+)
+def test_every_refusal_under_api_v1_is_json_in_the_error_shape(api, method, path, status):
+    answer = api.call(method, path, json={"title": "x"} if method in ("PATCH", "POST", "PUT") else None)
+    assert answer.status_code == status, answer.get_data(as_text=True)[:300]
+    assert answer.is_json, answer.get_data(as_text=True)[:300]
+    assert set(answer.json) <= {"error", "message", "errors", "clashes"} and answer.json["error"]
+    if status == 405:
+        assert answer.json["error"] == "method_not_allowed" and answer.headers["Allow"]
+
+
+def test_a_rate_limit_under_api_v1_is_json_and_keeps_retry_after(api):
+    """No route limits rates yet; whatever raises 429 under /api/v1 answers in the error shape."""
+    from werkzeug.exceptions import TooManyRequests
+
+    from webapp.api import http_error_as_json
+
+    with api.app.test_request_context("/api/v1/reservations"):
+        body, status, headers = http_error_as_json(TooManyRequests(retry_after=30))
+    assert (status, body.json["error"], headers) == (429, "too_many_requests", {"Retry-After": "30"})
+    with api.app.test_request_context("/reservations"):
+        assert isinstance(http_error_as_json(TooManyRequests()), TooManyRequests)  # pages: untouched
+
+
+def test_an_unexpected_failure_is_a_json_500_and_pages_keep_html(api, monkeypatch):
+    from roombridge import booking
+
+    api.app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production: no test harness to re-raise into
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database fell over")
+
+    monkeypatch.setattr(booking, "list_reservations", broken)
+    answer = api.call("GET", "/reservations")
+    assert (answer.status_code, answer.json["error"]) == (500, "internal_server_error")
+    assert "fell over" not in answer.get_data(as_text=True)
+    page = api.client.get("/no/such/page")
+    assert page.status_code == 404 and not page.is_json
+
+
+def test_a_state_that_refuses_the_change_is_409(api):
+    made = api.book().json
+    assert api.call("DELETE", f"/reservations/{made['id']}").status_code == 200
+    edited = api.call("PATCH", f"/reservations/{made['id']}", json={"title": "Again"})
+    assert (edited.status_code, edited.json["error"]) == (409, "wrong_state")
+    retried = api.call("POST", f"/reservations/{made['id']}/retry")
+    assert (retried.status_code, retried.json["error"]) == (409, "wrong_state")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"title": "   "}, "title"),  # blank after the domain strips it: the schema's pattern says so
+        ({"title": "a\x00b"}, "title"),
+        ({"start": "1999-12-31T23:00:00Z", "end": "2000-01-01T00:30:00Z"}, "start"),
+        ({"start": "2200-01-01T10:00:00Z", "end": "2200-01-01T11:00:00Z"}, "start"),
+        ({"recurrence": {"frequency": "daily"}}, "recurrence"),
+        ({"recurrence": {"frequency": "daily", "count": None, "until": None}}, "recurrence"),
+        ({"recurrence": {"frequency": "daily", "count": 2, "until": "2031-01-01"}}, "recurrence"),
+        ({"recurrence": {"frequency": "daily", "until": "2200-01-01"}}, "recurrence"),
+    ],
+)
+def test_limits_the_code_enforces_are_in_the_description(api, change, field):
+    """Each body the API refuses for a limit is refused by the description's JSON Schema too."""
+    spec = api.client.get("/api/v1/openapi.json").json
+    start, end = slot()
+    body = {"room_id": api.room_id, "title": "Planning", "start": start, "end": end, **change}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(body, {**spec["components"]["schemas"]["ReservationCreate"],
+                                   "components": spec["components"]})
+    answer = api.book(**change)
+    assert answer.status_code == 422 and field in answer.json["errors"], answer.json
+
+
+def test_the_years_allowed_are_the_years_written(api):
+    # 2199-12-31T23:00-05:00 is 2200 in UTC, but the description's pattern admits it: so does the code.
+    answer = api.call("GET", "/reservations", query_string={"start": "2199-12-31T23:00:00-05:00"})
+    assert answer.status_code == 200
+    assert api.call("GET", "/reservations", query_string={"start": "2200-01-01T00:00:00+05:00"}).status_code == 422
+    assert api.call("GET", f"/rooms/{api.room_id}/availability?date=2199-12-31").status_code == 200
+    assert api.call("GET", f"/rooms/{api.room_id}/availability?date=1999-12-31").status_code == 422
+
+
+def test_the_docs_page_boots_the_vendored_swagger_ui_without_inline_script(api):
+    page = api.client.get("/api/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'data-spec-url="/api/v1/openapi.json"' in html
+    scripts = [line.strip() for line in html.splitlines() if "<script" in line]
+    assert scripts == ['<script src="/static/swagger-ui/swagger-ui-bundle.js"></script>',
+                       '<script src="/static/api-docs.js"></script>']
+    for asset in ("/static/swagger-ui/swagger-ui-bundle.js", "/static/swagger-ui/swagger-ui.css",
+                  "/static/api-docs.js"):
+        with api.client.get(asset) as served:
+            assert served.status_code == 200
+    assert "http" not in html  # every asset from our own static files: no CDN
 
 
 def test_a_weekly_series_and_skipping_clashes(api):
@@ -200,7 +333,7 @@ def test_openapi_is_valid_and_describes_every_route_and_answer(api):
     spec = api.client.get("/api/v1/openapi.json").json
     validate_openapi(spec)
     routes = {
-        rule.rule.removeprefix("/api/v1").replace("<int:", "{").replace(">", "}")
+        rule.rule.removeprefix("/api/v1").replace("<id:", "{").replace(">", "}")
         for rule in api.app.url_map.iter_rules()
         if rule.endpoint.startswith("api.")
     }
@@ -210,7 +343,7 @@ def test_openapi_is_valid_and_describes_every_route_and_answer(api):
             if method != "parameters":
                 assert any(m for m in api.app.url_map.iter_rules()
                            if m.endpoint.startswith("api.") and method.upper() in m.methods
-                           and m.rule.removeprefix("/api/v1").replace("<int:", "{").replace(">", "}") == path)
+                           and m.rule.removeprefix("/api/v1").replace("<id:", "{").replace(">", "}") == path)
 
     def check(answer, path, method, status):
         described = spec["paths"][path][method]["responses"][str(status)]["content"]["application/json"]["schema"]
@@ -260,7 +393,8 @@ def test_a_reservation_made_by_the_api_lands_on_the_room_calendar(make_app, emul
     assert event["summary"] == "Launch"
 
 
-def test_fifty_concurrent_requests_for_one_slot_make_exactly_one_reservation(api):
+def test_fifty_concurrent_requests_for_one_slot_make_exactly_one_reservation(make_app):
+    api = Api(make_app(BOOKING_WRITES_PER_MINUTE=100))  # fifty writes of one person: past the default rate
     start, end = slot()
     body = {"room_id": api.room_id, "title": "Race", "start": start, "end": end}
     barrier = threading.Barrier(50)
@@ -333,9 +467,10 @@ def malformed_bodies(draw):
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(body=malformed_bodies())
-def test_fuzzed_bodies_never_500_and_store_nothing(api, body):
+def test_fuzzed_bodies_never_500_and_store_nothing(fuzz_api, body):
+    api = fuzz_api
     answer = api.call("POST", "/reservations", json=body)
-    assert answer.status_code in (400, 409, 422), (body, answer.status_code, answer.get_data(as_text=True)[:300])
+    assert answer.status_code in (400, 409, 415, 422), (body, answer.status_code, answer.get_data(as_text=True)[:300])
     assert answer.is_json
     assert api.count() == 0
     with api.app.app_context():
@@ -357,13 +492,14 @@ def malformed_patches(draw):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(body=malformed_patches())
-def test_fuzzed_edits_never_500_and_change_nothing_when_refused(api, body):
+def test_fuzzed_edits_never_500_and_change_nothing_when_refused(fuzz_api, body):
+    api = fuzz_api
     if not hasattr(api, "target"):
         made = api.book()
         assert made.status_code == 201
         api.target = made.json
     answer = api.call("PATCH", f"/reservations/{api.target['id']}", json=body)
-    assert answer.status_code in (200, 409, 422), (body, answer.status_code, answer.get_data(as_text=True)[:300])
+    assert answer.status_code in (200, 409, 415, 422), (body, answer.status_code, answer.get_data(as_text=True)[:300])
     assert answer.is_json
     if answer.status_code != 200:
         shown = api.call("GET", f"/reservations/{api.target['id']}").json
@@ -371,3 +507,74 @@ def test_fuzzed_edits_never_500_and_change_nothing_when_refused(api, body):
             k: api.target[k] for k in ("room_id", "title", "start", "end", "attendees", "description")}
     else:
         api.target = answer.json
+
+
+# --- abuse by the product's own users ---------------------------------------------------------------
+
+
+def test_two_hundred_and_one_outside_recipients_are_refused(make_app):
+    api = Api(make_app(ALLOWED_DOMAINS="example.com"))
+    answer = api.book(attendees=[f"target{i}@elsewhere.org" for i in range(201)])
+    assert answer.status_code == 422
+    assert answer.json["error"] == "invalid"
+    [domains, count] = answer.json["errors"]["attendees"]
+    assert "Only people of example.com can be invited" in domains and count == "At most 50 attendees."
+    assert api.count() == 0
+    assert api.book(attendees=["bob@example.com"]).status_code == 201
+
+
+def test_a_title_with_a_line_break_is_refused(api):
+    answer = api.book(title="Planning\r\nBcc: all@example.org")
+    assert (answer.status_code, answer.json["errors"]) == (
+        422, {"title": ["Must not contain line breaks or other control characters."]})
+    made = api.book().json
+    answer = api.call("PATCH", f"/reservations/{made['id']}", json={"title": "Line\u2028separator"})
+    assert answer.status_code == 422 and list(answer.json["errors"]) == ["title"]
+
+
+def test_reservations_match_an_attendee_address_exactly(api):
+    with api.app.app_context():
+        session = db.session()
+        room = session.get(type(api.room), api.room_id)
+        meant = make_reservation(session, room, organiser_email="carol@example.com",
+                                 attendees=["alice.b@example.com"], title="Meant for alice.b").id
+        mine = make_reservation(session, room, start=datetime(2030, 1, 8, 10, tzinfo=UTC),
+                                organiser_email="carol@example.com", attendees=["alice_b@example.com"]).id
+        session.commit()
+        token = api_tokens.create(session, "alice_b@example.com").token
+    headers = {"Authorization": f"Bearer {token}"}
+    listed = api.client.get("/api/v1/reservations", headers=headers).json["reservations"]
+    assert [r["id"] for r in listed] == [mine]
+    assert api.client.get(f"/api/v1/reservations/{meant}", headers=headers).status_code == 404
+    with api.app.app_context():  # "%" is LIKE's anything: "alice%b" must match no one either
+        assert booking.list_reservations(db.session(), actor_email="alice%b@example.com", actor_is_admin=False) == []
+
+
+def test_a_script_booking_one_after_another_meets_the_rate_limit_within_a_minute(api):
+    answers = []
+    for hour in range(7, 20):
+        for minute in (0, 20, 40):  # 39 bookings, one after another, as fast as the client goes
+            start = datetime.combine(datetime.now(LONDON).date() + timedelta(days=3), time(hour, minute), LONDON)
+            answers.append(api.call("POST", "/reservations", json={
+                "room_id": api.room_id, "title": "Script", "start": start.isoformat(),
+                "end": (start + timedelta(minutes=20)).isoformat()}))
+    assert [a.status_code for a in answers] == [201] * 30 + [429] * 9
+    refused = answers[-1]
+    assert refused.is_json and refused.json["error"] == "rate_limited"
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert refused.json["retry_after"] == int(refused.headers["Retry-After"])
+    assert api.count() == 30
+    # Edits and cancellations share the budget; another person and admins are not held up.
+    assert api.call("DELETE", f"/reservations/{answers[0].json['id']}").status_code == 429
+    start, end = slot(days=4)
+    assert api.book(as_="bob", start=start, end=end).status_code == 201
+    assert api.call("DELETE", f"/reservations/{answers[0].json['id']}", as_="admin").status_code == 200
+
+
+def test_invitation_mails_past_the_hour_answer_429_with_retry_after(make_app):
+    api = Api(make_app(INVITATIONS_PER_HOUR=3))
+    assert api.book(attendees=["bob@example.com", "carol@example.com"]).status_code == 201
+    refused = api.book(attendees=["bob@example.com"], start=slot(hour=12)[0], end=slot(hour=12)[1])
+    assert refused.status_code == 429 and refused.json["error"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert api.count() == 1
