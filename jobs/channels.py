@@ -20,9 +20,13 @@ from roombridge import channels, db
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, CalendarNotInScope
 from roombridge.models import Room
+from roombridge.queue import RedisLock, redis
 from roombridge.unit_of_work import ChannelOpened
 
 log = logging.getLogger(__name__)
+
+RENEWAL_LOCK_KEY = "roombridge:channels:renewal-pass"
+RENEWAL_LOCK_TTL_SECONDS = 30.0  # renewed while the pass runs; frees itself if the worker dies
 
 
 def _now(now: str | None) -> datetime:
@@ -50,10 +54,21 @@ def renew_channel(channel_id: str, now: str | None = None) -> None:
 
 @job("channels", timeout=900)
 def renew_channels(now: str | None = None) -> dict:
-    """Give every in-scope room a live channel, replace those due, stop the superseded."""
-    session = db.session()
-    gateway = CalendarGateway.for_app(kind="renewal")
-    report = channels.renew_due(session, gateway, current_app.config["ROOMBRIDGE"], _now(now))
+    """Give every in-scope room a live channel, replace those due, stop the superseded.
+
+    One pass at a time: paced by the budget, a pass may outlast a scheduler tick, and two passes
+    side by side would both open a channel for the same room.
+    """
+    lock = RedisLock(redis(), RENEWAL_LOCK_KEY, RENEWAL_LOCK_TTL_SECONDS)
+    if not lock.acquire():
+        log.info("channel renewal: the previous pass still runs; this tick skipped")
+        return {}
+    try:
+        session = db.session()
+        gateway = CalendarGateway.for_app(kind="renewal")
+        report = channels.renew_due(session, gateway, current_app.config["ROOMBRIDGE"], _now(now))
+    finally:
+        lock.release()
     if report.as_dict():
         log.info("channel renewal: %s", report.as_dict())
     return report.as_dict()

@@ -43,9 +43,9 @@ PERIODIC: list[Periodic] = [
     Periodic("renew-channels", "jobs.channels:renew_channels", "SCHEDULER_TICK_SECONDS"),
     # Every tick: one indexed query; re-queues Google writes lost to a Redis outage (jobs/reservations.py).
     Periodic("requeue-stale-pending", "jobs.reservations:requeue_stale_pending", "SCHEDULER_TICK_SECONDS"),
-    # Google drops a small share of pushes: an incremental sync of every room now and then (jobs/sync.py).
     # Every tick: one indexed query; releases no-shows past their check-in deadline (roombridge/checkin.py).
     Periodic("release-no-shows", "jobs.checkin:release_no_shows", "SCHEDULER_TICK_SECONDS"),
+    # Google drops a small share of pushes: the rolling safety net plans its sweeps each tick (roombridge/sweep.py).
     Periodic("safety-net-sync", "jobs.sync:safety_net_sync", "SAFETY_SYNC_INTERVAL_SECONDS"),
 ]
 

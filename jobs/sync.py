@@ -1,4 +1,4 @@
-"""Sync jobs: mirror one room from Google, and the periodic safety net over every room.
+"""Sync jobs: mirror one room from Google; the rolling safety net over every room (roombridge/sweep.py).
 
 `sync_room` is enqueued only through the core's coalescing (roombridge/notifications.py:
 `request_sync`, and the webhook's `take_push`), which announce `SyncRequested` once they set
@@ -10,16 +10,16 @@ engine (roombridge/sync.py).
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
-import sqlalchemy as sa
 from flask import current_app
 from rq import Retry
 
 from jobs import job
-from roombridge import db, notifications, sync
+from roombridge import db, notifications, sweep, sync
 from roombridge.config import Config
-from roombridge.gcal import CalendarGateway
-from roombridge.models import Room
+from roombridge.db import utcnow
+from roombridge.gcal import CalendarGateway, OverBudget, call_budget
 from roombridge.queue import redis
 from roombridge.unit_of_work import SyncRequested, unit_of_work
 
@@ -32,7 +32,10 @@ SYNC_RETRY = Retry(max=4, interval=[2, 10, 60, 300])
 
 
 def on_sync_requested(event: SyncRequested) -> None:
-    sync_room.enqueue(event.room_id)
+    if event.paced:
+        sweep_room.enqueue(event.room_id, full=event.full)
+    else:
+        sync_room.enqueue(event.room_id)
 
 
 @job("sync", timeout=900, retry=SYNC_RETRY)
@@ -65,11 +68,47 @@ def sync_room(room_id: int, full: bool = False) -> dict | None:
 
 @job("channels", timeout=300)
 def safety_net_sync() -> int:
-    """Ask for an incremental sync of every in-scope room, since Google drops some pushes.
+    """One tick of the rolling safety net (roombridge/sweep.py): plan, keep the plan, spread its sweeps.
 
-    Cheap: a room with no change costs one events.list call; a room already queued costs
-    nothing. Returns how many syncs were enqueued.
+    Returns how many sweeps were enqueued.
     """
+    config: Config = current_app.config["ROOMBRIDGE"]
+    conn, now = redis(), utcnow()
+    usage = call_budget(current_app).usage(minutes=sweep.LOOKBACK_MINUTES)
     with unit_of_work(write=False) as session:
-        room_ids = list(session.scalars(sa.select(Room.id).where(Room.in_scope.is_(True)).order_by(Room.id)))
-    return sum(1 for room_id in room_ids if notifications.request_sync(room_id))
+        plan = sweep.plan(session, config, usage, now)
+    sweep.keep(conn, plan)
+    if plan.shortfall:
+        log.warning("safety net: %s", plan.shortfall)
+    # Spread over the tick, so the sweeps meet the budget a few at a time, not as one burst.
+    room_ids = sweep.claim(conn, plan)
+    gap = float(config.SAFETY_SYNC_INTERVAL_SECONDS) / max(1, len(room_ids))
+    for n, room_id in enumerate(room_ids):
+        if n:
+            sweep_room.enqueue_at(now + timedelta(seconds=n * gap), room_id, now.isoformat())
+        else:
+            sweep_room.enqueue(room_id, now.isoformat())
+    return len(room_ids)
+
+
+@job("sweep", timeout=900)
+def sweep_room(room_id: int, planned_at: str | None = None, full: bool = False) -> dict | None:
+    """Sync one room for the safety net, or its first sync, with the budget's `sweep` kind.
+
+    Skipped when another sync of the room runs now or ran since `planned_at` (a push covered it),
+    and dropped when the budget refuses: the room stays the stalest and the next tick takes it.
+    """
+    config: Config = current_app.config["ROOMBRIDGE"]
+    conn = redis()
+    lock = sync.RoomLock(conn, room_id)
+    if not lock.acquire():
+        return None
+    try:
+        report = sync.run_sync(db.session(), conn, CalendarGateway.for_app(kind="sweep"), config, room_id,
+                               full, unless_synced_since=datetime.fromisoformat(planned_at) if planned_at else None)
+    except OverBudget as refused:
+        log.info("sweep of room %s dropped: %s", room_id, refused)
+        return None
+    finally:
+        lock.release()
+    return None if report is None else {"changes": report.changes, "pages": report.pages, "full": report.full}

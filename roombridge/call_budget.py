@@ -63,6 +63,8 @@ PAUSE_KEY = f"{KEY_PREFIX}:budget:pause"
 PAUSE_LEVEL_KEY = f"{KEY_PREFIX}:budget:pause-level"
 COUNTS_KEY_PREFIX = f"{KEY_PREFIX}:calls:"  # + the minute (Redis clock, seconds // 60)
 RATE_LIMITS_KEY = f"{KEY_PREFIX}:rate-limited"
+# Calls the gateway refused before any request, for a calendar not an in-scope room: zero expected.
+ALLOWLIST_REFUSED_KEY = f"{KEY_PREFIX}:refused-by-allowlist"
 
 # KEYS: tat, pause, counts prefix. ARGV: emission interval (s), how far the TAT may run ahead of
 # now after this call (s), kind. Returns {granted 0|1, wait (s), now (s), verdict}; numbers as
@@ -173,6 +175,8 @@ class Usage:
     pause_level: int
     minutes: list[MinuteUsage]  # oldest first, the current (partial) minute last
     rate_limits: list[RateLimitAnswer]  # newest first
+    refused_by_allowlist: int = 0  # ever (since Redis was last emptied)
+    last_refused_calendar: str | None = None
 
 
 class CallBudget:
@@ -239,9 +243,10 @@ class CallBudget:
         pipe.get(PAUSE_KEY)
         pipe.get(PAUSE_LEVEL_KEY)
         pipe.lrange(RATE_LIMITS_KEY, 0, -1)
+        pipe.hmget(ALLOWLIST_REFUSED_KEY, "count", "last")
         for minute in wanted:
             pipe.hgetall(f"{COUNTS_KEY_PREFIX}{minute}")
-        tat, pause, level, answers, *counts = pipe.execute()
+        tat, pause, level, answers, (refused, last_refused), *counts = pipe.execute()
         ahead = max(0.0, float(tat or 0) - now)
         return Usage(
             calls_per_minute=self.calls_per_minute,
@@ -252,7 +257,16 @@ class CallBudget:
             pause_level=int(level or 0),
             minutes=[_minute_usage(minute, raw) for minute, raw in zip(wanted, counts, strict=True)],
             rate_limits=[_rate_limit_answer(raw) for raw in answers],
+            refused_by_allowlist=int(refused or 0),
+            last_refused_calendar=_text(last_refused) if last_refused else None,
         )
+
+    def count_allowlist_refusal(self, calendar_id: str) -> None:
+        """The gateway refused a call for `calendar_id` (not an in-scope room): count it for the console."""
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.hincrby(ALLOWLIST_REFUSED_KEY, "count", 1)
+        pipe.hset(ALLOWLIST_REFUSED_KEY, "last", calendar_id[:254])
+        pipe.execute()
 
 
 def _text(value) -> str:

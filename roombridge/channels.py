@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from roombridge import notifications
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
-from roombridge.gcal import CalendarGateway, CalendarNotInScope, GoogleError, PermanentGoogleError
+from roombridge.gcal import CalendarGateway, CalendarNotInScope, GoogleError, OverBudget, PermanentGoogleError
 from roombridge.models import Room, RoomHealth, WatchChannel, audit
 from roombridge.queue import RedisLock
 from roombridge.queue import redis as app_redis
@@ -135,6 +135,7 @@ class RenewalReport:
     refused: dict[str, str] = field(default_factory=dict)  # room calendar id -> reason
     retry_later: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # room calendar id -> an error of ours (database, ...)
+    deferred: int = 0  # rooms and stops left to the next pass: the budget's renewal share was spent
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -337,17 +338,26 @@ def renew_due(session: Session, gateway: CalendarGateway, config: Config, now: d
         for open_channel in open_channels(session):
             channels_by_room[open_channel.room_id].append(open_channel)
     # Each room in its own units of work: one room's failure, database errors included, never stops the others.
+    # Once the budget refuses a renewal call, the rest waits for the next pass: renewals are paced by
+    # what the budget leaves (roombridge/call_budget.py), spread over the passes, never a burst.
+    spent = False
     for room in rooms:
         known = channels_by_room.pop(room.id, [])
         current = _newest_live(known, now)
         if current is not None and len(known) == 1 and not is_due(current, now, config):
             continue  # the common case: nothing to do, and no lock taken
         try:
+            if spent:
+                report.deferred += 1  # the budget refused a renewal call this pass: the next pass goes on
+                continue
             tend_room(session, gateway, room, config, now, report)
         except ChannelRefused as refused:
             report.refused[room.calendar_id] = str(refused)
         except CalendarNotInScope:
             pass  # removed from scope meanwhile: its channels are stopped by the next pass
+        except OverBudget:
+            spent = True
+            report.deferred += 1
         except GoogleError as error:
             report.retry_later[room.calendar_id] = str(error)
             log.warning("channel renewal for %s will be retried: %s", room.calendar_id, error)

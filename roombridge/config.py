@@ -98,7 +98,10 @@ class Config:
     SYNC_MIN_INTERVAL_SECONDS: float = 1.0
     CHANNEL_TTL_SECONDS: int = 604800
     CHANNEL_RENEW_WITHIN_SECONDS: int = 86400
-    SAFETY_SYNC_INTERVAL_SECONDS: int = 900
+    # The rolling safety net (roombridge/sweep.py): every room swept at least once per max age,
+    # planned every interval (its tick), at the pace the call budget allows.
+    SAFETY_SYNC_INTERVAL_SECONDS: int = 60
+    SAFETY_SYNC_MAX_AGE_SECONDS: int = 3600
     SCHEDULER_TICK_SECONDS: float = 30.0
 
     @property
@@ -161,6 +164,9 @@ class Config:
         if self.CHECKIN_OPENS_MINUTES < 0 or self.CHECKIN_GRACE_MINUTES < 0 or self.CHECKIN_SERIES_END_AFTER < 0:
             raise ConfigError("CHECKIN_OPENS_MINUTES, CHECKIN_GRACE_MINUTES and CHECKIN_SERIES_END_AFTER "
                               "must be 0 or more")
+        if not 0 < self.SAFETY_SYNC_INTERVAL_SECONDS <= self.SAFETY_SYNC_MAX_AGE_SECONDS:
+            raise ConfigError("SAFETY_SYNC_INTERVAL_SECONDS must be more than 0 and at most "
+                              "SAFETY_SYNC_MAX_AGE_SECONDS")
         if self.PROXY_FIX_HOPS < 0:
             raise ConfigError("PROXY_FIX_HOPS must be 0 or more")
         if self.PUBLIC_BASE_URL and not self.PUBLIC_BASE_URL.startswith(("https://", "http://")):

@@ -300,6 +300,10 @@ class CalendarGateway:
     def _require_in_scope(self, calendar_id: str) -> None:
         if not is_room_calendar(calendar_id) or not self._in_scope(calendar_id):
             log.warning("refused a Calendar call for %s: not an in-scope room calendar", calendar_id)
+            try:
+                self.budget.count_allowlist_refusal(calendar_id)
+            except RedisError:
+                log.warning("could not count the refusal in Redis")
             raise CalendarNotInScope(
                 f"{calendar_id} is not an in-scope room calendar", reason="notInScope"
             )

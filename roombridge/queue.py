@@ -5,6 +5,8 @@ Queues have names so that a slow full sync never delays a booking's write to Goo
 - ``write``: publish a reservation to Google (someone is waiting for "confirmed").
 - ``sync``: mirror a room from Google.
 - ``channels``: create, renew and stop watch channels; periodic safety nets.
+- ``sweep``: the rolling safety net's syncs and first syncs of added rooms (roombridge/sweep.py):
+  after everything above, so a sweep never delays a booking or a push.
 - ``default``: anything else (e-mail).
 """
 
@@ -23,7 +25,7 @@ from rq import Queue
 
 log = logging.getLogger(__name__)
 
-QUEUE_NAMES = ("write", "sync", "channels", "default")
+QUEUE_NAMES = ("write", "sync", "channels", "sweep", "default")
 EXTENSION_KEY = "roombridge.redis"
 
 

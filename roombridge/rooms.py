@@ -33,8 +33,7 @@ from roombridge.models import (
     WatchChannel,
     audit,
 )
-from roombridge.notifications import request_sync
-from roombridge.unit_of_work import outside_units, unit_of_work
+from roombridge.unit_of_work import SyncRequested, dispatch, outside_units, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +84,13 @@ def access_problem(check: AccessCheck) -> str | None:
 
 def add_room(session: Session, gateway: CalendarGateway, config: Config, calendar_id: str, *, name: str,
              now: datetime, actor: str = "system", capacity: int | None = None, building: str | None = None,
-             floor: str | None = None, features=None, time_zone: str = "UTC") -> AddedRoom:
-    """Bring a room calendar into scope; refused with RoomRefused unless Google says we may write to it."""
+             floor: str | None = None, features=None, time_zone: str = "UTC", paced: bool = False) -> AddedRoom:
+    """Bring a room calendar into scope; refused with RoomRefused unless Google says we may write to it.
+
+    The first full sync always goes to the rolling safety net's queue, paced by the call budget
+    (roombridge/sweep.py), so adding many rooms never takes the bookings' share. `paced` (bulk
+    imports): the channel is left to the renewal pass too, which opens it at the budget's pace.
+    """
     outside_units(session)
     calendar_id = normalise_calendar_id(calendar_id)
     if not is_room_calendar(calendar_id):
@@ -120,13 +124,14 @@ def add_room(session: Session, gateway: CalendarGateway, config: Config, calenda
         audit(session, actor, "room.added", room, calendar_id=calendar_id, role=check.role)
 
     # The channel before the first full sync: a change made in between is still reported.
-    channel, channel_problem = None, None
-    try:
-        channel = channels.create_channel(session, gateway, room, config, now, actor)
-    except (channels.ChannelRefused, GoogleError) as error:
-        channel_problem = str(error)
-        log.warning("room %s added without a channel for now: %s", calendar_id, error)
-    request_sync(room.id, full=True)
+    channel, channel_problem = None, "left to the renewal pass (bulk add)" if paced else None
+    if not paced:
+        try:
+            channel = channels.create_channel(session, gateway, room, config, now, actor)
+        except (channels.ChannelRefused, GoogleError) as error:
+            channel_problem = str(error)
+            log.warning("room %s added without a channel for now: %s", calendar_id, error)
+    dispatch(SyncRequested(room.id, paced=True, full=True))
     return AddedRoom(room, channel, channel_problem)
 
 

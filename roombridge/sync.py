@@ -43,7 +43,13 @@ from roombridge.booking import settle_conflicts
 from roombridge.booking.conflicts import _is_overlap_violation as is_overlap_violation
 from roombridge.config import Config
 from roombridge.db import utcnow
-from roombridge.gcal import CalendarGateway, PermanentGoogleError, SyncTokenInvalid, signing_key
+from roombridge.gcal import (
+    CalendarGateway,
+    OverBudget,
+    PermanentGoogleError,
+    SyncTokenInvalid,
+    signing_key,
+)
 from roombridge.mirror import Action, Change, GoogleEvent, decide, read_event
 from roombridge.models import (
     LIVE_STATUSES,
@@ -78,21 +84,29 @@ class RoomLock(RedisLock):
 
 
 def run_sync(session: Session, conn: Redis, gateway: CalendarGateway, config: Config, room_id: int,
-              full: bool = False) -> SyncReport | None:
+              full: bool = False, *, unless_synced_since: datetime | None = None) -> SyncReport | None:
     """Sync the room if it is in scope (the caller holds its `RoomLock`); None when not synced.
 
+    `unless_synced_since`: a sweep's plan time; a room synced since (by a push) is not synced again.
     A permanent Google error is kept on the room's sync state for admins and ends the sync;
-    any other error is kept too, and raised for the job to retry.
+    any other error is kept too, and raised for the job to retry. `OverBudget` is raised as it
+    is: no call was made, so it says nothing about the room.
     """
     with unit_of_work(session, write=False):
         room = session.get(Room, room_id)
         if room is None or not room.in_scope:
             log.info("room %s is gone or out of scope; not synced", room_id)
             return None
+        if unless_synced_since is not None:
+            state = session.get(RoomSyncState, room_id, populate_existing=True)
+            if state is not None and state.last_sync_at is not None and state.last_sync_at >= unless_synced_since:
+                return None
     try:
         # Before the listing: pushes counted after this are followed by another sync, which adds them.
         notifications.absorb_push_stats(session, conn, room_id, utcnow())
         return sync_room_now(session, gateway, room, config, full=full)
+    except OverBudget:
+        raise
     except PermanentGoogleError as error:
         # Waiting will not help (unshared, forbidden, quota): keep the reason for admins.
         record_failure(session, room_id, error)

@@ -69,9 +69,15 @@ class InvitationDue:
 
 @dataclass(frozen=True)
 class SyncRequested:
-    """A room's sync was asked for and its coalescing marker set: a sync job must run (roombridge/sync.py)."""
+    """A room's sync was asked for and its coalescing marker set: a sync job must run (roombridge/sync.py).
+
+    `paced`: a first sync of an added room, on the rolling safety net's queue and budget share
+    (roombridge/sweep.py); no coalescing marker is set for it.
+    """
 
     room_id: int
+    paced: bool = False
+    full: bool = False
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ class LiveServer:
         self.thread.join(10)
 
 
-def run_jobs(app, queues=("write", "sync", "channels", "default"), max_jobs: int | None = None) -> int:
+def run_jobs(app, queues=("write", "sync", "channels", "sweep", "default"), max_jobs: int | None = None) -> int:
     """Run queued jobs in this process with a real RQ worker until the queues are empty.
 
     Returns how many jobs ran (rq 3 keeps the counts in Redis, not on the worker object).

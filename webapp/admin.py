@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import segno
 from flask import (
@@ -30,11 +30,12 @@ from flask import (
 )
 from redis.exceptions import RedisError
 
-from roombridge import api_tokens, booking, channels, checkin, console, db, displays, rooms
+from roombridge import api_tokens, booking, channels, checkin, console, db, displays, rooms, sweep
 from roombridge.booking import quotas
+from roombridge.call_budget import KINDS
 from roombridge.config import CALENDAR_EVENTS_SCOPE
 from roombridge.db import utcnow
-from roombridge.gcal import CalendarGateway, GoogleError, is_room_calendar
+from roombridge.gcal import CalendarGateway, GoogleError, call_budget, is_room_calendar
 from roombridge.models import CheckinDeadlineAction, Room
 from roombridge.queue import redis
 from webapp.auth import admin_required, current_user
@@ -122,8 +123,13 @@ def index():
         limit_hits = quotas.recent_hits(LIMIT_HITS_SHOWN)
     except RedisError:
         failed, limit_hits = None, None
+    try:
+        usage, plan = call_budget(current_app).usage(minutes=10), sweep.latest(redis())
+    except RedisError:
+        usage, plan = None, None
     return render_template("admin/index.html", health=health, overviews=overviews, failed_jobs=failed, now=now,
-                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600, limit_hits=limit_hits)
+                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600, limit_hits=limit_hits,
+                           usage=usage, kinds=KINDS, plan=plan, max_age=_config().SAFETY_SYNC_MAX_AGE_SECONDS)
 
 
 LIMIT_HITS_SHOWN = 10
@@ -487,3 +493,9 @@ def admin_when(moment: datetime | None, now: datetime, missing: str = "none") ->
     delta = (moment - now).total_seconds()
     relative = f"in {_ago(delta)}" if delta > 0 else f"{_ago(delta)} ago"
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({relative})"
+
+
+@bp.app_template_filter("minute_text")
+def minute_text(epoch_seconds: float, seconds: bool = False) -> str:
+    """An epoch moment of Redis' clock as '2025-03-22 19:14' (UTC), or with its seconds."""
+    return f"{datetime.fromtimestamp(epoch_seconds, UTC):%Y-%m-%d %H:%M{':%S' if seconds else ''}}"

@@ -334,8 +334,10 @@ def google_usage(minutes: int) -> None:
 
     from redis.exceptions import RedisError
 
+    from roombridge import sweep
     from roombridge.call_budget import KINDS
     from roombridge.gcal import call_budget
+    from roombridge.queue import redis
 
     try:
         usage = call_budget(current_app).usage(minutes=minutes)
@@ -355,6 +357,19 @@ def google_usage(minutes: int) -> None:
     for answer in usage.rate_limits:
         click.echo(f"{datetime.fromtimestamp(answer.at, UTC):%Y-%m-%d %H:%M:%S}Z\t{answer.kind}\t{answer.status} "
                    f"{answer.reason}\t{answer.what}\tpaused {answer.pause_seconds:.1f}s")
+    click.echo(f"calls refused by the allowlist (not an in-scope room): {usage.refused_by_allowlist} (zero expected)"
+               + (f"; the last for {usage.last_refused_calendar}" if usage.last_refused_calendar else ""))
+    plan = sweep.latest(redis())
+    if plan is None:
+        click.echo("safety net: not planned yet")
+    else:
+        cycle = "none synced yet" if plan.cycle_seconds is None else f"{plan.cycle_seconds / 60:.1f} min"
+        click.echo(f"safety net: {plan.rooms} rooms, every one within {plan.max_age_seconds / 60:.0f} min; "
+                   f"stalest room last synced {cycle} ago; {plan.never_synced} never synced, {plan.overdue} past "
+                   f"the age; sweep calls needed {plan.needed_per_minute:.1f}/min, budget leaves "
+                   f"{plan.left_per_minute:.1f}/min")
+        if plan.shortfall:
+            click.echo(f"FALLING BEHIND: {plan.shortfall}")
 
 
 displays_cli = AppGroup("displays", help="Room display links (a room's door page, no sign-in).")

@@ -6,9 +6,13 @@ import time
 from datetime import timedelta
 
 import pytest
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 
-from jobs.sync import safety_net_sync, sync_room
+from jobs.sync import safety_net_sync, sweep_room, sync_room
 from roombridge import db
+from roombridge.db import utcnow
+from roombridge.gcal import call_budget
 from roombridge.models import Room, RoomSyncState
 from roombridge.notifications import request_sync
 from roombridge.queue import queue
@@ -34,16 +38,43 @@ def test_requested_sync_runs_in_a_worker_and_mirrors_the_room(emulator, google_a
         assert state.sync_token and state.sync_count == 1 and state.last_error is None
 
 
-def test_safety_net_requests_one_sync_per_in_scope_room(emulator, google_app, room_id):
+def _release_scheduled(app, name: str) -> None:
+    """Move the jobs enqueued for later on queue `name` to the queue now (what RQ's scheduler does in time)."""
+    with app.app_context():
+        ready = queue(name)
+        registry = ScheduledJobRegistry(queue=ready)
+        for job_id in registry.get_job_ids():
+            job = Job.fetch(job_id, connection=ready.connection)
+            registry.remove(job)
+            ready.enqueue_job(job)
+
+
+def test_safety_net_sweeps_each_in_scope_room_once_spread_over_the_tick_as_sweeps(emulator, google_app, room_id):
     other = add_room(emulator, google_app, "borealis@resource.calendar.google.com", "Borealis")
     with google_app.app_context():
         make_room(db.session(), in_scope=False)
         db.session().commit()
-        assert safety_net_sync() == 2
-        assert safety_net_sync() == 0  # still queued: coalesced
-        assert sorted(j.args[0] for j in queue("sync").jobs) == sorted([room_id, other])
-    run_jobs(google_app, queues=("sync",))
+        assert safety_net_sync() == 2  # never synced: both due now
+        assert safety_net_sync() == 0  # planned within the tick: not twice
+        # The first now, the next later in the tick: spread, not a burst.
+        assert [j.args[0] for j in queue("sweep").jobs] == [room_id]
+        assert ScheduledJobRegistry(queue=queue("sweep")).get_job_ids() != []
+    _release_scheduled(google_app, "sweep")
+    run_jobs(google_app, queues=("sweep",))
     assert sync_runs(emulator) == 1 and sync_runs(emulator, "borealis@resource.calendar.google.com") == 1
+    minutes = call_budget(google_app).usage(minutes=2).minutes
+    assert sum(m.granted["sweep"] for m in minutes) == 2 and sum(m.granted["sync"] for m in minutes) == 0
+    with google_app.app_context():
+        assert {s.room_id for s in db.session().query(RoomSyncState)} == {room_id, other}
+
+
+def test_a_sweep_skips_a_room_a_push_synced_after_the_plan(emulator, google_app, room_id):
+    with google_app.app_context():
+        planned = utcnow()
+        sync_room(room_id)  # a push's sync, after the plan
+        calls = sync_runs(emulator)
+        assert sweep_room(room_id, planned.isoformat()) is None
+    assert sync_runs(emulator) == calls
 
 
 def test_syncs_of_a_room_start_at_least_the_minimum_interval_apart(emulator, make_app, service_account_file):

@@ -250,3 +250,27 @@ def test_google_usage_shows_calls_by_kind_against_the_budget_the_pause_and_the_l
     assert output[5] == "last rate-limit answers: 1"
     assert output[6].split("\t")[1:4] == ["sync", "403 userRateLimitExceeded",
                                           "list atlas@resource.calendar.google.com"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_calls_refused_by_the_allowlist_are_counted_and_shown(room_app, emulator):
+    from roombridge.gcal import CalendarNotInScope
+    from tests.webapp.signin import sign_in
+
+    app = room_app()
+    emulator.state.clear_requests()
+    with app.app_context():
+        gateway = CalendarGateway.for_app(kind="write")
+        for calendar in ("alice@example.com", "other-room@resource.calendar.google.com"):
+            with pytest.raises(CalendarNotInScope):
+                gateway.get_event(calendar, "x")
+    assert _calendar_calls(emulator) == 0
+    usage = call_budget(app).usage(minutes=1)
+    assert usage.refused_by_allowlist == 2 and usage.last_refused_calendar == "other-room@resource.calendar.google.com"
+
+    out = invoke_ok(app.test_cli_runner(), ["google", "usage"]).output
+    assert "calls refused by the allowlist (not an in-scope room): 2 (zero expected)" in out
+    client = app.test_client()
+    sign_in(client, "admin@example.com")
+    page = client.get("/admin/").get_data(as_text=True)
+    assert '<strong id="allowlist-refusals">2</strong>' in page and "on the 1 room calendars in scope" in page

@@ -313,3 +313,29 @@ def test_one_rooms_database_failure_never_stops_the_renewal_of_the_others(emulat
     again = channels.renew_due(session, gw, config, now + timedelta(seconds=10))
     assert len(again.created) == 1 and not again.failed
     assert channels.current_channel(session, atlas(session), now + timedelta(seconds=10)).id == again.created[0]
+
+
+def test_a_renewal_pass_stops_at_the_budget_and_leaves_the_rest_and_the_writes_share(
+        emulator, make_app, service_account_file):
+    from roombridge.gcal import call_budget
+
+    app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file, GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
+                   GOOGLE_MAX_ATTEMPTS=1, WEBHOOK_BASE_URL="http://127.0.0.1:9",
+                   GOOGLE_CALLS_PER_MINUTE=40)  # a bucket of 3 tokens: renewals must leave 2
+    with app.app_context():
+        session = db.session()
+        for n in range(6):
+            calendar_id = f"bulk-{n}@resource.calendar.google.com"
+            emulator.state.add_calendar(calendar_id, f"Bulk {n}", kind="room")
+            emulator.state.share(calendar_id, SERVICE_ACCOUNT, "writer")
+            make_room(session, calendar_id=calendar_id, name=f"Bulk {n}")
+        session.commit()
+        emulator.state.clear_requests()
+        report = channels.renew_due(session, CalendarGateway.for_app(kind="renewal"), app.config["ROOMBRIDGE"],
+                                    emulator.state.clock.now())
+
+    # One channel, then the first refusal ends the pass: the other five wait for the next tick,
+    # and no call was made for them.
+    assert len(report.created) == 1 and report.deferred == 5 and not report.retry_later
+    assert len([r for r in emulator.state.requests() if r["path"].endswith("/watch")]) == 1
+    assert call_budget(app).take("write").granted  # a booking's share is still there

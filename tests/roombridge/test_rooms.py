@@ -40,8 +40,19 @@ def test_adding_a_room_checks_access_opens_its_channel_and_requests_a_full_sync(
     assert added.channel is not None and added.channel_problem is None
     google = {c["id"]: c for c in emulator.state.channels_info()}
     assert google[added.channel.id]["calendar"] == ATLAS and not google[added.channel.id]["stopped"]
-    assert queue("sync").count == 1  # the first full sync, requested after the channel exists
+    # The first full sync, requested after the channel exists, paced with the safety net's sweeps.
+    [first_sync] = queue("sweep").jobs
+    assert first_sync.args == (room.id,) and first_sync.kwargs == {"full": True} and queue("sync").count == 0
     assert session.scalar(sa.select(AuditEntry.actor).where(AuditEntry.action == "room.added")) == "admin@example.com"
+
+
+def test_a_bulk_add_leaves_the_channel_to_the_renewal_pass_and_paces_the_first_sync(emulator, ctx):
+    session, gw, config, now = ctx
+    added = rooms.add_room(session, gw, config, ATLAS, name="Atlas", now=now, paced=True)
+    assert added.channel is None and watch_calls(emulator) == []
+    assert [j.args for j in queue("sweep").jobs] == [(added.room.id,)] and queue("sync").count == 0
+    report = channels.renew_due(session, CalendarGateway.for_app(kind="renewal"), config, now)
+    assert len(report.created) == 1 and len(watch_calls(emulator)) == 1
 
 
 def test_a_room_not_shared_with_the_service_account_is_refused_with_a_clear_message(emulator, ctx):
@@ -50,7 +61,7 @@ def test_a_room_not_shared_with_the_service_account_is_refused_with_a_clear_mess
         rooms.add_room(session, gw, config, BOREALIS, name="Borealis", now=now)
     assert f"not shared with {SERVICE_ACCOUNT}" in str(refused.value)
     assert session.scalar(sa.select(sa.func.count()).select_from(Room)) == 0
-    assert watch_calls(emulator) == [] and queue("sync").count == 0
+    assert watch_calls(emulator) == [] and queue("sweep").count == 0
 
 
 def test_read_only_sharing_is_refused_naming_the_permission_needed(emulator, ctx):

@@ -141,7 +141,7 @@ def _add_atlas(app):
         session = db.session()
         added = rooms.add_room(session, CalendarGateway.for_app(kind="write"), app.config["ROOMBRIDGE"], ATLAS,
                                name="Atlas", now=utcnow(), actor="test")
-        queue("sync").empty()  # the first full sync is not what these tests are about
+        queue("sweep").empty()  # the first full sync is not what these tests are about
         redis().flushdb()
         return added.room.id, added.channel.id
 
@@ -207,7 +207,7 @@ def test_adding_a_shared_room_shows_its_channel_and_requests_a_full_sync(console
     assert "Atlas added: Google grants the service account &#39;writer&#39; access." in page
     assert f'<dd id="channel-id">{channel["id"]}</dd>' in page
     assert re.search(r'<dd id="channel-expiry">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in 6 days 23 hours\)</dd>', page)
-    assert [j.func_name for j in queue("sync", console).jobs] == ["jobs.sync.sync_room"]
+    assert [j.func_name for j in queue("sweep", console).jobs] == ["jobs.sync.sweep_room"]  # paced by the budget
     with console.app_context():
         room = db.session().scalar(sa.select(Room))
         assert (room.calendar_id, room.capacity, room.features) == (ATLAS, 8, ["projector", "whiteboard"])
