@@ -265,6 +265,26 @@ class RoomDisplay(Base):
     room: Mapped[Room] = relationship()
 
 
+class CalendarFeed(Base):
+    """An ICS subscription link, of one room or of one person: a secret token, only its SHA-256 stored."""
+
+    __tablename__ = "calendar_feeds"
+    __table_args__ = (
+        sa.CheckConstraint("(room_id IS NULL) <> (person_email IS NULL)", name="ck_calendar_feeds_one_subject"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int | None] = mapped_column(sa.ForeignKey("rooms.id"), index=True)
+    person_email: Mapped[str | None] = mapped_column(sa.String(254), index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(12))  # shown to tell links apart
+    created_by: Mapped[str] = mapped_column(sa.String(254))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    room: Mapped[Room | None] = relationship()
+
+
 class AuditEntry(Base):
     """Who changed what, and when: every change to a reservation, room or channel."""
 
