@@ -212,6 +212,18 @@ def retry_reservation(reservation_id: int):
     return jsonify(schemas.reservation_json(reservation)), 202
 
 
+@bp.get("/insights")
+def insights():
+    """Utilisation figures per room (admins): `start`, `end` (YYYY-MM-DD), optional `room`, `building`, `floor`."""
+    from webapp.insights import figures_from_query
+
+    if not g.api_admin:
+        raise booking.NotAllowed("insights are for admins")
+    found = figures_from_query(db.session())
+    return jsonify(start=found.start.isoformat(), end=found.end.isoformat(),
+                   rooms=[figures.as_dict() for figures in found.rooms], total=found.total.as_dict())
+
+
 @bp.get("/openapi.json")
 def openapi():
     from webapp.openapi import spec

@@ -176,6 +176,30 @@ def query_parameters(schema: type[Schema]) -> list[dict]:
     ]
 
 
+INSIGHTS_QUERY = (("start", "YYYY-MM-DD, included"), ("end", "YYYY-MM-DD, included"),
+                  ("room", "a room's calendar e-mail or id"), ("building", "a building's name"),
+                  ("floor", "a floor, with or without a building"))
+_hours = {"type": "number"}
+ROOM_FIGURES = {
+    "type": "object",
+    "required": ["room_id", "name", "bookings", "booked_hours", "checked_in_hours", "released_hours",
+                 "ended_early_hours", "no_show_rate", "average_people", "sources"],
+    "properties": {
+        "room_id": {"type": ["integer", "null"]}, "calendar_id": {"type": "string"}, "name": {"type": "string"},
+        "building": _nullable_string, "floor": _nullable_string, "capacity": {"type": ["integer", "null"]},
+        "bookings": {"type": "integer"}, "booked_hours": _hours, "checked_in_hours": _hours,
+        "released_hours": _hours, "ended_early_hours": _hours,
+        "no_show_rate": {"type": ["number", "null"], "description": "no-shows among check-ins decided either way"},
+        "average_people": {"type": ["number", "null"]},
+        "sources": {"type": "object", "additionalProperties": {"type": "integer"},
+                    "description": "bookings by where they were made: web, api, google, display"},
+    },
+}
+INSIGHTS = {"type": "object", "required": ["start", "end", "rooms", "total"], "properties": {
+    "start": {"type": "string", "format": "date"}, "end": {"type": "string", "format": "date"},
+    "rooms": {"type": "array", "items": ROOM_FIGURES}, "total": ROOM_FIGURES}}
+
+
 def _json(ref_or_schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": ref_or_schema}}}
 
@@ -250,6 +274,13 @@ def spec() -> dict:
                 "post": {"summary": "Retry the Google write of a failed reservation", "responses": {
                     "202": one, **errors, **not_found, "403": _json(_ref("Error"), "not the organiser or an admin")}},
             },
+            "/insights": {"get": {
+                "summary": "Utilisation per room over whole UTC days start..end (admins; default the last 28 days)",
+                "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": d} for n, d in INSIGHTS_QUERY],
+                "responses": {"200": _json(INSIGHTS, "the figures of every room in the filter, and their total"),
+                              "400": _json(_ref("Error"), "a bad date range"), "401": errors["401"],
+                              "403": _json(_ref("Error"), "not an admin")}}},
             "/openapi.json": {"get": {"summary": "This description", "security": [], "responses": {
                 "200": {"description": "OpenAPI 3.1"}}}},
         },

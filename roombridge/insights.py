@@ -1,0 +1,288 @@
+"""Utilisation insight: how the rooms were really used over a date range.
+
+The figures, per room and in total, over reservations that START in [start, end] (whole UTC
+days, both ends included) and were not cancelled or in conflict:
+
+- `booked_hours`: the time booked, as booked (a meeting ended early counts its booked end);
+- `checked_in_hours`: the time of meetings someone checked in to, as held (to their end, or
+  to the moment they were ended early);
+- `released_hours`: the booked time of no-shows released by the deadline (status released);
+- `ended_early_hours`: the time given back by "end early" (booked end minus actual end);
+- `no_show_rate`: no-shows (released or only flagged) among meetings whose check-in was
+  decided either way (checked in, or missed), None when there were none;
+- bookings by `source` (web, api, google, display); average people (organiser + attendees)
+  against capacity, for right-sizing;
+- occupancy by weekday x hour of day, in each room's own time zone: the share of room-hours
+  held by a booking that was not released.
+
+Everything is summed in the database: one GROUP BY query for the rooms, one for the heatmap
+(generate_series on PostgreSQL; on SQLite, whose SQL knows no time zones, the rows of the
+range are bucketed here, which suits the small deployments SQLite is for). The range starts
+on an index (`ix_reservations_start`); see benchmarks/insights.py for the figures at
+10,000 rooms x a year.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from roombridge.models import LIVE_STATUSES, Reservation, ReservationSource, ReservationStatus, Room
+
+COUNTED = (*LIVE_STATUSES, ReservationStatus.RELEASED)
+SOURCES = tuple(s.value for s in ReservationSource)
+MAX_DAYS = 366
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+# A room booked on average by this share of its seats or fewer is worth a look (right-sizing).
+OVERSIZED_SHARE = 1 / 3
+
+
+class InvalidRange(ValueError):
+    pass
+
+
+@dataclass
+class Figures:
+    """The figures of one room, or of all the rooms in the filter (`room_id` None)."""
+
+    room_id: int | None = None
+    calendar_id: str = ""
+    name: str = "All rooms"
+    building: str | None = None
+    floor: str | None = None
+    capacity: int | None = None
+    bookings: int = 0
+    booked_hours: float = 0.0
+    checked_in_hours: float = 0.0
+    released_hours: float = 0.0
+    ended_early_hours: float = 0.0
+    checked_in: int = 0
+    no_shows: int = 0
+    people: int = 0  # organiser + attendees, summed over bookings
+    sources: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SOURCES, 0))
+
+    @property
+    def no_show_rate(self) -> float | None:
+        decided = self.checked_in + self.no_shows
+        return round(self.no_shows / decided, 4) if decided else None
+
+    @property
+    def average_people(self) -> float | None:
+        return round(self.people / self.bookings, 2) if self.bookings else None
+
+    @property
+    def oversized(self) -> bool:
+        average = self.average_people
+        return bool(self.capacity and average is not None and average <= self.capacity * OVERSIZED_SHARE)
+
+    def add(self, other: Figures) -> None:
+        for name in ("bookings", "booked_hours", "checked_in_hours", "released_hours", "ended_early_hours",
+                     "checked_in", "no_shows", "people"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for source, count in other.sources.items():
+            self.sources[source] += count
+
+    def as_dict(self) -> dict:
+        return {
+            "room_id": self.room_id, "calendar_id": self.calendar_id, "name": self.name,
+            "building": self.building, "floor": self.floor, "capacity": self.capacity,
+            "bookings": self.bookings,
+            "booked_hours": round(self.booked_hours, 2), "checked_in_hours": round(self.checked_in_hours, 2),
+            "released_hours": round(self.released_hours, 2), "ended_early_hours": round(self.ended_early_hours, 2),
+            "no_show_rate": self.no_show_rate, "average_people": self.average_people,
+            "sources": dict(self.sources),
+        }
+
+
+@dataclass
+class Insights:
+    start: date
+    end: date  # included
+    rooms: list[Figures]
+    total: Figures
+    # occupancy[weekday][hour]: percent of room-hours held (weekday 0 = Monday; room-local time)
+    occupancy: list[list[float]]
+
+
+def parse_range(start: str | None, end: str | None, today: date) -> tuple[date, date]:
+    """The [start, end] of query text (YYYY-MM-DD); default the last 28 days up to today."""
+    try:
+        last = date.fromisoformat(end) if end else today
+        first = date.fromisoformat(start) if start else last - timedelta(days=27)
+    except ValueError as exc:
+        raise InvalidRange("dates are YYYY-MM-DD") from exc
+    if first > last:
+        raise InvalidRange("the start is after the end")
+    if (last - first).days + 1 > MAX_DAYS:
+        raise InvalidRange(f"at most {MAX_DAYS} days at a time")
+    return first, last
+
+
+def _bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    return datetime.combine(start, time(0), UTC), datetime.combine(end + timedelta(days=1), time(0), UTC)
+
+
+def _seconds(session: Session, later, earlier):
+    if session.get_bind().dialect.name == "postgresql":
+        return sa.extract("epoch", later - earlier)
+    return (sa.func.julianday(later) - sa.func.julianday(earlier)) * 86400
+
+
+def _people():
+    return 1 + sa.func.coalesce(sa.func.json_array_length(Reservation.attendees), 0)
+
+
+def _room_query(building: str | None, floor: str | None, room_ids: Sequence[int] | None):
+    query = sa.select(Room).where(Room.in_scope.is_(True))
+    if building:
+        query = query.where(Room.building == building)
+    if floor:
+        query = query.where(Room.floor == floor)
+    if room_ids is not None:
+        query = query.where(Room.id.in_(list(room_ids)))
+    return query
+
+
+def compute(session: Session, start: date, end: date, *, building: str | None = None, floor: str | None = None,
+            room_ids: Sequence[int] | None = None) -> Insights:
+    """The figures of the in-scope rooms matching the filters, for reservations starting in [start, end]."""
+    room_query = _room_query(building, floor, room_ids)
+    rooms = list(session.scalars(room_query.order_by(Room.building, Room.floor, Room.name)))
+    lower, upper = _bounds(start, end)
+    where = sa.and_(Reservation.start_at >= lower, Reservation.start_at < upper, Reservation.status.in_(COUNTED),
+                    Reservation.room_id.in_(room_query.with_only_columns(Room.id)))
+    held = _seconds(session, Reservation.end_at, Reservation.start_at)
+    booked = _seconds(session, sa.func.coalesce(Reservation.original_end_at, Reservation.end_at), Reservation.start_at)
+    given_back = _seconds(session, Reservation.original_end_at, Reservation.end_at)
+    released = Reservation.status == ReservationStatus.RELEASED
+
+    def when(condition, value):
+        return sa.func.sum(sa.case((condition, value), else_=0))
+
+    columns = [
+        Reservation.room_id,
+        sa.func.count(),
+        sa.func.sum(booked),
+        when(Reservation.checked_in_at.is_not(None), held),
+        when(released, held),
+        when(Reservation.ended_early_at.is_not(None) & Reservation.original_end_at.is_not(None), given_back),
+        when(Reservation.checked_in_at.is_not(None), 1),
+        when(Reservation.missed_checkin_at.is_not(None) | released, 1),
+        sa.func.sum(_people()),
+        *(when(Reservation.source == source, 1) for source in SOURCES),
+    ]
+    by_room: dict[int, tuple] = {
+        row[0]: row for row in session.execute(sa.select(*columns).where(where).group_by(Reservation.room_id))
+    }
+    figures, total = [], Figures()
+    for room in rooms:
+        one = Figures(room_id=room.id, calendar_id=room.calendar_id, name=room.name, building=room.building,
+                      floor=room.floor, capacity=room.capacity)
+        row = by_room.get(room.id)
+        if row is not None:
+            (_, one.bookings, booked_s, checked_s, released_s, early_s, one.checked_in, one.no_shows, people,
+             *by_source) = row
+            one.booked_hours, one.checked_in_hours = float(booked_s or 0) / 3600, float(checked_s or 0) / 3600
+            one.released_hours, one.ended_early_hours = float(released_s or 0) / 3600, float(early_s or 0) / 3600
+            one.checked_in, one.no_shows = int(one.checked_in or 0), int(one.no_shows or 0)
+            one.people = int(people or 0)
+            one.sources = {source: int(n or 0) for source, n in zip(SOURCES, by_source, strict=True)}
+        figures.append(one)
+        total.add(one)
+    total.capacity = sum(r.capacity or 0 for r in rooms) or None
+    return Insights(start, end, figures, total, _occupancy(session, start, end, where, rooms))
+
+
+# --- occupancy by weekday x hour ---------------------------------------------------------------
+
+
+def _weekday_counts(start: date, end: date) -> list[int]:
+    counts = [0] * 7
+    day = start
+    while day <= end:
+        counts[day.weekday()] += 1
+        day += timedelta(days=1)
+    return counts
+
+
+def _occupancy(session: Session, start: date, end: date, where, rooms: list[Room]) -> list[list[float]]:
+    seconds = [[0.0] * 24 for _ in range(7)]
+    if rooms:
+        if session.get_bind().dialect.name == "postgresql":
+            _held_by_hour_sql(session, where, seconds)
+        else:
+            _held_by_hour_here(session, where, seconds)
+    days = _weekday_counts(start, end)
+    room_count = len(rooms)
+    return [[round(100 * seconds[wd][h] / (3600 * room_count * days[wd]), 1) if room_count and days[wd] else 0.0
+             for h in range(24)] for wd in range(7)]
+
+
+NOT_RELEASED = Reservation.status != ReservationStatus.RELEASED
+
+
+def _held_by_hour_sql(session: Session, where, seconds: list[list[float]]) -> None:
+    # Each booking, in its room's local wall-clock time, split into the hours it touches.
+    local_start = sa.func.timezone(Room.time_zone, Reservation.start_at)
+    local_end = sa.func.timezone(Room.time_zone, Reservation.end_at)
+    inner = (
+        sa.select(local_start.label("ls"), local_end.label("le"))
+        .select_from(Reservation)
+        .join(Room, Room.id == Reservation.room_id)
+        .where(where, NOT_RELEASED)
+        .subquery()
+    )
+    slot = sa.func.generate_series(
+        sa.func.date_trunc("hour", inner.c.ls), inner.c.le - sa.text("interval '1 microsecond'"),
+        sa.text("interval '1 hour'"),
+    ).table_valued("value").render_derived(name="slot")
+    hour_end = slot.c.value + sa.text("interval '1 hour'")
+    overlap = sa.extract("epoch", sa.func.least(inner.c.le, hour_end) - sa.func.greatest(inner.c.ls, slot.c.value))
+    weekday = sa.cast(sa.extract("isodow", slot.c.value), sa.Integer) - 1
+    hour = sa.cast(sa.extract("hour", slot.c.value), sa.Integer)
+    query = sa.select(weekday, hour, sa.func.sum(overlap)).select_from(inner).join(slot, sa.true()).group_by(
+        weekday, hour)
+    for wd, h, total in session.execute(query):
+        seconds[wd][h] += float(total or 0)
+
+
+def _held_by_hour_here(session: Session, where, seconds: list[list[float]]) -> None:
+    rows = session.execute(
+        sa.select(Reservation.start_at, Reservation.end_at, Room.time_zone)
+        .join(Room, Room.id == Reservation.room_id).where(where, NOT_RELEASED)
+    )
+    zones: dict[str, ZoneInfo] = {}
+    for start_at, end_at, zone_name in rows:
+        zone = zones.get(zone_name) or zones.setdefault(zone_name, _zone(zone_name))
+        # Naive wall-clock times, as PostgreSQL's timezone() gives, so both databases agree.
+        local_start = start_at.astimezone(zone).replace(tzinfo=None)
+        local_end = end_at.astimezone(zone).replace(tzinfo=None)
+        slot = local_start.replace(minute=0, second=0, microsecond=0)
+        while slot < local_end:
+            following = slot + timedelta(hours=1)
+            seconds[slot.weekday()][slot.hour] += (min(local_end, following) - max(local_start, slot)).total_seconds()
+            slot = following
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ValueError, OSError):
+        return ZoneInfo("UTC")
+
+
+def buildings(session: Session) -> list[str]:
+    return list(session.scalars(sa.select(Room.building).where(Room.in_scope.is_(True), Room.building.is_not(None))
+                                .distinct().order_by(Room.building)))
+
+
+def floors(session: Session, building: str | None = None) -> list[str]:
+    query = sa.select(Room.floor).where(Room.in_scope.is_(True), Room.floor.is_not(None))
+    if building:
+        query = query.where(Room.building == building)
+    return list(session.scalars(query.distinct().order_by(Room.floor)))
