@@ -15,6 +15,7 @@ MODULES = {
     "renewal": "benchmarks.renewal",
     "fullsync": "benchmarks.full_sync",
     "booking": "benchmarks.booking_load",
+    "insights": "benchmarks.insights",
 }
 
 

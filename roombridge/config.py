@@ -92,6 +92,8 @@ class Config:
     CHANNEL_RENEW_WITHIN_SECONDS: int = 86400
     SAFETY_SYNC_INTERVAL_SECONDS: int = 900
     SCHEDULER_TICK_SECONDS: float = 30.0
+    # Insights: how often the monthly rollup sums the latest whole months again (roombridge/insights.py).
+    INSIGHTS_ROLLUP_INTERVAL_SECONDS: int = 3600
 
     @property
     def delegated_mode(self) -> bool:

@@ -15,11 +15,17 @@ days, both ends included) and were not cancelled or in conflict:
 - occupancy by weekday x hour of day, in each room's own time zone: the share of room-hours
   held by a booking that was not released.
 
-Everything is summed in the database: one GROUP BY query for the rooms, one for the heatmap
-(generate_series on PostgreSQL; on SQLite, whose SQL knows no time zones, the rows of the
-range are bucketed here, which suits the small deployments SQLite is for). The range starts
-on an index (`ix_reservations_start`); see benchmarks/insights.py for the figures at
-10,000 rooms x a year.
+Everything is summed in the database. Live, from the reservations: one GROUP BY query for
+the rooms, one for the heatmap (generate_series on PostgreSQL; on SQLite, whose SQL knows no
+time zones, the rows are bucketed here, which suits the small deployments SQLite is for).
+At scale a year is millions of rows, so whole UTC months are summed once into a rollup
+(`room_usage_months` per room; `usage_hour_months` per building, floor, weekday and hour)
+by an hourly job (jobs/insights.py): it sums the two latest whole months again, for late
+edits and syncs, and fills in any month of the last year not summed yet. A range reads the
+rollup for its whole months that have been summed, and the reservations for the rest (its
+ends, the current month, months not summed yet): the same figures either way (tested).
+A room filter reads the heatmap live (the rollup is by building and floor; one room is
+cheap). See benchmarks/insights.py for 10,000 rooms x a year.
 """
 
 from __future__ import annotations
@@ -32,7 +38,17 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from roombridge.models import LIVE_STATUSES, Reservation, ReservationSource, ReservationStatus, Room
+from roombridge.models import (
+    LIVE_STATUSES,
+    Reservation,
+    ReservationSource,
+    ReservationStatus,
+    Room,
+    RoomUsageMonth,
+    UsageHourMonth,
+    UsageRollup,
+)
+from roombridge.unit_of_work import unit_of_work
 
 COUNTED = (*LIVE_STATUSES, ReservationStatus.RELEASED)
 SOURCES = tuple(s.value for s in ReservationSource)
@@ -148,14 +164,46 @@ def _room_query(building: str | None, floor: str | None, room_ids: Sequence[int]
     return query
 
 
-def compute(session: Session, start: date, end: date, *, building: str | None = None, floor: str | None = None,
-            room_ids: Sequence[int] | None = None) -> Insights:
-    """The figures of the in-scope rooms matching the filters, for reservations starting in [start, end]."""
-    room_query = _room_query(building, floor, room_ids)
-    rooms = list(session.scalars(room_query.order_by(Room.building, Room.floor, Room.name)))
+# --- the figures, live from reservations or from the monthly rollup ------------------------------
+
+
+def _next_month(month: date) -> date:
+    return (month.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def _split(start: date, end: date) -> tuple[list[date], list[tuple[date, date]]]:
+    """The whole months inside [start, end], and the ranges of days left over at its ends."""
+    months, rest = [], []
+    day = start
+    while day <= end:
+        month, following = day.replace(day=1), _next_month(day.replace(day=1))
+        last = min(end, following - timedelta(days=1))
+        if day == month and last == following - timedelta(days=1):
+            months.append(month)
+        else:
+            rest.append((day, last))
+        day = following
+    return months, rest
+
+
+def _merge(ranges: list[tuple[date, date]]) -> list[tuple[date, date]]:
+    merged: list[tuple[date, date]] = []
+    for first, last in sorted(ranges):
+        if merged and merged[-1][1] + timedelta(days=1) == first:
+            merged[-1] = (merged[-1][0], last)
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def _live_where(start: date, end: date, room_ids):
     lower, upper = _bounds(start, end)
-    where = sa.and_(Reservation.start_at >= lower, Reservation.start_at < upper, Reservation.status.in_(COUNTED),
-                    Reservation.room_id.in_(room_query.with_only_columns(Room.id)))
+    return sa.and_(Reservation.start_at >= lower, Reservation.start_at < upper, Reservation.status.in_(COUNTED),
+                   Reservation.room_id.in_(room_ids))
+
+
+def _live_figures(session: Session, where) -> dict[int, Figures]:
+    """Per room, summed from the reservations in `where`: ONE GROUP BY query."""
     held = _seconds(session, Reservation.end_at, Reservation.start_at)
     booked = _seconds(session, sa.func.coalesce(Reservation.original_end_at, Reservation.end_at), Reservation.start_at)
     given_back = _seconds(session, Reservation.original_end_at, Reservation.end_at)
@@ -176,26 +224,76 @@ def compute(session: Session, start: date, end: date, *, building: str | None = 
         sa.func.sum(_people()),
         *(when(Reservation.source == source, 1) for source in SOURCES),
     ]
-    by_room: dict[int, tuple] = {
-        row[0]: row for row in session.execute(sa.select(*columns).where(where).group_by(Reservation.room_id))
-    }
+    return {row[0]: _figures_of(row[1:]) for row in
+            session.execute(sa.select(*columns).where(where).group_by(Reservation.room_id))}
+
+
+def _figures_of(row: Sequence) -> Figures:
+    """Figures from (bookings, 4 x seconds, checked_in, no_shows, people, sources...)."""
+    bookings, booked_s, checked_s, released_s, early_s, checked_in, no_shows, people, *by_source = row
+    return Figures(
+        bookings=int(bookings or 0), booked_hours=float(booked_s or 0) / 3600,
+        checked_in_hours=float(checked_s or 0) / 3600, released_hours=float(released_s or 0) / 3600,
+        ended_early_hours=float(early_s or 0) / 3600, checked_in=int(checked_in or 0), no_shows=int(no_shows or 0),
+        people=int(people or 0), sources={s: int(n or 0) for s, n in zip(SOURCES, by_source, strict=True)},
+    )
+
+
+ROLLUP_COLUMNS = ("bookings", "booked_seconds", "checked_in_seconds", "released_seconds", "ended_early_seconds",
+                  "checked_in", "no_shows", "people", *(f"source_{s}" for s in SOURCES))
+
+
+def _rolled_figures(session: Session, months: list[date], room_ids) -> dict[int, Figures]:
+    query = (sa.select(RoomUsageMonth.room_id,
+                       *(sa.func.sum(getattr(RoomUsageMonth, c)) for c in ROLLUP_COLUMNS))
+             .where(RoomUsageMonth.month.in_(months), RoomUsageMonth.room_id.in_(room_ids))
+             .group_by(RoomUsageMonth.room_id))
+    return {row[0]: _figures_of(row[1:]) for row in session.execute(query)}
+
+
+def rolled_months(session: Session, months: list[date]) -> set[date]:
+    if not months:
+        return set()
+    return set(session.scalars(sa.select(UsageRollup.month).where(UsageRollup.month.in_(months))))
+
+
+def compute(session: Session, start: date, end: date, *, building: str | None = None, floor: str | None = None,
+            room_ids: Sequence[int] | None = None) -> Insights:
+    """The figures of the in-scope rooms matching the filters, for reservations starting in [start, end].
+
+    Whole months the rollup has summed are read from it; the days around them, and months
+    not rolled up yet, from the reservations themselves. Both give the same figures.
+    """
+    room_query = _room_query(building, floor, room_ids)
+    rooms = list(session.scalars(room_query.order_by(Room.building, Room.floor, Room.name)))
+    ids = room_query.with_only_columns(Room.id)
+    months, rest = _split(start, end)
+    rolled = sorted(rolled_months(session, months))
+    live = _merge(rest + [(m, _next_month(m) - timedelta(days=1)) for m in months if m not in rolled])
+
+    parts = [_rolled_figures(session, rolled, ids)] if rolled else []
+    parts += [_live_figures(session, _live_where(first, last, ids)) for first, last in live]
     figures, total = [], Figures()
     for room in rooms:
         one = Figures(room_id=room.id, calendar_id=room.calendar_id, name=room.name, building=room.building,
                       floor=room.floor, capacity=room.capacity)
-        row = by_room.get(room.id)
-        if row is not None:
-            (_, one.bookings, booked_s, checked_s, released_s, early_s, one.checked_in, one.no_shows, people,
-             *by_source) = row
-            one.booked_hours, one.checked_in_hours = float(booked_s or 0) / 3600, float(checked_s or 0) / 3600
-            one.released_hours, one.ended_early_hours = float(released_s or 0) / 3600, float(early_s or 0) / 3600
-            one.checked_in, one.no_shows = int(one.checked_in or 0), int(one.no_shows or 0)
-            one.people = int(people or 0)
-            one.sources = {source: int(n or 0) for source, n in zip(SOURCES, by_source, strict=True)}
+        for part in parts:
+            if room.id in part:
+                one.add(part[room.id])
         figures.append(one)
         total.add(one)
     total.capacity = sum(r.capacity or 0 for r in rooms) or None
-    return Insights(start, end, figures, total, _occupancy(session, start, end, where, rooms))
+
+    seconds = [[0.0] * 24 for _ in range(7)]
+    if rooms:
+        if room_ids is not None:  # the rollup is by building and floor, not by room
+            live, rolled = [(start, end)], []
+        for first, last in live:
+            for grid in _held_by_hour(session, _live_where(first, last, ids)).values():
+                _add_grid(seconds, grid)
+        if rolled:
+            _add_grid(seconds, _rolled_hours(session, rolled, building, floor))
+    return Insights(start, end, figures, total, _occupancy(start, end, seconds, len(rooms)))
 
 
 # --- occupancy by weekday x hour ---------------------------------------------------------------
@@ -210,28 +308,39 @@ def _weekday_counts(start: date, end: date) -> list[int]:
     return counts
 
 
-def _occupancy(session: Session, start: date, end: date, where, rooms: list[Room]) -> list[list[float]]:
-    seconds = [[0.0] * 24 for _ in range(7)]
-    if rooms:
-        if session.get_bind().dialect.name == "postgresql":
-            _held_by_hour_sql(session, where, seconds)
-        else:
-            _held_by_hour_here(session, where, seconds)
+def _empty_grid() -> list[list[float]]:
+    return [[0.0] * 24 for _ in range(7)]
+
+
+def _add_grid(into: list[list[float]], grid: list[list[float]]) -> None:
+    for wd in range(7):
+        for h in range(24):
+            into[wd][h] += grid[wd][h]
+
+
+def _occupancy(start: date, end: date, seconds: list[list[float]], room_count: int) -> list[list[float]]:
     days = _weekday_counts(start, end)
-    room_count = len(rooms)
     return [[round(100 * seconds[wd][h] / (3600 * room_count * days[wd]), 1) if room_count and days[wd] else 0.0
              for h in range(24)] for wd in range(7)]
 
 
 NOT_RELEASED = Reservation.status != ReservationStatus.RELEASED
+Place = tuple[str | None, str | None]  # (building, floor)
 
 
-def _held_by_hour_sql(session: Session, where, seconds: list[list[float]]) -> None:
+def _held_by_hour(session: Session, where) -> dict[Place, list[list[float]]]:
+    """Seconds held by non-released bookings in `where`, by weekday x hour of each room's own time."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _held_by_hour_sql(session, where)
+    return _held_by_hour_here(session, where)
+
+
+def _held_by_hour_sql(session: Session, where) -> dict[Place, list[list[float]]]:
     # Each booking, in its room's local wall-clock time, split into the hours it touches.
     local_start = sa.func.timezone(Room.time_zone, Reservation.start_at)
     local_end = sa.func.timezone(Room.time_zone, Reservation.end_at)
     inner = (
-        sa.select(local_start.label("ls"), local_end.label("le"))
+        sa.select(Room.building, Room.floor, local_start.label("ls"), local_end.label("le"))
         .select_from(Reservation)
         .join(Room, Room.id == Reservation.room_id)
         .where(where, NOT_RELEASED)
@@ -245,20 +354,24 @@ def _held_by_hour_sql(session: Session, where, seconds: list[list[float]]) -> No
     overlap = sa.extract("epoch", sa.func.least(inner.c.le, hour_end) - sa.func.greatest(inner.c.ls, slot.c.value))
     weekday = sa.cast(sa.extract("isodow", slot.c.value), sa.Integer) - 1
     hour = sa.cast(sa.extract("hour", slot.c.value), sa.Integer)
-    query = sa.select(weekday, hour, sa.func.sum(overlap)).select_from(inner).join(slot, sa.true()).group_by(
-        weekday, hour)
-    for wd, h, total in session.execute(query):
-        seconds[wd][h] += float(total or 0)
+    keys = (inner.c.building, inner.c.floor, weekday, hour)
+    query = sa.select(*keys, sa.func.sum(overlap)).select_from(inner).join(slot, sa.true()).group_by(*keys)
+    grids: dict[Place, list[list[float]]] = {}
+    for building, floor, wd, h, total in session.execute(query):
+        grids.setdefault((building, floor), _empty_grid())[wd][h] += float(total or 0)
+    return grids
 
 
-def _held_by_hour_here(session: Session, where, seconds: list[list[float]]) -> None:
+def _held_by_hour_here(session: Session, where) -> dict[Place, list[list[float]]]:
     rows = session.execute(
-        sa.select(Reservation.start_at, Reservation.end_at, Room.time_zone)
+        sa.select(Reservation.start_at, Reservation.end_at, Room.time_zone, Room.building, Room.floor)
         .join(Room, Room.id == Reservation.room_id).where(where, NOT_RELEASED)
     )
     zones: dict[str, ZoneInfo] = {}
-    for start_at, end_at, zone_name in rows:
+    grids: dict[Place, list[list[float]]] = {}
+    for start_at, end_at, zone_name, building, floor in rows:
         zone = zones.get(zone_name) or zones.setdefault(zone_name, _zone(zone_name))
+        seconds = grids.setdefault((building, floor), _empty_grid())
         # Naive wall-clock times, as PostgreSQL's timezone() gives, so both databases agree.
         local_start = start_at.astimezone(zone).replace(tzinfo=None)
         local_end = end_at.astimezone(zone).replace(tzinfo=None)
@@ -267,6 +380,20 @@ def _held_by_hour_here(session: Session, where, seconds: list[list[float]]) -> N
             following = slot + timedelta(hours=1)
             seconds[slot.weekday()][slot.hour] += (min(local_end, following) - max(local_start, slot)).total_seconds()
             slot = following
+    return grids
+
+
+def _rolled_hours(session: Session, months: list[date], building: str | None, floor: str | None):
+    query = sa.select(UsageHourMonth.weekday, UsageHourMonth.hour, sa.func.sum(UsageHourMonth.held_seconds)).where(
+        UsageHourMonth.month.in_(months))
+    if building:
+        query = query.where(UsageHourMonth.building == building)
+    if floor:
+        query = query.where(UsageHourMonth.floor == floor)
+    grid = _empty_grid()
+    for wd, h, total in session.execute(query.group_by(UsageHourMonth.weekday, UsageHourMonth.hour)):
+        grid[wd][h] += float(total or 0)
+    return grid
 
 
 def _zone(name: str | None) -> ZoneInfo:
@@ -274,6 +401,51 @@ def _zone(name: str | None) -> ZoneInfo:
         return ZoneInfo(name or "UTC")
     except (ValueError, OSError):
         return ZoneInfo("UTC")
+
+
+# --- the monthly rollup -------------------------------------------------------------------------
+
+ROLLUP_MONTHS_BACK = 13  # the rollup job fills in any whole month of the last year not summed yet
+ROLLUP_REFRESH_RECENT = 2  # and sums the latest whole months again, for late changes (edits, syncs)
+
+
+def refresh_month(session: Session, month: date) -> int:
+    """Sum one whole month into the rollup, replacing what it held; the number of room rows."""
+    month = month.replace(day=1)
+    last = _next_month(month) - timedelta(days=1)
+    in_scope = _room_query(None, None, None).with_only_columns(Room.id)
+    with unit_of_work(session):
+        session.execute(sa.delete(RoomUsageMonth).where(RoomUsageMonth.month == month))
+        session.execute(sa.delete(UsageHourMonth).where(UsageHourMonth.month == month))
+        session.execute(sa.delete(UsageRollup).where(UsageRollup.month == month))
+        where = _live_where(month, last, in_scope)
+        by_room = _live_figures(session, where)
+        session.add_all(RoomUsageMonth(
+            room_id=room_id, month=month, bookings=f.bookings, booked_seconds=f.booked_hours * 3600,
+            checked_in_seconds=f.checked_in_hours * 3600, released_seconds=f.released_hours * 3600,
+            ended_early_seconds=f.ended_early_hours * 3600, checked_in=f.checked_in, no_shows=f.no_shows,
+            people=f.people, **{f"source_{s}": n for s, n in f.sources.items()},
+        ) for room_id, f in by_room.items())
+        session.add_all(UsageHourMonth(month=month, building=building, floor=floor, weekday=wd, hour=h,
+                                       held_seconds=grid[wd][h])
+                        for (building, floor), grid in _held_by_hour(session, where).items()
+                        for wd in range(7) for h in range(24) if grid[wd][h])
+        session.add(UsageRollup(month=month))
+    return len(by_room)
+
+
+def refresh_rollup(session: Session, today: date) -> list[date]:
+    """Sum the latest whole months again, and any whole month of the last year not summed yet."""
+    current = today.replace(day=1)
+    months, month = [], current
+    for _ in range(ROLLUP_MONTHS_BACK):
+        month = (month - timedelta(days=1)).replace(day=1)
+        months.append(month)
+    done = rolled_months(session, months)
+    due = [m for n, m in enumerate(months) if n < ROLLUP_REFRESH_RECENT or m not in done]
+    for month in due:
+        refresh_month(session, month)
+    return due
 
 
 def buildings(session: Session) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -283,6 +283,50 @@ class CalendarFeed(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     room: Mapped[Room | None] = relationship()
+
+
+class RoomUsageMonth(Base):
+    """Insight figures of one room over one whole UTC month, summed by the rollup job (roombridge/insights.py)."""
+
+    __tablename__ = "room_usage_months"
+
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
+    month: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)  # its first day
+    bookings: Mapped[int]
+    booked_seconds: Mapped[float] = mapped_column(sa.Float)
+    checked_in_seconds: Mapped[float] = mapped_column(sa.Float)
+    released_seconds: Mapped[float] = mapped_column(sa.Float)
+    ended_early_seconds: Mapped[float] = mapped_column(sa.Float)
+    checked_in: Mapped[int]
+    no_shows: Mapped[int]
+    people: Mapped[int]
+    source_web: Mapped[int]
+    source_api: Mapped[int]
+    source_google: Mapped[int]
+    source_display: Mapped[int]
+
+
+class UsageHourMonth(Base):
+    """Seconds held by bookings in one weekday x hour (room-local) over one UTC month, per building and floor."""
+
+    __tablename__ = "usage_hour_months"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    month: Mapped[date] = mapped_column(sa.Date, index=True)
+    building: Mapped[str | None] = mapped_column(sa.String(200))
+    floor: Mapped[str | None] = mapped_column(sa.String(50))
+    weekday: Mapped[int] = mapped_column(sa.SmallInteger)  # 0 = Monday
+    hour: Mapped[int] = mapped_column(sa.SmallInteger)
+    held_seconds: Mapped[float] = mapped_column(sa.Float)
+
+
+class UsageRollup(Base):
+    """A month the rollup has summed (its rows above are complete), and when."""
+
+    __tablename__ = "usage_rollups"
+
+    month: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AuditEntry(Base):

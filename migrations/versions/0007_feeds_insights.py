@@ -1,4 +1,4 @@
-"""feeds and insights: calendar_feeds (ICS subscription links of a room or a person)
+"""feeds and insights: calendar_feeds (ICS links of a room or a person); the monthly insight rollup
 
 Revision ID: 0007
 Revises: 0006
@@ -36,8 +36,48 @@ def upgrade() -> None:
     op.create_index("ix_calendar_feeds_room_id", "calendar_feeds", ["room_id"])
     op.create_index("ix_calendar_feeds_person_email", "calendar_feeds", ["person_email"])
 
+    seconds = [sa.Column(f"{name}_seconds", sa.Float(), nullable=False)
+               for name in ("booked", "checked_in", "released", "ended_early")]
+    counts = [sa.Column(name, sa.Integer(), nullable=False)
+              for name in ("checked_in", "no_shows", "people", "source_web", "source_api", "source_google",
+                           "source_display")]
+    op.create_table(
+        "room_usage_months",
+        sa.Column("room_id", sa.Integer(), nullable=False),
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("bookings", sa.Integer(), nullable=False),
+        *seconds,
+        *counts,
+        sa.ForeignKeyConstraint(["room_id"], ["rooms.id"]),
+        sa.PrimaryKeyConstraint("room_id", "month"),
+    )
+    op.create_index("ix_room_usage_months_month", "room_usage_months", ["month"])
+    op.create_table(
+        "usage_hour_months",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("building", sa.String(200), nullable=True),
+        sa.Column("floor", sa.String(50), nullable=True),
+        sa.Column("weekday", sa.SmallInteger(), nullable=False),
+        sa.Column("hour", sa.SmallInteger(), nullable=False),
+        sa.Column("held_seconds", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_usage_hour_months_month", "usage_hour_months", ["month"])
+    op.create_table(
+        "usage_rollups",
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("refreshed_at", when, nullable=False),
+        sa.PrimaryKeyConstraint("month"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("usage_rollups")
+    op.drop_index("ix_usage_hour_months_month", "usage_hour_months")
+    op.drop_table("usage_hour_months")
+    op.drop_index("ix_room_usage_months_month", "room_usage_months")
+    op.drop_table("room_usage_months")
     op.drop_index("ix_calendar_feeds_person_email", "calendar_feeds")
     op.drop_index("ix_calendar_feeds_room_id", "calendar_feeds")
     op.drop_table("calendar_feeds")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from roombridge import insights
-from roombridge.models import ReservationSource, ReservationStatus
+from roombridge.models import Reservation, ReservationSource, ReservationStatus
 from tests.factories import make_reservation, make_room
 
 MONDAY = date(2030, 1, 7)
@@ -86,3 +87,25 @@ def test_bad_ranges_are_refused(start, end, problem):
 
 def test_default_range_is_the_last_four_weeks():
     assert insights.parse_range(None, None, MONDAY) == (MONDAY - timedelta(days=27), MONDAY)
+
+
+def test_the_monthly_rollup_gives_the_live_figures_and_is_read_for_whole_months(session):
+    seed_known_week(session)
+    january = (date(2030, 1, 1), date(2030, 1, 31))
+    live = insights.compute(session, *january)
+    live_hq = insights.compute(session, *january, building="HQ")
+    assert insights.refresh_month(session, date(2030, 1, 1)) == 2  # two rooms had bookings
+    rolled = insights.compute(session, *january)
+    assert [f.as_dict() for f in rolled.rooms] == [f.as_dict() for f in live.rooms]
+    assert rolled.occupancy == live.occupancy
+    rolled_hq = insights.compute(session, *january, building="HQ")
+    assert rolled_hq.occupancy == live_hq.occupancy and rolled_hq.occupancy[0][9] == 50.0  # 2 of 4 Mondays
+
+    # A change after the rollup: a whole month still reads the rollup; a part of it reads the rows.
+    session.execute(sa.update(Reservation).values(status=ReservationStatus.CANCELLED))
+    assert insights.compute(session, *january).total.bookings == 5
+    assert insights.compute(session, date(2030, 1, 2), date(2030, 1, 31)).total.bookings == 0
+    # The rollup job sums the latest whole months again, and fills in missing ones of the last year.
+    assert insights.refresh_rollup(session, date(2030, 3, 15))[:2] == [date(2030, 2, 1), date(2030, 1, 1)]
+    assert insights.compute(session, *january).total.bookings == 0
+    assert insights.refresh_rollup(session, date(2030, 3, 20)) == [date(2030, 2, 1), date(2030, 1, 1)]
