@@ -51,7 +51,7 @@ def gateway(room: str) -> None:
             try:
                 listing = CalendarGateway.for_app(app, kind=kind).list_events(room, time_min=datetime(2030, 1, 1,
                                                                                                       tzinfo=UTC))
-                list(listing.events())
+                list(listing.pages())
             except OverBudget as refused:
                 print(json.dumps({"kind": kind, "error": refused.reason, "retry_after": refused.retry_after}),
                       flush=True)

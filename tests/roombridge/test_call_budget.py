@@ -39,7 +39,7 @@ def _calendar_calls(emulator) -> int:
 
 def _list(app, kind: str) -> None:
     with app.app_context():
-        list(CalendarGateway.for_app(kind=kind).list_events(ROOM, time_min=SINCE).events())
+        list(CalendarGateway.for_app(kind=kind).list_events(ROOM, time_min=SINCE).pages())
 
 
 # --- the limiter alone ---------------------------------------------------------------------------
