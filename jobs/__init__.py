@@ -60,12 +60,15 @@ def worker_app() -> Flask:
 
 def install(app: Flask) -> None:
     """Subscribe, in `app`, the jobs that the core's announcements ask for."""
+    from jobs.checkin import on_checkin_notice_due
     from jobs.reservations import on_invitation_due, on_reservation_changed
     from jobs.sync import on_sync_requested
+    from roombridge.checkin import CheckinNoticeDue
 
     subscribe(app, ReservationChanged, on_reservation_changed)
     subscribe(app, InvitationDue, on_invitation_due)
     subscribe(app, SyncRequested, on_sync_requested)
+    subscribe(app, CheckinNoticeDue, on_checkin_notice_due)
 
 
 def job(

@@ -37,6 +37,8 @@ PERIODIC: list[Periodic] = [
     # Every tick: one indexed query; re-queues Google writes lost to a Redis outage (jobs/reservations.py).
     Periodic("requeue-stale-pending", "jobs.reservations:requeue_stale_pending", "SCHEDULER_TICK_SECONDS"),
     # Google drops a small share of pushes: an incremental sync of every room now and then (jobs/sync.py).
+    # Every tick: one indexed query; releases no-shows past their check-in deadline (roombridge/checkin.py).
+    Periodic("release-no-shows", "jobs.checkin:release_no_shows", "SCHEDULER_TICK_SECONDS"),
     Periodic("safety-net-sync", "jobs.sync:safety_net_sync", "SAFETY_SYNC_INTERVAL_SECONDS"),
     # Hourly: the Insights rollup of whole months (roombridge/insights.py); idempotent, so a rerun is harmless.
     Periodic("insights-rollup", "jobs.insights:refresh_insights_rollup", "INSIGHTS_ROLLUP_INTERVAL_SECONDS"),

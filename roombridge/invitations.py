@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 from icalendar import Calendar, Event, vCalAddress, vText
 from sqlalchemy.orm import Session
 
+from roombridge import checkin
 from roombridge.config import Config
 from roombridge.models import Reservation, ReservationStatus
 from roombridge.unit_of_work import unit_of_work
@@ -62,6 +63,7 @@ def build_invitation(
     event_id: str | None = None,
     recipients: list[str] | None = None,
     now: datetime | None = None,
+    checkin_url: str | None = None,
 ) -> Invitation:
     """The iCalendar object and the words around it, for `method` REQUEST or CANCEL."""
     if method not in METHODS:
@@ -112,6 +114,8 @@ def build_invitation(
         text = (
             f"{reservation.title}\n{when}\n{room.name}\n\nBooked by {reservation.organiser_email}.\n"
             + (f"\n{reservation.description}\n" if reservation.description else "")
+            + (f"\nThis room needs a check-in when the meeting starts. Check in with one click:\n{checkin_url}\n"
+               if checkin_url else "")
         )
     return Invitation(
         method=method,
@@ -179,6 +183,49 @@ def mail_invitation(session: Session, config: Config, reservation_id: int, metho
             return "gone"
         if method == "REQUEST" and reservation.status != ReservationStatus.CONFIRMED:
             return "superseded"  # changed again since; the next publish sends the invitation
-        invitation = build_invitation(reservation, method, event_id=event_id, recipients=recipients)
+        policy = checkin.CheckinPolicy.for_room(reservation.room, config)
+        link = checkin.link_url(config, reservation) if method == "REQUEST" and policy.required else None
+        invitation = build_invitation(reservation, method, event_id=event_id, recipients=recipients,
+                                      checkin_url=link)
     sent = send(to_email(invitation, config.MAIL_FROM), config.SMTP_URL)
     return f"sent to {len(invitation.recipients)}" if sent else "skipped (no SMTP_URL)"
+
+
+# --- check-in notices (roombridge/checkin.py) -------------------------------------------------------
+
+_NOTICES = {
+    "released": ("Released: {title}", "Nobody checked in to {title} ({when}) in {room} by {deadline}, so the room "
+                 "was released for others."),
+    "flagged": ("No check-in: {title}", "Nobody checked in to {title} ({when}) in {room} by {deadline}. The room "
+                "is still booked; please cancel bookings you do not need."),
+    "series_warning": ("Your series may end: {title}", "Nobody checked in to {title} in {room} several times in a "
+                       "row (last: {when}). If nobody checks in next time, the rest of the series is cancelled."),
+    "series_ended": ("Series ended: {title}", "Nobody checked in to {title} in {room} {limit} times in a row (last: "
+                     "{when}), so the later occurrences were cancelled and the room released."),
+}
+
+
+def notice_message(reservation: Reservation, kind: str, config: Config) -> EmailMessage:
+    room = reservation.room
+    zone = room.zone
+    start = reservation.start_at.astimezone(zone)
+    deadline = checkin.CheckinPolicy.for_room(room, config).window(reservation)[1].astimezone(zone)
+    words = {"title": reservation.title, "room": room.name, "when": f"{start:%a %d %b %H:%M}",
+             "deadline": f"{deadline:%H:%M}", "limit": config.CHECKIN_SERIES_END_AFTER}
+    subject, text = _NOTICES[kind]
+    message = EmailMessage()
+    message["From"] = config.MAIL_FROM
+    message["To"] = reservation.organiser_email
+    message["Subject"] = subject.format(**words)
+    message.set_content(text.format(**words) + "\n")
+    return message
+
+
+def mail_checkin_notice(session: Session, config: Config, reservation_id: int, kind: str) -> str:
+    """Mail the organiser a check-in notice; SMTP errors propagate for the mail job to retry."""
+    with unit_of_work(session, write=False):
+        reservation = session.get(Reservation, reservation_id)
+        if reservation is None:
+            return "gone"
+        message = notice_message(reservation, kind, config)
+    return "sent" if send(message, config.SMTP_URL) else "skipped (no SMTP_URL)"

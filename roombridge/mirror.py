@@ -24,6 +24,8 @@ Rules, decided on purpose:
   deletion made in Google is applied to the reservation and the organiser is told; moved
   onto another live reservation, ours becomes a CONFLICT rather than overwriting it. A
   reservation we cancelled ourselves is not revived by a stale copy of its event.
+- A reservation released for a no-show (roombridge/checkin.py) stays released, whatever
+  Google says about its event afterwards (the decline on the room's copy included).
 """
 
 from __future__ import annotations
@@ -199,6 +201,10 @@ def decide(event: GoogleEvent, current: Reservation | None, clashes: Sequence[Re
     `current`; the caller looks them up only when `event.is_booking`.
     """
     own = current is not None and current.source != ReservationSource.GOOGLE
+    if current is not None and current.status == ReservationStatus.RELEASED:
+        # Released for a no-show: our event is deleted, or the room declines the Google booking.
+        # Nothing Google says about it afterwards brings the booking back.
+        return Change(Action.NONE, "released here")
     if current is None and event.own_reservation_id is not None:
         # Ours by its private property, but the reservation is gone from this room: never import it.
         return Change(Action.NONE, "our own event without a matching reservation here")

@@ -109,12 +109,14 @@ def publish_reservation(session: Session, config: Config, gateway: CalendarGatew
         reservation = session.get(Reservation, reservation_id, populate_existing=True)
         if reservation is None:
             return "gone"
-        if reservation.source == ReservationSource.GOOGLE:
-            return "google's own"  # made in Google: the sync engine mirrors it, we never write it
         status = reservation.status
         _ = reservation.room  # loaded now, inside the read
+        if reservation.source == ReservationSource.GOOGLE and status != ReservationStatus.RELEASED:
+            return "google's own"  # made in Google: the sync engine mirrors it, we never write it
     try:
-        if status == ReservationStatus.CANCELLED:
+        if reservation.source == ReservationSource.GOOGLE:
+            return _decline_as_room(session, gateway, reservation)
+        if status in (ReservationStatus.CANCELLED, ReservationStatus.RELEASED):
             return _delete(session, config, gateway, reservation)
         if status != ReservationStatus.PENDING:
             return f"nothing to do ({status})"
@@ -127,7 +129,7 @@ def _mark_failed(session: Session, reservation_id: int, error: PermanentGoogleEr
     reason = f"{error.reason or error.status or 'error'}: {error.message}"
     with unit_of_work(session):
         reservation = session.get(Reservation, reservation_id, populate_existing=True)
-        if reservation.status == ReservationStatus.CANCELLED:
+        if reservation.status in (ReservationStatus.CANCELLED, ReservationStatus.RELEASED):
             # The booking is gone here; an event left behind in Google is the sync engine's to see.
             reservation.status_reason = f"{reservation.status_reason or 'cancelled'}; Google delete failed: {reason}"
             reservation.google_delete_failed = True
@@ -147,6 +149,31 @@ def _delete(session: Session, config: Config, gateway: CalendarGateway, reservat
     tell = () if config.delegated_mode else (InvitationDue(reservation.id, "CANCEL", None, event_id),)
     _record(session, reservation, announce_anyway=tell, google_calendar_id=None)
     return "deleted"
+
+
+def _decline_as_room(session: Session, gateway: CalendarGateway, reservation: Reservation) -> str:
+    """A released booking made in Google: the room declines it on its own copy, never deletes it.
+
+    Only the room's attendee entry changes (Google refuses other changes from an attendee's
+    copy, and propagates the answer to the organiser); every other attendee is sent back as is.
+    """
+    if reservation.room_response == "declined":
+        return "already declined"
+    calendar_id = reservation.room.calendar_id
+    try:
+        event = gateway.get_event(calendar_id, reservation.google_event_id)
+    except EventNotFound:
+        return "gone from Google"
+    attendees = event.get("attendees") or []
+    room_entry = [a for a in attendees if (a.get("email") or "").lower() == calendar_id.lower() or a.get("self")]
+    if not room_entry:
+        return "no room attendee to decline"  # written straight on the room calendar: nothing to answer
+    declined = [dict(a, responseStatus="declined") if a in room_entry else a for a in attendees]
+    event = gateway.patch_event(calendar_id, reservation.google_event_id, {"attendees": declined},
+                                send_updates="all")
+    _record(session, reservation, room_response="declined", google_etag=event.get("etag"),
+            google_updated_at=_parse_rfc3339(event.get("updated")))
+    return "declined"
 
 
 def _write(session: Session, config: Config, gateway: CalendarGateway, reservation: Reservation) -> str:
@@ -241,16 +268,20 @@ def _record(session: Session, reservation: Reservation, *, announce_if_whole=(),
 def stale_reservation_ids(session: Session, now: datetime, limit: int = 1000) -> list[int]:
     """Reservations whose Google write should have happened by now, oldest id first."""
     stale = now - STALE_AFTER
+    ours = Reservation.source != ReservationSource.GOOGLE
     return list(session.scalars(
         sa.select(Reservation.id).where(
-            Reservation.source != ReservationSource.GOOGLE,
             Reservation.updated_at < stale,
             sa.or_(
-                Reservation.status == ReservationStatus.PENDING,
-                # cancelled here but the event still stands in Google
-                sa.and_(Reservation.status == ReservationStatus.CANCELLED,
+                sa.and_(ours, Reservation.status == ReservationStatus.PENDING),
+                # cancelled or released here but the event still stands in Google
+                sa.and_(ours, Reservation.status.in_([ReservationStatus.CANCELLED, ReservationStatus.RELEASED]),
                         Reservation.google_calendar_id.is_not(None),
                         Reservation.google_delete_failed.is_(False)),
+                # a booking made in Google, released here, that the room has not declined yet
+                sa.and_(~ours, Reservation.status == ReservationStatus.RELEASED,
+                        Reservation.google_delete_failed.is_(False),
+                        sa.func.coalesce(Reservation.room_response, "") != "declined"),
             ),
         ).order_by(Reservation.id).limit(limit)
     ))

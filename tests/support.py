@@ -86,6 +86,16 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: s
         time.sleep(interval)
 
 
+def hold_write_lock(app):
+    """Take the database's write lock for reservations from a connection of our own; returns it."""
+    # On SQLite the write option makes the engine BEGIN IMMEDIATE (roombridge/db.py): the write lock.
+    conn = db.engine(app).connect().execution_options(**{db.WRITE_OPTION: True})
+    conn.begin()
+    if conn.dialect.name != "sqlite":
+        conn.exec_driver_sql("LOCK TABLE reservations IN EXCLUSIVE MODE")
+    return conn
+
+
 def invoke_ok(runner, args: list[str]) -> Result:
     """Run a CLI command and fail with its output when it does not exit 0."""
     result = runner.invoke(args=args)

@@ -65,5 +65,8 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.register_blueprint(feeds.bp)
     app.register_blueprint(insights.bp)
     app.cli.add_command(feeds.feeds_cli)
+    from webapp import display
+
+    app.register_blueprint(display.bp)
     auth.init_app(app)  # last: it exempts the webhook and API blueprints from CSRF
     return app

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import segno
 from flask import (
     Blueprint,
     abort,
@@ -29,11 +30,11 @@ from flask import (
 )
 from redis.exceptions import RedisError
 
-from roombridge import channels, console, db, rooms
+from roombridge import booking, channels, checkin, console, db, displays, rooms
 from roombridge.config import CALENDAR_EVENTS_SCOPE
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, GoogleError, is_room_calendar
-from roombridge.models import Room
+from roombridge.models import CheckinDeadlineAction, Room
 from roombridge.queue import redis
 from webapp.auth import admin_required, current_user
 
@@ -175,6 +176,7 @@ def _room_page(room: Room, form: RoomForm, status: int = 200):
     awaiting = request.args.get("awaiting")
     return render_template(
         "admin/room.html", room=room, overview=overview, form=form, now=now,
+        displays=displays.live_displays(session, room.id), checkin_defaults=_config(),
         open_channels=channels.open_channels(session, room.id), conflicts=console.room_conflicts(session, room, now),
         awaiting=awaiting if awaiting in AWAITING else None, status=_status(overview, now),
     ), status
@@ -201,6 +203,51 @@ def edit(room_id: int):
         form.add_error("form", str(refused))
         return _room_page(found, form, 422)
     flash("Room details saved.", "success")
+    return redirect(url_for("admin.room", room_id=room_id))
+
+
+def _optional_minutes(name: str) -> int | None:
+    raw = (request.form.get(name) or "").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+@bp.post("/rooms/<int:room_id>/checkin")
+@admin_required
+def checkin_policy(room_id: int):
+    """The room's own check-in policy; empty fields keep the global default."""
+    found = _room_in_scope(room_id)
+    required = {"yes": True, "no": False}.get(request.form.get("required", ""))
+    action = request.form.get("action", "")
+    try:
+        checkin.set_room_policy(
+            db.session(), found, required=required, opens_minutes=_optional_minutes("opens"),
+            grace_minutes=_optional_minutes("grace"),
+            action=CheckinDeadlineAction(action) if action in {a.value for a in CheckinDeadlineAction} else None,
+            actor=_actor())
+    except booking.InvalidBooking as exc:
+        flash(" ".join(m for messages in exc.errors.values() for m in messages), "error")
+    else:
+        flash("Check-in settings saved.", "success")
+    return redirect(url_for("admin.room", room_id=room_id) + "#checkin")
+
+
+@bp.post("/rooms/<int:room_id>/displays")
+@admin_required
+def create_display(room_id: int):
+    """A new door display link: its URL and QR code are shown on this answer only (the token is stored hashed)."""
+    found = _room_in_scope(room_id)
+    new = displays.create(db.session(), found.calendar_id, actor=_actor())
+    url = displays.display_url(_config(), new.token)
+    qr = segno.make(url, error="m").svg_data_uri(scale=6, dark="#000", light="#fff")
+    return render_template("admin/display_created.html", room=found, url=url, qr=qr, prefix=new.record.prefix)
+
+
+@bp.post("/rooms/<int:room_id>/displays/<prefix>/revoke")
+@admin_required
+def revoke_display(room_id: int, prefix: str):
+    found = _room_in_scope(room_id)
+    count = displays.revoke(db.session(), found.calendar_id, prefix=prefix, actor=_actor())
+    flash(f"Display link {prefix}… revoked." if count else "No such display link.", "success" if count else "error")
     return redirect(url_for("admin.room", room_id=room_id))
 
 

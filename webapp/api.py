@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from roombridge import api_tokens, booking, db
+from roombridge import api_tokens, booking, checkin, db
 from roombridge.config import Config
 from roombridge.models import ReservationSource, Room
 from webapp import schemas
@@ -222,6 +222,13 @@ def insights():
     found = figures_from_query(db.session())
     return jsonify(start=found.start.isoformat(), end=found.end.isoformat(),
                    rooms=[figures.as_dict() for figures in found.rooms], total=found.total.as_dict())
+
+
+@bp.post("/reservations/<int:reservation_id>/check-in")
+def check_in_reservation(reservation_id: int):
+    """Check in to a meeting (organiser, attendee or admin), inside its check-in window."""
+    reservation = checkin.check_in(db.session(), _config(), reservation_id, checkin.person(g.api_user, g.api_admin))
+    return jsonify(schemas.reservation_json(reservation))
 
 
 @bp.get("/openapi.json")

@@ -324,7 +324,41 @@ def google_usage(minutes: int) -> None:
                    f"{answer.reason}\t{answer.what}\tpaused {answer.pause_seconds:.1f}s")
 
 
+displays_cli = AppGroup("displays", help="Room display links (a room's door page, no sign-in).")
+
+
+@displays_cli.command("create")
+@click.argument("room_email")
+def displays_create(room_email: str) -> None:
+    """Make a display link for the room and print its full URL (last line): it is shown this once only."""
+    from roombridge import db, displays
+
+    try:
+        new = displays.create(db.session(), room_email, actor="cli")
+    except displays.UnknownRoom as exc:
+        raise click.BadParameter(str(exc), param_hint="ROOM_EMAIL") from exc
+    click.echo(f"display link {new.record.prefix}... for {room_email}; open it on the room's tablet:")
+    click.echo(displays.display_url(current_app.config["ROOMBRIDGE"], new.token))
+
+
+@displays_cli.command("revoke")
+@click.argument("room_email")
+@click.option("--prefix", help="Only the link with this prefix (as the admin console shows it).")
+def displays_revoke(room_email: str, prefix: str | None) -> None:
+    """Revoke the room's display links: they answer 404 from now on."""
+    from roombridge import db, displays
+
+    try:
+        count = displays.revoke(db.session(), room_email, prefix=prefix, actor="cli")
+    except displays.UnknownRoom as exc:
+        raise click.BadParameter(str(exc), param_hint="ROOM_EMAIL") from exc
+    if not count:
+        raise click.ClickException(f"no live display link for {room_email}")
+    click.echo(f"revoked {count} display link(s)")
+
+
 def init_app(app: Flask) -> None:
+    app.cli.add_command(displays_cli)
     app.cli.add_command(tokens_cli)
     app.cli.add_command(db_cli)
     app.cli.add_command(worker_command)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from roombridge.models import ReleaseReason, ReservationSource, ReservationStatus
 from webapp import schemas
 
 ERROR = {
@@ -39,7 +40,7 @@ RESERVATION = {
     "type": "object",
     "required": ["id", "room_id", "title", "description", "start", "end", "time_zone", "start_local", "end_local",
                  "attendees", "organiser", "status", "status_reason", "source", "series_id", "google_event_id",
-                 "created_at", "updated_at"],
+                 "checked_in_at", "checked_in_by", "release_reason", "created_at", "updated_at"],
     "additionalProperties": False,
     "properties": {
         "id": {"type": "integer"},
@@ -53,11 +54,15 @@ RESERVATION = {
         "end_local": _datetime,
         "attendees": {"type": "array", "items": {"type": "string", "format": "email"}},
         "organiser": {"type": "string", "format": "email"},
-        "status": {"enum": ["pending", "confirmed", "failed", "cancelled", "conflict"]},
+        "status": {"enum": [s.value for s in ReservationStatus],
+                   "description": "`released`: nobody checked in by the deadline; the room is free again"},
         "status_reason": _nullable_string,
-        "source": {"enum": ["web", "api", "google"]},
+        "source": {"enum": [s.value for s in ReservationSource]},
         "series_id": _nullable_string,
         "google_event_id": _nullable_string,
+        "checked_in_at": {"type": ["string", "null"], "format": "date-time"},
+        "checked_in_by": {**_nullable_string, "description": "an e-mail, or `display` for the room's display"},
+        "release_reason": {"enum": [*(r.value for r in ReleaseReason), None]},
         "created_at": _datetime,
         "updated_at": _datetime,
         "warnings": {"type": "array", "items": {"type": "string"}},
@@ -281,6 +286,13 @@ def spec() -> dict:
                 "responses": {"200": _json(INSIGHTS, "the figures of every room in the filter, and their total"),
                               "400": _json(_ref("Error"), "a bad date range"), "401": errors["401"],
                               "403": _json(_ref("Error"), "not an admin")}}},
+            "/reservations/{reservation_id}/check-in": {
+                "parameters": [reservation_id],
+                "post": {"summary": "Check in to a meeting (organiser, attendee or admin), from the room's check-in "
+                         "window's opening (before the start) to its deadline (after the start); checking in twice "
+                         "is harmless", "responses": {
+                             "200": one, **errors, **not_found}},
+            },
             "/openapi.json": {"get": {"summary": "This description", "security": [], "responses": {
                 "200": {"description": "OpenAPI 3.1"}}}},
         },

@@ -25,7 +25,7 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 
-from roombridge import booking, db
+from roombridge import booking, checkin, db
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room
 from webapp.auth import current_user, login_required
 from webapp.forms import REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
@@ -41,6 +41,7 @@ STATUS_TEXT = {
     ReservationStatus.FAILED: ("Failed", "Google refused this booking."),
     ReservationStatus.CANCELLED: ("Cancelled", "This booking is cancelled."),
     ReservationStatus.CONFLICT: ("Conflict", "This booking clashes with another one; an admin will sort it out."),
+    ReservationStatus.RELEASED: ("Released", "Nobody checked in in time, so the room was given back."),
 }
 
 
@@ -60,6 +61,8 @@ def status_payload(reservation: Reservation) -> dict:
     label, explanation = STATUS_TEXT[reservation.status]
     if reservation.status == ReservationStatus.FAILED and reservation.status_reason:
         explanation = f"Google refused this booking: {reservation.status_reason}"
+    if reservation.status == ReservationStatus.RELEASED and reservation.status_reason:
+        explanation = f"Released: {reservation.status_reason.removeprefix('released: ')}; the room was given back."
     return {"id": reservation.id, "status": str(reservation.status), "label": label, "explanation": explanation,
             "final": reservation.status != ReservationStatus.PENDING}
 
@@ -260,7 +263,8 @@ def reservations():
     ))
     rooms = _preload_rooms(session, upcoming + past)
     return render_template("reservations.html", upcoming=upcoming, past=past, status_text=STATUS_TEXT, now=now,
-                           user=user, can_change=booking.can_change, zones=_zones_by_room(rooms))
+                           user=user, can_change=booking.can_change, zones=_zones_by_room(rooms),
+                           can_check_in=lambda r: checkin.can_check_in(r, _config(), now))
 
 
 def _visible(reservation_id: int) -> Reservation:
@@ -276,9 +280,13 @@ def _visible(reservation_id: int) -> Reservation:
 def reservation(reservation_id: int):
     found = _visible(reservation_id)
     user = current_user()
+    now = datetime.now(UTC)
+    may_change = (booking.can_change(found, user.email, user.is_admin)
+                  and found.source != ReservationSource.GOOGLE and found.is_live)
     return render_template("reservation.html", reservation=found, zone=_zone(found.room), status=status_payload(found),
-                           may_change=booking.can_change(found, user.email, user.is_admin)
-                           and found.source != ReservationSource.GOOGLE and found.is_live)
+                           may_change=may_change, may_check_in=checkin.can_check_in(found, _config(), now),
+                           under_way=may_change and found.start_at <= now < found.end_at,
+                           extensions=checkin.EXTENSIONS)
 
 
 @bp.get("/reservations/<int:reservation_id>/status.json")
@@ -359,6 +367,73 @@ def cancel(reservation_id: int):
         return redirect(url_for("pages.reservation", reservation_id=reservation_id))
     flash("Reservation cancelled.", "success")
     return redirect(url_for("pages.reservations"))
+
+
+# --- check-in, end early, extend -------------------------------------------------------------------
+
+
+def _after_action(reservation_id: int):
+    if request.form.get("back") == "list":
+        return redirect(url_for("pages.reservations"))
+    return redirect(url_for("pages.reservation", reservation_id=reservation_id))
+
+
+def _run_action(reservation_id: int, action, done: str):
+    """Run a check-in command for the signed-in person; its refusal becomes a message on the page."""
+    _visible(reservation_id)
+    user = current_user()
+    try:
+        action(checkin.person(user.email, user.is_admin))
+    except booking.InvalidBooking as exc:
+        flash(" ".join(m for messages in exc.errors.values() for m in messages), "error")
+    except (booking.NotAllowed, booking.Conflict) as exc:
+        flash(str(exc), "error")
+    else:
+        flash(done, "success")
+    return _after_action(reservation_id)
+
+
+@bp.post("/reservations/<int:reservation_id>/check-in")
+@login_required
+def check_in(reservation_id: int):
+    return _run_action(reservation_id, lambda actor: checkin.check_in(
+        db.session(), _config(), reservation_id, actor), "Checked in.")
+
+
+@bp.post("/reservations/<int:reservation_id>/end-early")
+@login_required
+def end_early(reservation_id: int):
+    return _run_action(reservation_id, lambda actor: checkin.end_early(
+        db.session(), _config(), reservation_id, actor), "Meeting ended; the room is free again.")
+
+
+@bp.post("/reservations/<int:reservation_id>/extend")
+@login_required
+def extend(reservation_id: int):
+    minutes = request.form.get("minutes", type=int) or 0
+    return _run_action(reservation_id, lambda actor: checkin.extend(
+        db.session(), _config(), reservation_id, minutes, actor), f"Extended by {minutes} minutes.")
+
+
+@bp.route("/check-in/<token>", methods=["GET", "POST"])
+def check_in_by_link(token: str):
+    """The invitation mail's one-click link: a button, so a mail scanner's GET never checks anyone in."""
+    config = _config()
+    reservation_id = checkin.reservation_of_link(config, token)
+    if reservation_id is None:
+        return render_template("error.html", title="Link expired",
+                               message="This check-in link is no longer valid: its check-in window has closed."), 404
+    found = db.session().get(Reservation, reservation_id)
+    if found is None:
+        _refuse(404)
+    message = None
+    if request.method == "POST":
+        try:
+            found = checkin.check_in(db.session(), config, reservation_id, checkin.Actor(mail_link=True))
+        except booking.InvalidBooking as exc:
+            message = " ".join(m for messages in exc.errors.values() for m in messages)
+    return render_template("check_in_link.html", reservation=found, zone=_zone(found.room), message=message,
+                           may_check_in=checkin.can_check_in(found, config, datetime.now(UTC)))
 
 
 # --- errors and template helpers ------------------------------------------------------------------

@@ -158,6 +158,9 @@ def reservation_json(reservation: Reservation, warnings: list[str] | None = None
         "source": str(reservation.source),
         "series_id": reservation.series_id,
         "google_event_id": reservation.google_event_id,
+        "checked_in_at": rfc3339(reservation.checked_in_at) if reservation.checked_in_at else None,
+        "checked_in_by": reservation.checked_in_by,
+        "release_reason": str(reservation.release_reason) if reservation.release_reason else None,
         "created_at": rfc3339(reservation.created_at),
         "updated_at": rfc3339(reservation.updated_at),
     }

@@ -20,18 +20,8 @@ from roombridge import booking, db
 from roombridge.gcal import event_id_for
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
 from roombridge.queue import redis
-from tests.support import kill_worker, start_worker, wait_until
+from tests.support import hold_write_lock, kill_worker, start_worker, wait_until
 from tests.sync_support import ROOM, add_room, soon
-
-
-def _hold_write_lock(app):
-    """Take the database's write lock for reservations from a connection of our own; returns it."""
-    # On SQLite the write option makes the engine BEGIN IMMEDIATE (roombridge/db.py): the write lock.
-    conn = db.engine(app).connect().execution_options(**{db.WRITE_OPTION: True})
-    conn.begin()
-    if conn.dialect.name != "sqlite":
-        conn.exec_driver_sql("LOCK TABLE reservations IN EXCLUSIVE MODE")
-    return conn
 
 
 def _live_events(emulator) -> list[dict]:
@@ -50,7 +40,7 @@ def test_worker_killed_after_google_stored_the_event_leaves_one_event_and_a_conf
             end=start + timedelta(hours=1), source=ReservationSource.API))
         rid = result.reservations[0].id
 
-    lock = _hold_write_lock(app)
+    lock = hold_write_lock(app)
     worker = start_worker(app, "write")
     try:
         wait_until(lambda: _live_events(emulator), timeout=30, what="the worker's insert to reach Google")

@@ -1,0 +1,277 @@
+"""Check-in against the emulator: what a release, an early end and an extension do in Google.
+
+Releases run through the real jobs (release_no_shows, write_reservation), in this process or
+in worker and scheduler processes, against the emulator over HTTP.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from jobs.checkin import release_no_shows
+from jobs.reservations import requeue_stale_pending, write_reservation
+from jobs.sync import sync_room
+from roombridge import booking, db
+from roombridge.checkin import apply_deadline, end_early, extend, person
+from roombridge.models import AuditEntry, ReleaseReason, Reservation, ReservationSource, ReservationStatus, Room
+from roombridge.queue import redis
+from roombridge.unit_of_work import unit_of_work
+from tests.factories import make_reservation
+from tests.support import (
+    ROOT,
+    hold_write_lock,
+    kill_worker,
+    run_jobs,
+    start_worker,
+    stop_worker,
+    wait_until,
+    worker_env,
+)
+from tests.sync_support import ROOM, add_room, rfc, soon
+
+ALICE, BOB = "alice@example.com", "bob@example.com"
+
+
+def _require_checkin(app, room_id: int) -> None:
+    with app.app_context(), unit_of_work(db.session()) as session:
+        session.get(Room, room_id).checkin_required = True
+
+
+def _book(app, room_id: int, start: datetime, minutes: int = 60) -> int:
+    with app.app_context():
+        made = booking.book(db.session(), app.config["ROOMBRIDGE"], booking.BookingRequest(
+            room_id=room_id, organiser_email=ALICE, title="Planning", start=start,
+            end=start + timedelta(minutes=minutes), attendees=[BOB], source=ReservationSource.WEB))
+        return made.reservations[0].id
+
+
+def _reservation(app, reservation_id: int) -> Reservation:
+    with app.app_context():
+        return db.session().get(Reservation, reservation_id)
+
+
+def _live_events(emulator) -> list[dict]:
+    return [e for e in emulator.state.raw_events(ROOM) if e.get("status") != "cancelled"]
+
+
+def _room_answer(event: dict) -> str:
+    return next(a["responseStatus"] for a in event["attendees"] if a["email"] == ROOM)
+
+
+def _count(app, action: str) -> int:
+    with app.app_context():
+        return db.session().scalar(sa.select(sa.func.count(AuditEntry.id)).where(AuditEntry.action == action))
+
+
+def _deadline(app, reservation_id: int, now: datetime) -> str:
+    with app.app_context():
+        return apply_deadline(db.session(), app.config["ROOMBRIDGE"], reservation_id, now=now)
+
+
+@pytest.fixture
+def room_id(emulator, google_app):
+    room_id = add_room(emulator, google_app)
+    _require_checkin(google_app, room_id)
+    return room_id
+
+
+def test_a_released_booking_of_ours_leaves_the_room_calendar_and_the_organiser_is_told(
+        emulator, make_google_app, smtp_server):
+    app = make_google_app(SMTP_URL=smtp_server.url)
+    room_id = add_room(emulator, app)
+    _require_checkin(app, room_id)
+    start = soon()
+    rid = _book(app, room_id, start)
+    run_jobs(app)
+    assert [e["summary"] for e in _live_events(emulator)] == ["Planning"]
+
+    assert _deadline(app, rid, start + timedelta(minutes=15)) == "released"
+    run_jobs(app)
+
+    assert _live_events(emulator) == []
+    subjects = [(to, m["Subject"]) for to, m in smtp_server.wait_for(3)]
+    assert ([ALICE], "Released: Planning") in subjects
+    # The next syncs (incremental, then full) see the deletion and agree: still released, no notice.
+    with app.app_context():
+        sync_room(room_id)
+        sync_room(room_id, full=True)
+    released = _reservation(app, rid)
+    assert (released.status, released.release_reason) == (ReservationStatus.RELEASED, ReleaseReason.NO_SHOW)
+    assert _count(app, "reservation.cancelled_in_google") == 0
+
+
+def test_a_released_google_booking_is_declined_by_the_room_never_deleted_and_not_revived(
+        emulator, google_app, room_id):
+    start = soon()
+    made = emulator.state.book(ALICE, ROOM, "Standup", rfc(start), rfc(start + timedelta(hours=1)), attendees=[BOB])
+    with google_app.app_context():
+        sync_room(room_id)
+        rid = db.session().scalar(sa.select(Reservation.id).where(Reservation.google_event_id == made["id"]))
+
+    assert _deadline(google_app, rid, start + timedelta(minutes=15)) == "released"
+    run_jobs(google_app)
+
+    room_copy = next(e for e in emulator.state.raw_events(ROOM) if e["id"] == made["id"])
+    assert (room_copy["status"], _room_answer(room_copy)) == ("confirmed", "declined")
+    organisers = emulator.state.person_event(ALICE, made["id"])
+    assert (organisers["status"], _room_answer(organisers)) == ("confirmed", "declined")
+    assert {a["email"]: a["responseStatus"] for a in organisers["attendees"]}[BOB] == "needsAction"  # untouched
+    assert not [r for r in emulator.state.requests(calendar=ROOM, method="DELETE")]
+
+    with google_app.app_context():
+        sync_room(room_id)
+        sync_room(room_id, full=True)
+    mirror = _reservation(google_app, rid)
+    assert (mirror.status, mirror.room_response) == (ReservationStatus.RELEASED, "declined")
+    assert _count(google_app, "reservation.cancelled_in_google") == 0
+    assert _count(google_app, "reservation.changed_in_google") == 0
+
+
+@pytest.mark.parametrize("made_in", ["here", "google"])
+def test_a_release_whose_google_work_was_lost_after_the_commit_is_done_by_the_safety_net(
+        emulator, make_google_app, made_in):
+    app = make_google_app()
+    room_id = add_room(emulator, app)
+    _require_checkin(app, room_id)
+    start = soon()
+    if made_in == "here":
+        rid = _book(app, room_id, start)
+        run_jobs(app)
+    else:
+        made = emulator.state.book(ALICE, ROOM, "Standup", rfc(start), rfc(start + timedelta(hours=1)))
+        with app.app_context():
+            sync_room(room_id)
+            rid = db.session().scalar(sa.select(Reservation.id).where(Reservation.google_event_id == made["id"]))
+    # The process died between its commit and queueing the Google write: here, Redis is gone instead.
+    lost = make_google_app(REDIS_URL="redis://127.0.0.1:9/0")
+    assert _deadline(lost, rid, start + timedelta(minutes=15)) == "released"
+    assert _reservation(app, rid).status == ReservationStatus.RELEASED
+
+    with app.app_context():
+        assert requeue_stale_pending(now=datetime.now(UTC) + timedelta(minutes=10)) == [rid]
+    run_jobs(app)
+
+    events = {e["id"]: e for e in emulator.state.raw_events(ROOM)}
+    if made_in == "here":
+        assert _live_events(emulator) == []
+    else:
+        assert _room_answer(events[made["id"]]) == "declined"
+    with app.app_context():
+        assert requeue_stale_pending(now=datetime.now(UTC) + timedelta(minutes=20)) == []  # done: not again
+
+
+def test_end_early_and_extend_move_the_end_in_google(emulator, google_app, room_id):
+    config = google_app.config["ROOMBRIDGE"]
+    start = soon()
+    rid = _book(google_app, room_id, start)
+    run_jobs(google_app)
+
+    with google_app.app_context():
+        extend(db.session(), config, rid, 30, person(ALICE), now=start + timedelta(minutes=5))
+    run_jobs(google_app)
+    assert [e["end"]["dateTime"] for e in _live_events(emulator)] == [
+        (start + timedelta(minutes=90)).astimezone(_zone()).isoformat()]
+
+    with google_app.app_context():
+        end_early(db.session(), config, rid, person(ALICE), now=start + timedelta(minutes=20))
+    run_jobs(google_app)
+    [event] = _live_events(emulator)
+    assert event["end"]["dateTime"] == (start + timedelta(minutes=20)).astimezone(_zone()).isoformat()
+    ended = _reservation(google_app, rid)
+    assert (ended.status, ended.original_end_at) == (ReservationStatus.CONFIRMED, start + timedelta(minutes=90))
+
+
+def _zone():
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo("Europe/London")
+
+
+# --- processes: two schedulers, workers, and a worker killed mid-release ---------------------------
+
+
+def _no_show_now(app, room_id: int) -> int:
+    """A confirmed reservation (its event in Google) whose check-in deadline passed five minutes ago."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    with app.app_context(), unit_of_work(db.session()) as session:
+        rid = make_reservation(session, session.get(Room, room_id), start, title="No-show",
+                               organiser_email=ALICE).id
+    with app.app_context():
+        write_reservation(rid)
+    assert _reservation(app, rid).status == ReservationStatus.CONFIRMED
+    return rid
+
+
+def _deletes(emulator) -> int:
+    return len(emulator.state.requests(calendar=ROOM, method="DELETE"))
+
+
+@pytest.mark.slow
+def test_two_schedulers_and_two_workers_release_a_no_show_exactly_once(emulator, google_app, room_id):
+    rid = _no_show_now(google_app, room_id)
+    env = worker_env(google_app, SCHEDULER_TICK_SECONDS="0.5")
+    schedulers = [subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "scheduler"], cwd=ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+                  for _ in range(2)]
+    workers = [start_worker(google_app, "write", "default", "sync", "channels", SCHEDULER_TICK_SECONDS="0.5")
+               for _ in range(2)]
+    try:
+        with google_app.app_context():
+            conn = redis()
+            # Several slots of the release job have run, after the release, on either worker.
+            wait_until(lambda: _reservation(google_app, rid).status == ReservationStatus.RELEASED and
+                       not _live_events(emulator), timeout=60, what="the release to reach Google")
+            seen = len(conn.keys("roombridge:schedule:release-no-shows:*"))
+            wait_until(lambda: len(conn.keys("roombridge:schedule:release-no-shows:*")) >= seen + 3, timeout=60,
+                       what="three more release runs")
+    finally:
+        for process in schedulers + workers:
+            stop_worker(process)
+
+    assert _count(google_app, "reservation.released") == 1
+    assert _deletes(emulator) == 1
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_release_releases_nothing_and_the_next_run_releases_once(
+        emulator, google_app, room_id):
+    rid = _no_show_now(google_app, room_id)
+    with google_app.app_context():
+        job = release_no_shows.enqueue()
+    lock = hold_write_lock(google_app)
+    worker = start_worker(google_app, "default", "write")
+    try:
+        with google_app.app_context():
+            wait_until(lambda: job.get_status(refresh=True) == "started", timeout=30, what="the release job")
+        if lock.dialect.name == "postgresql":
+            waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'reservations'::regclass"
+            probe = sa.create_engine(google_app.config["ROOMBRIDGE"].DATABASE_URL)
+            with probe.connect() as conn:
+                wait_until(lambda: conn.execute(sa.text(waiting)).scalar(), timeout=30, what="the UPDATE to wait")
+            probe.dispose()
+        else:
+            time.sleep(1.0)  # SQLite: its BEGIN IMMEDIATE waits on the lock (busy_timeout 30 s); let it
+    finally:
+        kill_worker(worker)
+        lock.rollback()
+        lock.close()
+
+    killed = _reservation(google_app, rid)
+    assert (killed.status, killed.missed_checkin_at) == (ReservationStatus.CONFIRMED, None)  # nothing half-done
+    assert len(_live_events(emulator)) == 1
+
+    with google_app.app_context():
+        release_no_shows.enqueue()
+        release_no_shows.enqueue()
+    restarted = start_worker(google_app, "default", "write", burst=True)
+    assert restarted.wait(60) == 0
+
+    assert _reservation(google_app, rid).status == ReservationStatus.RELEASED
+    assert _count(google_app, "reservation.released") == 1
+    assert (_deletes(emulator), _live_events(emulator)) == (1, [])
