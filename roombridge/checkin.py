@@ -176,11 +176,12 @@ def _bump(reservation: Reservation) -> dict:
 
 
 def can_check_in(reservation: Reservation, config: Config, now: datetime) -> bool:
-    """Whether a check-in would be taken now (for showing the button)."""
+    """Whether to offer a check-in now: the room needs one, its window is open, nobody has checked in yet."""
     if reservation.status not in CHECKABLE or reservation.checked_in_at or reservation.missed_checkin_at:
         return False
-    opens, deadline = CheckinPolicy.for_room(reservation.room, config).window(reservation)
-    return opens <= now <= deadline
+    policy = CheckinPolicy.for_room(reservation.room, config)
+    opens, deadline = policy.window(reservation)
+    return policy.required and opens <= now <= deadline
 
 
 def check_in(session: Session, config: Config, reservation_id: int, actor: Actor,

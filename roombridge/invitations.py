@@ -6,6 +6,9 @@ REQUEST when a booking is made or changed, a METHOD CANCEL when it goes away. Th
 the Google event's iCalUID (``<eventId>@google.com``) so calendar clients file the
 invitation and its updates as one meeting; the room is the ORGANIZER, since it holds the
 event; SEQUENCE grows with every change, as RFC 5546 requires for updates to supersede.
+In a room that needs a check-in, the REQUEST carries the signed one-click check-in link
+(roombridge/checkin.py). The organiser's check-in notices (released, flagged, a series
+warned or ended) are plain mails, also sent from here.
 """
 
 from __future__ import annotations

@@ -44,6 +44,11 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     init_core(app, config)
     jobs.install(app)  # what the core announces after a commit runs as jobs
 
+    from webapp.api import IdConverter
+
+    # `<id:...>` in every route, pages and API alike: an id past the database's integer is no such path (404).
+    app.url_map.converters["id"] = IdConverter
+
     from webapp import cli, health, metrics
     from webhooks import bp as webhooks_bp
 
@@ -57,6 +62,7 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     from webapp import api
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(api.docs_bp)
     from webapp import admin
 
     app.register_blueprint(admin.bp)

@@ -182,14 +182,14 @@ def _room_page(room: Room, form: RoomForm, status: int = 200):
     ), status
 
 
-@bp.get("/rooms/<int:room_id>")
+@bp.get("/rooms/<id:room_id>")
 @admin_required
 def room(room_id: int):
     found = _room_in_scope(room_id)
     return _room_page(found, RoomForm.for_room(found))
 
 
-@bp.post("/rooms/<int:room_id>")
+@bp.post("/rooms/<id:room_id>")
 @admin_required
 def edit(room_id: int):
     found = _room_in_scope(room_id)
@@ -211,7 +211,7 @@ def _optional_minutes(name: str) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-@bp.post("/rooms/<int:room_id>/checkin")
+@bp.post("/rooms/<id:room_id>/checkin")
 @admin_required
 def checkin_policy(room_id: int):
     """The room's own check-in policy; empty fields keep the global default."""
@@ -231,7 +231,7 @@ def checkin_policy(room_id: int):
     return redirect(url_for("admin.room", room_id=room_id) + "#checkin")
 
 
-@bp.post("/rooms/<int:room_id>/displays")
+@bp.post("/rooms/<id:room_id>/displays")
 @admin_required
 def create_display(room_id: int):
     """A new door display link: its URL and QR code are shown on this answer only (the token is stored hashed)."""
@@ -242,7 +242,7 @@ def create_display(room_id: int):
     return render_template("admin/display_created.html", room=found, url=url, qr=qr, prefix=new.record.prefix)
 
 
-@bp.post("/rooms/<int:room_id>/displays/<prefix>/revoke")
+@bp.post("/rooms/<id:room_id>/displays/<prefix>/revoke")
 @admin_required
 def revoke_display(room_id: int, prefix: str):
     found = _room_in_scope(room_id)
@@ -251,14 +251,14 @@ def revoke_display(room_id: int, prefix: str):
     return redirect(url_for("admin.room", room_id=room_id))
 
 
-@bp.get("/rooms/<int:room_id>/remove")
+@bp.get("/rooms/<id:room_id>/remove")
 @admin_required
 def remove_confirm(room_id: int):
     found = _room_in_scope(room_id)
     return render_template("admin/remove.html", room=found)
 
 
-@bp.post("/rooms/<int:room_id>/remove")
+@bp.post("/rooms/<id:room_id>/remove")
 @admin_required
 def remove(room_id: int):
     found = _room_in_scope(room_id)
@@ -278,7 +278,7 @@ def remove(room_id: int):
 # --- renew and resync: enqueued; the room page follows them ----------------------------------------
 
 
-@bp.post("/rooms/<int:room_id>/renew")
+@bp.post("/rooms/<id:room_id>/renew")
 @admin_required
 def renew(room_id: int):
     from jobs.channels import renew_room_channel
@@ -293,7 +293,7 @@ def renew(room_id: int):
     return redirect(url_for("admin.room", room_id=room_id, awaiting="channel"))
 
 
-@bp.post("/rooms/<int:room_id>/sync")
+@bp.post("/rooms/<id:room_id>/sync")
 @admin_required
 def resync(room_id: int):
     from roombridge.notifications import request_sync
@@ -340,7 +340,7 @@ def _status(overview: console.RoomOverview, now: datetime) -> dict:
     }
 
 
-@bp.get("/rooms/<int:room_id>/status.json")
+@bp.get("/rooms/<id:room_id>/status.json")
 @admin_required
 def room_status(room_id: int):
     found = _room_in_scope(room_id)

@@ -2,6 +2,9 @@
 
 Each handler authenticates the bearer token, loads the body with a marshmallow schema,
 calls the domain and shapes the answer; the domain commits and queues the Google write.
+Every answer under /api/v1, refusals included (unknown paths, wrong methods, oversize or
+non-JSON bodies, unexpected failures), is JSON in one shape: {"error", "message"?,
+"errors"?, "clashes"?}, as webapp/openapi.py describes it.
 """
 
 from __future__ import annotations
@@ -9,16 +12,56 @@ from __future__ import annotations
 from datetime import date
 
 import sqlalchemy as sa
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, render_template, request
 from marshmallow import Schema, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
+from werkzeug.routing import BaseConverter
 
 from roombridge import api_tokens, booking, checkin, db
 from roombridge.config import Config
 from roombridge.models import ReservationSource, Room
 from webapp import schemas
+from webapp.security import MAX_BODY_BYTES
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+# The page that renders the description; outside /api/v1, where every answer is JSON.
+docs_bp = Blueprint("api_docs", __name__)
+
+def digits_at_most(limit: int) -> str:
+    """A regular expression for the decimal numbers 1..limit, without leading zeros."""
+    text = str(limit)
+    alternatives = [f"[1-9][0-9]{{0,{len(text) - 2}}}"] if len(text) > 1 else []
+    for index, digit in enumerate(int(d) for d in text):
+        lowest = 1 if index == 0 else 0
+        if digit > lowest:
+            alternatives.append(f"{text[:index]}[{lowest}-{digit - 1}][0-9]{{{len(text) - index - 1}}}")
+    alternatives.append(text)
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+class IdConverter(BaseConverter):
+    """`<id:name>`: a positive id the database's integer can hold; anything else is no such path (404).
+
+    Bounding ids at routing keeps 2**63 and beyond away from the database driver (SQLite raises
+    OverflowError on them), for every route at once. The bound is in the pattern itself: a
+    converter that refused a matched value instead would make Werkzeug answer 405 (the other
+    methods' rules for the path did match).
+    """
+
+    regex = digits_at_most(schemas.MAX_ID)
+    weight = 50
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value) -> str:
+        return str(int(value))
+
 
 def _config() -> Config:
     return current_app.config["ROOMBRIDGE"]
@@ -49,14 +92,23 @@ def _load(schema: Schema, data) -> dict:
     return schema.load(data)
 
 
-def _json_body() -> dict:
-    data = request.get_json(silent=True)  # a body over MAX_CONTENT_LENGTH, chunked or not: 413
-    if data is None:
-        raise ValidationError({"_schema": ["Send a JSON object with Content-Type: application/json."]})
+def _json_body():
+    """The request's JSON document: 413 past the size limit, 415 if not JSON, 400 if not parseable."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge(f"The body may be at most {MAX_BODY_BYTES} bytes.")
+    if not request.is_json:
+        raise UnsupportedMediaType("Send a JSON object with Content-Type: application/json.")
+    data = request.get_json(silent=True)
+    if data is None and request.get_data(cache=True).strip() != b"null":
+        raise BadRequest("The body is not valid JSON.")
     return data
 
 
 # --- errors: one JSON shape for every refusal ----------------------------------------------------
+
+
+def _error(code: str, message: str, status: int, headers=None, **extra):
+    return jsonify(error=code, message=message, **extra), status, headers or {}
 
 
 @bp.errorhandler(ValidationError)
@@ -67,6 +119,10 @@ def _invalid(error: ValidationError):
 
 @bp.errorhandler(booking.InvalidBooking)
 def _invalid_booking(error: booking.InvalidBooking):
+    if set(error.errors) == {"status"}:
+        # The reservation's state (cancelled, released, already confirmed) refuses the change,
+        # however well-formed the request: a conflict with the resource, not invalid input.
+        return _error("wrong_state", " ".join(error.errors["status"]), 409)
     return jsonify(error="invalid", errors=error.errors), 422
 
 
@@ -82,17 +138,35 @@ def _conflict(error: booking.Conflict):
 
 @bp.errorhandler(booking.NotAllowed)
 def _not_allowed(error: booking.NotAllowed):
-    return jsonify(error="forbidden", message=str(error)), 403
+    return _error("forbidden", str(error), 403)
 
 
 @bp.errorhandler(booking.NotFound)
 def _not_found(error: booking.NotFound):
-    return jsonify(error="not_found", message=str(error)), 404
+    return _error("not_found", str(error), 404)
 
 
-@bp.errorhandler(HTTPException)
-def _http_error(error: HTTPException):
-    return jsonify(error=error.name.lower().replace(" ", "_"), message=error.description), error.code
+def _is_api_request() -> bool:
+    return request.path == bp.url_prefix or request.path.startswith(bp.url_prefix + "/")
+
+
+def http_error_as_json(error: HTTPException):
+    """Any HTTP error under /api/v1 as JSON (unknown paths and wrong methods too); elsewhere untouched."""
+    if not _is_api_request():
+        return error
+    if error.code == 500:
+        return _error("internal_server_error", "Something went wrong on our side; try again later.", 500)
+    headers = {k: v for k, v in error.get_headers() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+    return _error(error.name.lower().replace(" ", "_"), error.description or error.name, error.code or 500, headers)
+
+
+@bp.record_once
+def _register_app_error_handlers(state) -> None:
+    # Routing errors (404 for an unknown path, 405) happen before any blueprint is chosen, so
+    # only an app-wide handler sees them. Flask also hands it every unhandled exception as a
+    # 500 (after logging the trace), so one handler covers every status.
+    app: Flask = state.app
+    app.register_error_handler(HTTPException, http_error_as_json)
 
 
 # --- rooms ------------------------------------------------------------------------------------
@@ -111,7 +185,7 @@ def _visible_room(room_id: int) -> Room:
     return room
 
 
-@bp.get("/rooms/<int:room_id>/availability")
+@bp.get("/rooms/<id:room_id>/availability")
 def availability(room_id: int):
     """The busy intervals of one day in the room's own time zone."""
     room = _visible_room(room_id)
@@ -185,12 +259,12 @@ def create_reservation():
     )
 
 
-@bp.get("/reservations/<int:reservation_id>")
+@bp.get("/reservations/<id:reservation_id>")
 def get_reservation(reservation_id: int):
     return jsonify(schemas.reservation_json(booking.get(db.session(), reservation_id, **_actor())))
 
 
-@bp.patch("/reservations/<int:reservation_id>")
+@bp.patch("/reservations/<id:reservation_id>")
 def edit_reservation(reservation_id: int):
     # Look first, so a caller who may not see it learns nothing from a 422 about the body.
     booking.get(db.session(), reservation_id, **_actor())
@@ -199,13 +273,13 @@ def edit_reservation(reservation_id: int):
     return jsonify(schemas.reservation_json(result.reservations[0], result.warnings))
 
 
-@bp.delete("/reservations/<int:reservation_id>")
+@bp.delete("/reservations/<id:reservation_id>")
 def cancel_reservation(reservation_id: int):
     reservation = booking.cancel(db.session(), _config(), reservation_id, **_actor())
     return jsonify(schemas.reservation_json(reservation))
 
 
-@bp.post("/reservations/<int:reservation_id>/retry")
+@bp.post("/reservations/<id:reservation_id>/retry")
 def retry_reservation(reservation_id: int):
     """Try the Google write of a failed reservation again."""
     reservation = booking.retry_write(db.session(), reservation_id, **_actor())
@@ -224,7 +298,7 @@ def insights():
                    rooms=[figures.as_dict() for figures in found.rooms], total=found.total.as_dict())
 
 
-@bp.post("/reservations/<int:reservation_id>/check-in")
+@bp.post("/reservations/<id:reservation_id>/check-in")
 def check_in_reservation(reservation_id: int):
     """Check in to a meeting (organiser, attendee or admin), inside its check-in window."""
     reservation = checkin.check_in(db.session(), _config(), reservation_id, checkin.person(g.api_user, g.api_admin))
@@ -235,4 +309,10 @@ def check_in_reservation(reservation_id: int):
 def openapi():
     from webapp.openapi import spec
 
-    return jsonify(spec())
+    return jsonify(spec(current_app))
+
+
+@docs_bp.get("/api/docs")
+def docs():
+    """Swagger UI over /api/v1/openapi.json (vendored under static/swagger-ui; no CDN, no inline script)."""
+    return render_template("api_docs.html")

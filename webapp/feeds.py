@@ -88,7 +88,7 @@ def room_feeds():
     return _room_feeds_page()
 
 
-@bp.post("/admin/feeds/<int:room_id>")
+@bp.post("/admin/feeds/<id:room_id>")
 @admin_required
 def room_feed_change(room_id: int):
     session, actor = db.session(), current_user().email

@@ -161,7 +161,7 @@ def _zones_by_room(rooms: list[Room]) -> dict[int, ZoneInfo]:
     return {room.id: _zone(room) for room in rooms}
 
 
-@bp.get("/rooms/<int:room_id>")
+@bp.get("/rooms/<id:room_id>")
 @login_required
 def room(room_id: int):
     session = db.session()
@@ -275,7 +275,7 @@ def _visible(reservation_id: int) -> Reservation:
         _refuse(404)
 
 
-@bp.get("/reservations/<int:reservation_id>")
+@bp.get("/reservations/<id:reservation_id>")
 @login_required
 def reservation(reservation_id: int):
     found = _visible(reservation_id)
@@ -289,7 +289,7 @@ def reservation(reservation_id: int):
                            extensions=checkin.EXTENSIONS)
 
 
-@bp.get("/reservations/<int:reservation_id>/status.json")
+@bp.get("/reservations/<id:reservation_id>/status.json")
 @login_required
 def reservation_status(reservation_id: int):
     response = jsonify(status_payload(_visible(reservation_id)))
@@ -305,7 +305,7 @@ def _changeable(reservation_id: int) -> Reservation:
     return found
 
 
-@bp.get("/reservations/<int:reservation_id>/edit")
+@bp.get("/reservations/<id:reservation_id>/edit")
 @login_required
 def edit_form(reservation_id: int):
     found = _changeable(reservation_id)
@@ -313,7 +313,7 @@ def edit_form(reservation_id: int):
     return _render_booking_form(BookingForm.for_reservation(found, _zone(found.room)), rooms, reservation=found)[0]
 
 
-@bp.post("/reservations/<int:reservation_id>/edit")
+@bp.post("/reservations/<id:reservation_id>/edit")
 @login_required
 def edit(reservation_id: int):
     session = db.session()
@@ -348,14 +348,14 @@ def edit(reservation_id: int):
     return redirect(url_for("pages.reservation", reservation_id=reservation_id))
 
 
-@bp.get("/reservations/<int:reservation_id>/cancel")
+@bp.get("/reservations/<id:reservation_id>/cancel")
 @login_required
 def cancel_confirm(reservation_id: int):
     found = _changeable(reservation_id)
     return render_template("cancel.html", reservation=found, zone=_zone(found.room))
 
 
-@bp.post("/reservations/<int:reservation_id>/cancel")
+@bp.post("/reservations/<id:reservation_id>/cancel")
 @login_required
 def cancel(reservation_id: int):
     _changeable(reservation_id)
@@ -393,21 +393,21 @@ def _run_action(reservation_id: int, action, done: str):
     return _after_action(reservation_id)
 
 
-@bp.post("/reservations/<int:reservation_id>/check-in")
+@bp.post("/reservations/<id:reservation_id>/check-in")
 @login_required
 def check_in(reservation_id: int):
     return _run_action(reservation_id, lambda actor: checkin.check_in(
         db.session(), _config(), reservation_id, actor), "Checked in.")
 
 
-@bp.post("/reservations/<int:reservation_id>/end-early")
+@bp.post("/reservations/<id:reservation_id>/end-early")
 @login_required
 def end_early(reservation_id: int):
     return _run_action(reservation_id, lambda actor: checkin.end_early(
         db.session(), _config(), reservation_id, actor), "Meeting ended; the room is free again.")
 
 
-@bp.post("/reservations/<int:reservation_id>/extend")
+@bp.post("/reservations/<id:reservation_id>/extend")
 @login_required
 def extend(reservation_id: int):
     minutes = request.form.get("minutes", type=int) or 0

@@ -4,10 +4,16 @@ Loading is strict: unknown fields, wrong types, oversize strings, naive or absur
 datetimes are refused with per-field messages (422) before the domain sees them. The
 rules both share (an end after the start, how a series ends, the lengths) are
 roombridge/booking/rules.py's; the domain checks the rules that need the database and the room.
+
+webapp/openapi.py generates the OpenAPI description from these classes, so every limit
+enforced here is stated in a form a JSON Schema validator applies too: lengths and ranges,
+and regular expressions (validators and `pattern` metadata) for the years allowed and for
+text the database can store.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -18,7 +24,16 @@ from roombridge.models import Reservation, Room
 # Far enough for any booking, near enough that time-zone arithmetic never overflows.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+# RFC 3339 as the API takes it, in the years 2000-2199 as written (offset aside). The fields
+# below hold input to these very patterns, and the OpenAPI description states them.
+DAY_PATTERN = r"^2[01][0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+INSTANT_PATTERN = (DAY_PATTERN[:-1] + r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+                   r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
 MAX_ID = 2**31 - 1  # the database's integer; larger ids cannot exist
+# Text PostgreSQL can store (no NUL); lone surrogates cannot even be encoded, see _storable.
+STORABLE_TEXT = r"^[^\x00]*$"
+# A title has something besides blanks (the domain strips it) and no NUL.
+TITLE_TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 
 def _storable(value: str) -> None:
@@ -31,27 +46,52 @@ def _storable(value: str) -> None:
         raise ValidationError("Not valid Unicode text.") from exc
 
 
-def _in_range(value: datetime) -> None:
-    if not EARLIEST <= value < LATEST:
+def _in_range(value: date) -> None:
+    # The year as written (a datetime keeps its own offset), as the patterns state it:
+    # 2199-12-31T23:00-05:00 is in, though it is 2200 in UTC.
+    if not EARLIEST.year <= value.year < LATEST.year:
         raise ValidationError(f"Must be between {EARLIEST:%Y} and {LATEST:%Y}.")
 
 
-def _date_in_range(value: date) -> None:
-    if not EARLIEST.date() <= value < LATEST.date():
-        raise ValidationError(f"Must be between {EARLIEST:%Y} and {LATEST:%Y}.")
+class _Patterned:
+    """A date or time field that takes only text matching its `pattern` metadata, before parsing it."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and not re.fullmatch(self.metadata["pattern"], value):
+            if not re.match(r"^2[01][0-9]{2}-", value) and re.match(r"^[0-9]{4}-", value):
+                raise ValidationError(f"Must be between {EARLIEST:%Y} and {LATEST:%Y}.")
+            raise ValidationError(self.expected)
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
-def Text(max_length: int, *, required: bool = False, min_length: int = 0, **kwargs) -> fields.String:
+class InstantField(_Patterned, fields.AwareDateTime):
+    expected = "Give RFC 3339 with an offset or Z, e.g. 2030-01-07T10:00:00Z."
+
+
+class DayField(_Patterned, fields.Date):
+    expected = "Give a day as YYYY-MM-DD."
+
+
+def Text(max_length: int, *, required: bool = False, min_length: int = 0, pattern: str = STORABLE_TEXT,
+         **kwargs) -> fields.String:
     return fields.String(
         required=required,
-        validate=[validate.Length(min=min_length, max=max_length), _storable],
+        validate=[validate.Length(min=min_length, max=max_length), validate.Regexp(pattern), _storable],
         **kwargs,
     )
 
 
 def Instant(**kwargs) -> fields.AwareDateTime:
     """RFC 3339 with an offset or Z; naive times are refused, not guessed."""
-    return fields.AwareDateTime(format="iso", validate=_in_range, **kwargs)
+    return InstantField(format="iso", validate=_in_range,
+                        metadata={"pattern": INSTANT_PATTERN, "description": f"RFC 3339 with an offset or Z, "
+                                  f"in the years {EARLIEST:%Y} to {LATEST.year - 1}"}, **kwargs)
+
+
+def Day(**kwargs) -> fields.Date:
+    """A calendar day, YYYY-MM-DD, in the years the API accepts."""
+    metadata = {"pattern": DAY_PATTERN, **kwargs.pop("metadata", {})}
+    return DayField(validate=_in_range, metadata=metadata, **kwargs)
 
 
 def Email(**kwargs) -> fields.Email:
@@ -76,8 +116,15 @@ class RecurrenceSchema(StrictSchema):
         metadata={"description": "0 = Monday ... 6 = Sunday; weekly only; default the start's weekday"},
     )
     count = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000), allow_none=True, load_default=None)
-    until = fields.Date(validate=_date_in_range, allow_none=True, load_default=None,
-                        metadata={"description": "last day (inclusive), in the room's time zone"})
+    until = Day(allow_none=True, load_default=None,
+                metadata={"description": "last day (inclusive), in the room's time zone"})
+
+    class Meta(StrictSchema.Meta):
+        # Stated in the OpenAPI description as it is checked below: exactly one of the two.
+        json_schema = {"oneOf": [
+            {"required": ["count"], "properties": {"count": {"type": "integer"}}},
+            {"required": ["until"], "properties": {"until": {"type": "string"}}},
+        ]}
 
     @validates_schema
     def _count_or_until(self, data, **kwargs):
@@ -98,7 +145,7 @@ class SpanSchema(StrictSchema):
 
 class ReservationCreateSchema(SpanSchema):
     room_id = Id(required=True)
-    title = Text(MAX_TITLE_LENGTH, required=True, min_length=1)
+    title = Text(MAX_TITLE_LENGTH, required=True, min_length=1, pattern=TITLE_TEXT)
     description = Text(MAX_DESCRIPTION_LENGTH, load_default="")
     start = Instant(required=True)
     end = Instant(required=True)
@@ -112,7 +159,7 @@ class ReservationCreateSchema(SpanSchema):
 
 class ReservationPatchSchema(SpanSchema):
     room_id = Id()
-    title = Text(MAX_TITLE_LENGTH, min_length=1)
+    title = Text(MAX_TITLE_LENGTH, min_length=1, pattern=TITLE_TEXT)
     description = Text(MAX_DESCRIPTION_LENGTH)
     start = Instant()
     end = Instant()
@@ -127,7 +174,7 @@ class ReservationQuerySchema(StrictSchema):
 
 
 class AvailabilityQuerySchema(StrictSchema):
-    date = fields.Date(required=True, validate=_date_in_range)
+    date = Day(required=True)
 
 
 # --- answers ---------------------------------------------------------------------------------

@@ -203,3 +203,14 @@ def test_the_mirror_never_revives_a_released_reservation(session, room):
                        room.calendar_id)
 
     assert decide(event, released).action is Action.NONE
+
+
+def test_the_check_in_button_is_offered_only_where_a_room_needs_it_and_while_the_window_is_open(
+        session, config, room, meeting):
+    with unit_of_work(session):
+        relaxed = make_room(session)
+        elsewhere = make_reservation(session, relaxed, START, status=ReservationStatus.CONFIRMED)
+
+    assert checkin.can_check_in(meeting, config, START)
+    assert not checkin.can_check_in(meeting, config, START - timedelta(minutes=11))
+    assert not checkin.can_check_in(elsewhere, config, START)

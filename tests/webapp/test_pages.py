@@ -250,3 +250,14 @@ def test_pages_make_a_fixed_number_of_queries(client, app):
         _add(app, room.id, at(8, day=past_day), at(9, day=past_day))
     large = {path: _statements_for(client, app, path) for path in small}
     assert large == small
+
+
+@pytest.mark.parametrize("path", [
+    "/reservations/9223372036854775808", "/reservations/9223372036854775808/edit",
+    "/reservations/9223372036854775808/status.json", "/rooms/9223372036854775808",
+    "/admin/rooms/9223372036854775808", "/admin/rooms/9223372036854775808/status.json",
+])
+def test_ids_past_the_database_integer_are_no_such_page_not_a_500(client, path):
+    # SQLite's driver raised OverflowError for ids >= 2**63 (a 500); the route's id converter bounds them.
+    sign_in(client, "admin@example.com")
+    assert client.get(path).status_code == 404
