@@ -289,11 +289,16 @@ def retry_reservation(reservation_id: int):
 @bp.get("/insights")
 def insights():
     """Utilisation figures per room (admins): `start`, `end` (YYYY-MM-DD), optional `room`, `building`, `floor`."""
-    from webapp.insights import figures_from_query
+    from roombridge.insights import InvalidRange
+    from webapp.insights import figures_for
 
     if not g.api_admin:
         raise booking.NotAllowed("insights are for admins")
-    found = figures_from_query(db.session())
+    query = _load(schemas.InsightsQuerySchema(), request.args.to_dict())
+    try:
+        found = figures_for(db.session(), {k: v.isoformat() if isinstance(v, date) else v for k, v in query.items()})
+    except InvalidRange as exc:
+        raise ValidationError({"start": [str(exc)]}) from exc
     return jsonify(start=found.start.isoformat(), end=found.end.isoformat(),
                    rooms=[figures.as_dict() for figures in found.rooms], total=found.total.as_dict())
 

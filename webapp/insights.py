@@ -34,22 +34,26 @@ CSV_COLUMNS = ("room_id", "calendar_id", "name", "building", "floor", "capacity"
                *(f"source_{s}" for s in insights.SOURCES))
 
 
-def figures_from_query(session) -> insights.Insights:
-    """The Insights of the request's query (start, end, building, floor, room); 400 on a bad range."""
-    try:
-        start, end = insights.parse_range(request.args.get("start"), request.args.get("end"),
-                                          datetime.now(UTC).date())
-    except insights.InvalidRange as exc:
-        abort(400, str(exc))
-    room = (request.args.get("room") or "").strip()
+def figures_for(session, args) -> insights.Insights:
+    """The Insights of query arguments (start, end, building, floor, room); InvalidRange on a bad range."""
+    start, end = insights.parse_range(args.get("start"), args.get("end"), datetime.now(UTC).date())
+    room = (args.get("room") or "").strip()
     room_ids = None
     if room:
         found = session.scalar(sa.select(Room.id).where(
             sa.or_(sa.func.lower(Room.calendar_id) == room.lower(),
-                   Room.id == (int(room) if room.isdigit() else -1))))
+                   Room.id == (int(room) if room.isdigit() and len(room) < 18 else -1))))
         room_ids = [found] if found is not None else []
-    return insights.compute(session, start, end, building=request.args.get("building") or None,
-                            floor=request.args.get("floor") or None, room_ids=room_ids)
+    return insights.compute(session, start, end, building=args.get("building") or None,
+                            floor=args.get("floor") or None, room_ids=room_ids)
+
+
+def figures_from_query(session) -> insights.Insights:
+    """The Insights of the page's query; 400 on a bad range."""
+    try:
+        return figures_for(session, request.args)
+    except insights.InvalidRange as exc:
+        abort(400, str(exc))
 
 
 def csv_rows(found: insights.Insights) -> list[dict]:

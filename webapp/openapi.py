@@ -127,14 +127,6 @@ class SeriesSchema(_Answer):
                           metadata={"description": "starts of clashing occurrences left out"})
 
 
-class InsightsQuerySchema(Schema):
-    start = fields.Date(metadata={"description": "the first day (UTC), included; default 27 days before `end`"})
-    end = fields.Date(metadata={"description": "the last day (UTC), included; default today"})
-    room = fields.String(metadata={"description": "a room's calendar e-mail or id"})
-    building = fields.String(metadata={"description": "a building's name"})
-    floor = fields.String(metadata={"description": "a floor, with or without a building"})
-
-
 def _hours() -> fields.Float:
     return fields.Float(required=True)
 
@@ -259,11 +251,13 @@ OPERATIONS: dict[str, dict] = {
     "api.insights": {"get": {
         "summary": "Utilisation per room over whole UTC days start..end, reservations counted by their start "
                    "(admins; definitions in roombridge/insights.py)",
-        "parameters": [{"in": "query", "schema": InsightsQuerySchema}],
+        "parameters": [{"in": "query", "schema": schemas.InsightsQuerySchema}],
         "responses": {"200": _answer(InsightsSchema, "the figures of every in-scope room in the filter, and their "
                                                      "total"),
-                      "400": _error("a bad range: not YYYY-MM-DD, start after end, or over 366 days"),
-                      **UNAUTHORIZED, "403": _error("not an admin"), **FAILED}}},
+                      **UNAUTHORIZED, "403": _error("not an admin"),
+                      "422": _error("invalid query: `errors` maps each parameter to its messages; a schema-valid "
+                                    "range is refused when its start is after its end or it is over 366 days"),
+                      **FAILED}}},
     "api.openapi": {"get": {
         "summary": "This description", "security": [],
         "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {

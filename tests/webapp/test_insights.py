@@ -45,7 +45,7 @@ def test_csv_holds_the_same_figures_as_the_api(app, client):
     only = client.get(f"/api/v1/insights?{RANGE}&building=HQ", headers={"Authorization": f"Bearer {admin}"})
     assert [r["name"] for r in only.json["rooms"]] == ["Atlas"]
     bad = client.get("/api/v1/insights?start=2030-02-01&end=2030-01-01", headers={"Authorization": f"Bearer {admin}"})
-    assert bad.status_code == 400 and bad.json["error"] == "bad_request"
+    assert bad.status_code == 422 and bad.json["errors"] == {"start": ["the start is after the end"]}
 
 
 def test_the_page_draws_its_charts_and_table_for_admins_only(app, client):
@@ -83,3 +83,10 @@ def test_lobby_shows_free_and_busy_until_and_answers_304_when_unchanged(app, cli
     assert rooms["Free room"]["busy"] is False
     assert client.get("/lobby/status.json?building=HQ",
                       headers={"If-None-Match": status.headers["ETag"]}).status_code == 304
+
+
+def test_the_api_refuses_unknown_and_malformed_parameters(app, client):
+    admin, _ = _seed(app)
+    for query in ("start=2030-13-01", "start=", "colour=blue", f"{RANGE}&room=&x=1"):
+        answer = client.get(f"/api/v1/insights?{query}", headers={"Authorization": f"Bearer {admin}"})
+        assert answer.status_code == 422 and answer.json["error"] == "invalid", query
