@@ -2,6 +2,8 @@
 
 A token is ``rb_`` + 43 url-safe random characters (256 bits), so a fast unsalted hash
 is enough: nothing about it can be guessed, and the hash lets one indexed lookup find it.
+A token may expire (`expires_in`); an expired or revoked one answers 401. Owners list and
+revoke their own tokens on a page, admins everyone's in the console, the CLI too.
 """
 
 from __future__ import annotations
@@ -33,15 +35,21 @@ class NewToken:
     record: ApiToken
 
 
-def create(session: Session, email: str, *, actor: str = "system") -> NewToken:
-    """Make a token for `email` (a valid address; ValueError if not) and store it."""
+def create(session: Session, email: str, *, actor: str = "system", expires_in: timedelta | None = None,
+           now: datetime | None = None) -> NewToken:
+    """Make a token for `email` (a valid address; ValueError if not), living `expires_in` if given, and store it."""
     owner = normalise_email(email)
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise ValueError("a token's life must be longer than nothing")
     token = PREFIX + secrets.token_urlsafe(32)
+    expires_at = (now or datetime.now(UTC)) + expires_in if expires_in is not None else None
     with unit_of_work(session):
-        record = ApiToken(user_email=owner, token_hash=hash_token(token), prefix=token[: len(PREFIX) + 6])
+        record = ApiToken(user_email=owner, token_hash=hash_token(token), prefix=token[: len(PREFIX) + 6],
+                          expires_at=expires_at)
         session.add(record)
         session.flush()
-        audit(session, actor, "api_token.create", record, user_email=owner, prefix=record.prefix)
+        audit(session, actor, "api_token.create", record, user_email=owner, prefix=record.prefix,
+              expires_at=expires_at.isoformat() if expires_at else None)
     return NewToken(token, record)
 
 
@@ -50,12 +58,10 @@ def verify(session: Session, token: str | None, now: datetime | None = None) -> 
     if not token or not token.startswith(PREFIX) or len(token) > 200:
         return None
     record = session.scalar(sa.select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    # The lookup is by hash, and comparing the hash again in constant time costs nothing.
-    if record is None or record.revoked_at is not None or not secrets.compare_digest(
-        record.token_hash, hash_token(token)
-    ):
-        return None
     now = now or datetime.now(UTC)
+    # The lookup is by hash, and comparing the hash again in constant time costs nothing.
+    if record is None or not record.is_live(now) or not secrets.compare_digest(record.token_hash, hash_token(token)):
+        return None
     if record.last_used_at is None or now - record.last_used_at >= LAST_USED_RESOLUTION:
         with unit_of_work(session):
             session.execute(sa.update(ApiToken).where(ApiToken.id == record.id).values(last_used_at=now))
@@ -81,6 +87,18 @@ def revoke(session: Session, token_or_prefix: str, *, email: str | None = None, 
             record.revoked_at = now
             audit(session, actor, "api_token.revoke", record, user_email=record.user_email, prefix=record.prefix)
     return len(records)
+
+
+def revoke_by_id(session: Session, token_id: int, *, actor: str, owner: str | None = None) -> ApiToken | None:
+    """Revoke one token by its id: the owner's own (`owner` given), or anyone's (an admin). None if no such token."""
+    with unit_of_work(session):
+        record = session.get(ApiToken, token_id)
+        if record is None or (owner is not None and record.user_email != owner.strip().lower()):
+            return None
+        if record.revoked_at is None:
+            record.revoked_at = datetime.now(UTC)
+            audit(session, actor, "api_token.revoke", record, user_email=record.user_email, prefix=record.prefix)
+    return record
 
 
 def list_tokens(session: Session, email: str | None = None) -> list[ApiToken]:

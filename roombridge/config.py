@@ -32,7 +32,7 @@ def _domains(value: str) -> frozenset[str]:
 
 
 # Comma-separated settings, parsed into sets.
-_SETS = {"ADMIN_EMAILS": _emails, "ALLOWED_DOMAINS": _domains}
+_SETS = {"ADMIN_EMAILS": _emails, "ALLOWED_DOMAINS": _domains, "ATTENDEE_DOMAINS": _domains}
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,15 @@ class Config:
     MAX_DURATION_MINUTES: int = 480
     MAX_DAYS_AHEAD: int = 180
     MIN_NOTICE_MINUTES: int = 0
-    MAX_OCCURRENCES: int = 52
+    MAX_OCCURRENCES: int = 52  # occurrences of one series
+    # What one person may do (admins are exempt): see "Limits per person" in the README.
+    # Attendees' e-mail domains (empty: ALLOWED_DOMAINS; both empty: any domain).
+    ATTENDEE_DOMAINS: frozenset[str] = field(default_factory=frozenset)
+    MAX_ATTENDEES: int = 50
+    INVITATIONS_PER_HOUR: int = 1000  # invitation and update mails (one per recipient) a person causes
+    MAX_LIVE_RESERVATIONS: int = 200  # reservations a person holds that have not ended
+    MAX_HOURS_PER_ROOM_PER_WEEK: float = 40.0  # a person's booked hours in one room in one week
+    BOOKING_WRITES_PER_MINUTE: int = 30  # bookings, edits and cancellations through the pages and the API
     # Check-in defaults; rooms may override them (Room.checkin_*). The window opens
     # CHECKIN_OPENS_MINUTES before the start and closes CHECKIN_GRACE_MINUTES after it; then the
     # deadline action (release or flag) applies. A series released on CHECKIN_SERIES_END_AFTER
@@ -98,6 +106,11 @@ class Config:
     @property
     def delegated_mode(self) -> bool:
         return bool(self.GOOGLE_DELEGATED_USER)
+
+    @property
+    def attendee_domains(self) -> frozenset[str]:
+        """The domains attendees may have; empty means any."""
+        return self.ATTENDEE_DOMAINS or self.ALLOWED_DOMAINS
 
     @property
     def production(self) -> bool:
@@ -141,6 +154,10 @@ class Config:
             raise ConfigError(f"AUTH_MODE must be dev or oidc, not {self.AUTH_MODE!r}")
         if not 0 < self.SESSION_LIFETIME_HOURS <= 24 * 31:
             raise ConfigError("SESSION_LIFETIME_HOURS must be more than 0 and at most 744 (31 days)")
+        for name in ("MAX_ATTENDEES", "INVITATIONS_PER_HOUR", "MAX_LIVE_RESERVATIONS", "MAX_HOURS_PER_ROOM_PER_WEEK",
+                     "BOOKING_WRITES_PER_MINUTE", "MAX_OCCURRENCES"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be more than 0")
         if self.CHECKIN_DEADLINE_ACTION not in {"release", "flag"}:
             raise ConfigError(f"CHECKIN_DEADLINE_ACTION must be release or flag, not {self.CHECKIN_DEADLINE_ACTION!r}")
         if self.CHECKIN_OPENS_MINUTES < 0 or self.CHECKIN_GRACE_MINUTES < 0 or self.CHECKIN_SERIES_END_AFTER < 0:

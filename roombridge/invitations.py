@@ -25,6 +25,7 @@ from icalendar import Calendar, Event, vCalAddress, vText
 from sqlalchemy.orm import Session
 
 from roombridge import checkin
+from roombridge.booking.rules import one_line
 from roombridge.config import Config
 from roombridge.models import Reservation, ReservationStatus
 from roombridge.unit_of_work import unit_of_work
@@ -109,11 +110,14 @@ def build_invitation(
     zone = room.zone
     local_start, local_end = reservation.start_at.astimezone(zone), reservation.end_at.astimezone(zone)
     when = f"{local_start:%a %d %b %Y, %H:%M}-{local_end:%H:%M} ({room.time_zone})"
+    # Titles made in Google are not ours to check: a line break in one would make the Subject
+    # header refuse to be built, and the mail job fail forever.
+    title = one_line(reservation.title)
     if method == "CANCEL":
-        subject = f"Cancelled: {reservation.title} @ {local_start:%d %b %H:%M} in {room.name}"
+        subject = f"Cancelled: {title} @ {local_start:%d %b %H:%M} in {one_line(room.name)}"
         text = f"{reservation.title}\n{when}\n{room.name}\n\nThis booking was cancelled.\n"
     else:
-        subject = f"Invitation: {reservation.title} @ {local_start:%d %b %H:%M} in {room.name}"
+        subject = f"Invitation: {title} @ {local_start:%d %b %H:%M} in {one_line(room.name)}"
         text = (
             f"{reservation.title}\n{when}\n{room.name}\n\nBooked by {reservation.organiser_email}.\n"
             + (f"\n{reservation.description}\n" if reservation.description else "")

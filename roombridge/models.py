@@ -166,6 +166,9 @@ class Reservation(TimestampMixin, Base):
     google_recurring_event_id: Mapped[str | None] = mapped_column(sa.String(1024))
     google_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     room_response: Mapped[str | None] = mapped_column(sa.String(16))  # accepted, declined, ...
+    # The people must be told with the next write to Google: set when the booking is made and when
+    # its time, room or attendees change (not its title or description); cleared once written.
+    invitation_due: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     conflict_with_id: Mapped[int | None] = mapped_column(sa.ForeignKey("reservations.id"))
     # Check-in: who (an e-mail, or "display") and when. A no-show keeps `missed_checkin_at` (the
     # deadline passed without a check-in) whether the room's action released it or only flagged it.
@@ -246,6 +249,10 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: until revoked
+
+    def is_live(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 class RoomDisplay(Base):
@@ -327,6 +334,26 @@ class UsageRollup(Base):
 
     month: Mapped[date] = mapped_column(sa.Date, primary_key=True)
     refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Person(Base):
+    """Someone who signed in here: the attendee autocomplete's own directory (never Google's)."""
+
+    __tablename__ = "people"
+
+    email: Mapped[str] = mapped_column(sa.String(254), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    last_signed_in_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FavouriteRoom(Base):
+    """A room a person marked as a favourite; the finder lists favourites first."""
+
+    __tablename__ = "favourite_rooms"
+
+    user_email: Mapped[str] = mapped_column(sa.String(254), primary_key=True)
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AuditEntry(Base):

@@ -180,6 +180,9 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
     room = reservation.room
     calendar_id = room.calendar_id
     send_updates = _send_updates(config)
+    # A new title or description is written without telling anyone (as calendar clients do);
+    # a new event (a new UID), a new time, room or attendees are sent to everyone.
+    tell_people = reservation.invitation_due
     done = []
     if reservation.google_calendar_id and reservation.google_calendar_id != calendar_id:
         # Moved to another room: its calendar gets a new event, the old room's is deleted.
@@ -201,18 +204,21 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
         done.append("inserted")
     else:
         try:
-            event = gateway.patch_event(calendar_id, reservation.google_event_id, body, send_updates=send_updates)
+            event = gateway.patch_event(calendar_id, reservation.google_event_id, body,
+                                        send_updates=send_updates if tell_people else "none")
             done.append("patched")
         except EventNotFound:
             # Deleted in Google behind our back; the id cannot be used again.
             event, revision = _insert(gateway, calendar_id, reservation.id, revision + 1, body, send_updates)
             done.append("re-inserted")
+    tell_people = tell_people or done[-1] != "patched"  # a new event is a new invitation
 
     _record(
         session,
         reservation,
         # Invited once Google holds the booking as it stands; an edit meanwhile publishes (and invites) again.
-        announce_if_whole=() if config.delegated_mode else (InvitationDue(reservation.id, "REQUEST"),),
+        announce_if_whole=() if config.delegated_mode or not tell_people else (
+            InvitationDue(reservation.id, "REQUEST"),),
         google_event_id=event["id"],
         google_calendar_id=calendar_id,
         google_revision=revision,
@@ -220,6 +226,7 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
         google_updated_at=_parse_rfc3339(event.get("updated")),
         status=ReservationStatus.CONFIRMED,
         status_reason=None,
+        invitation_due=False,
     )
     return " and ".join(done)
 

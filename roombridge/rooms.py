@@ -4,23 +4,35 @@ A room enters scope only when Google confirms the service account may make chang
 events on its calendar; otherwise it is refused with a message naming what is missing.
 Entering scope opens its watch channel and requests its first full sync, channel first,
 so that nothing changed between the two goes unnoticed. Leaving scope stops its channels
-before the room leaves the gateway's allowlist; reservations are kept, syncing stops.
+before the room leaves the gateway's allowlist, and syncing stops. Its future reservations
+are kept, or cancelled (`leave_scope`): their events are deleted while the room is still in
+scope, since the allowlist refuses its calendar afterwards, and the room leaves scope only
+once every one is gone.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from roombridge import channels
+from roombridge import channels, publish
 from roombridge.booking.rules import ROOM_FIELDS, check_room_fields
 from roombridge.config import Config
 from roombridge.gcal import AccessCheck, CalendarGateway, GoogleError, RetriableGoogleError, is_room_calendar
-from roombridge.models import Room, RoomHealth, WatchChannel, audit
+from roombridge.models import (
+    LIVE_STATUSES,
+    Reservation,
+    ReservationSource,
+    ReservationStatus,
+    Room,
+    RoomHealth,
+    WatchChannel,
+    audit,
+)
 from roombridge.notifications import request_sync
 from roombridge.unit_of_work import outside_units, unit_of_work
 
@@ -144,6 +156,73 @@ def remove_room(session: Session, gateway: CalendarGateway, room: Room, now: dat
         audit(session, actor, "room.removed", room, calendar_id=room.calendar_id,
               channels_pending_stop=[c.id for c in pending])
     return pending
+
+
+@dataclass
+class Removal:
+    """What `leave_scope` did."""
+
+    removed: bool  # False: some events could not be deleted, and the room stays in scope
+    kept: int = 0  # future reservations kept: their events stay on the room's calendar
+    cancelled: int = 0  # future reservations cancelled, their events deleted
+    not_deleted: list[tuple[int, str]] = field(default_factory=list)  # (reservation id, why)
+    channels_pending_stop: list[WatchChannel] = field(default_factory=list)
+
+
+def _future(room: Room, now: datetime):
+    """Our reservations of `room` that start from `now` on and still hold it, or whose event still stands."""
+    return sa.select(Reservation.id).where(
+        Reservation.room_id == room.id,
+        Reservation.source != ReservationSource.GOOGLE,  # people's own Google bookings are theirs
+        Reservation.start_at >= now,
+        sa.or_(Reservation.status.in_(LIVE_STATUSES),
+               sa.and_(Reservation.status == ReservationStatus.CANCELLED,
+                       Reservation.google_calendar_id == room.calendar_id)),
+    ).order_by(Reservation.start_at)
+
+
+def future_reservations(session: Session, room: Room, now: datetime) -> int:
+    """How many future reservations leaving scope would keep or cancel (for the admin's question)."""
+    return len(session.scalars(_future(room, now)).all())
+
+
+def leave_scope(session: Session, config: Config, gateway: CalendarGateway, room: Room, now: datetime, *,
+                cancel_future: bool, actor: str = "system") -> Removal:
+    """Take the room out of scope, keeping or cancelling its future reservations.
+
+    Cancelling deletes each event now, while the gateway still allows the room's calendar
+    (room mode: each attendee is mailed a CANCEL); if any deletion fails, the room stays in
+    scope and the failures are returned, so the same call can be made again.
+    """
+    outside_units(session)
+    with unit_of_work(session, write=False):
+        ids = list(session.scalars(_future(room, now)))
+    if not cancel_future:
+        if ids:
+            log.info("room %s leaves scope keeping %d future reservation(s)", room.calendar_id, len(ids))
+        return Removal(removed=True, kept=len(ids), channels_pending_stop=remove_room(session, gateway, room, now,
+                                                                                     actor))
+    with unit_of_work(session):
+        for reservation in session.scalars(sa.select(Reservation).where(Reservation.id.in_(ids))):
+            if reservation.status != ReservationStatus.CANCELLED:
+                reservation.status = ReservationStatus.CANCELLED
+                reservation.status_reason = f"cancelled: {room.name} was removed from scope by {actor}"
+                audit(session, actor, "reservation.cancel", reservation, reason="room removed from scope")
+    not_deleted = []
+    for reservation_id in ids:
+        try:
+            outcome = publish.publish_reservation(session, config, gateway, reservation_id)
+        except GoogleError as error:
+            not_deleted.append((reservation_id, str(error)))
+            continue
+        if outcome == "failed":
+            with unit_of_work(session, write=False):
+                not_deleted.append((reservation_id, session.get(Reservation, reservation_id).status_reason or ""))
+    if not_deleted:
+        log.warning("room %s stays in scope: %d event(s) could not be deleted", room.calendar_id, len(not_deleted))
+        return Removal(removed=False, cancelled=len(ids) - len(not_deleted), not_deleted=not_deleted)
+    return Removal(removed=True, cancelled=len(ids), channels_pending_stop=remove_room(session, gateway, room, now,
+                                                                                      actor))
 
 
 @dataclass(frozen=True)

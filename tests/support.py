@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -141,11 +142,18 @@ def run_jobs(app, queues=("write", "sync", "channels", "default"), max_jobs: int
 
     from roombridge.queue import queue, redis
 
-    with app.app_context():
-        worker = SimpleWorker([queue(q) for q in queues], connection=redis())
-        worker.work(burst=True, max_jobs=max_jobs)
-        worker.refresh()
-        return worker.successful_job_count + worker.failed_job_count
+    # RQ installs its own SIGINT/SIGTERM handlers (they raise StopRequested) and leaves them in place
+    # after a burst; put pytest's back, or a signal much later stops an unrelated test with StopRequested.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with app.app_context():
+            worker = SimpleWorker([queue(q) for q in queues], connection=redis())
+            worker.work(burst=True, max_jobs=max_jobs)
+            worker.refresh()
+            return worker.successful_job_count + worker.failed_job_count
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 # --- worker processes: `flask --app wsgi worker`, as the Procfile runs it ------------------------
@@ -289,3 +297,15 @@ def assert_accessible(page, *, context: str | None = None) -> list[dict]:
     )
     assert not blocking, f"accessibility violations on {page.url}:\n{report}"
     return results["violations"]
+
+
+def zone_at_midday(now: datetime | None = None) -> str:
+    """A fixed-offset zone where it is now 12:xx, whatever the hour the tests run.
+
+    Pages that ask "free from now" depend on the hour; a room in this zone is inside any
+    bookable hours and far from midnight.
+    """
+    now = now or datetime.now(UTC)
+    offset = 12 - now.hour  # -11..+12; Etc/GMT signs are inverted (Etc/GMT-5 is UTC+5)
+    offset = max(-11, min(12, offset))
+    return "Etc/GMT" + ("" if offset == 0 else f"{-offset:+d}")

@@ -49,3 +49,4 @@ def test_the_contracts_refuse_an_import_hidden_in_a_function(tmp_path, imported,
     result = lint_imports(root)
     assert result.returncode != 0
     assert broken in result.stdout
+

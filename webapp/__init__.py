@@ -74,5 +74,8 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     from webapp import display
 
     app.register_blueprint(display.bp)
+    from webapp import limits
+
+    limits.init_app(app)  # after every blueprint: it wraps the views marked @booking_writes
     auth.init_app(app)  # last: it exempts the webhook and API blueprints from CSRF
     return app

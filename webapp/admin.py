@@ -30,7 +30,8 @@ from flask import (
 )
 from redis.exceptions import RedisError
 
-from roombridge import booking, channels, checkin, console, db, displays, rooms
+from roombridge import api_tokens, booking, channels, checkin, console, db, displays, rooms
+from roombridge.booking import quotas
 from roombridge.config import CALENDAR_EVENTS_SCOPE
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, GoogleError, is_room_calendar
@@ -118,10 +119,33 @@ def index():
     overviews = console.room_overviews(session, rooms.rooms_in_scope(session), now, redis())
     try:
         failed = console.failed_job_count(redis())
+        limit_hits = quotas.recent_hits(LIMIT_HITS_SHOWN)
     except RedisError:
-        failed = None
+        failed, limit_hits = None, None
     return render_template("admin/index.html", health=health, overviews=overviews, failed_jobs=failed, now=now,
-                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600)
+                           renew_within_hours=_config().CHANNEL_RENEW_WITHIN_SECONDS // 3600, limit_hits=limit_hits)
+
+
+LIMIT_HITS_SHOWN = 10
+
+
+# --- API tokens: everyone's, and revoking any ------------------------------------------------------
+
+
+@bp.get("/tokens")
+@admin_required
+def tokens():
+    return render_template("admin/tokens.html", tokens=api_tokens.list_tokens(db.session()), now=utcnow())
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@admin_required
+def revoke_token(token_id: int):
+    revoked = api_tokens.revoke_by_id(db.session(), token_id, actor=_actor())
+    if revoked is None:
+        _refuse(404, "No such token", "This token does not exist.")
+    flash(f"Token {revoked.prefix}… of {revoked.user_email} revoked.", "success")
+    return redirect(url_for("admin.tokens"))
 
 
 # --- adding, editing, removing rooms ------------------------------------------------------------
@@ -255,22 +279,35 @@ def revoke_display(room_id: int, prefix: str):
 @admin_required
 def remove_confirm(room_id: int):
     found = _room_in_scope(room_id)
-    return render_template("admin/remove.html", room=found)
+    return render_template("admin/remove.html", room=found,
+                           future=rooms.future_reservations(db.session(), found, utcnow()))
 
 
 @bp.post("/rooms/<id:room_id>/remove")
 @admin_required
 def remove(room_id: int):
     found = _room_in_scope(room_id)
+    choice = request.form.get("future")
+    future = rooms.future_reservations(db.session(), found, utcnow())
+    if future and choice not in ("cancel", "keep"):
+        flash("Say what to do with its future reservations: cancel them or keep them.", "error")
+        return render_template("admin/remove.html", room=found, future=future), 422
     try:
         gateway = _gateway()
     except GoogleError as error:
         flash(f"Google is not set up here ({error}); the room was not removed.", "error")
         return redirect(url_for("admin.room", room_id=room_id))
-    pending = rooms.remove_room(db.session(), gateway, found, utcnow(), actor=_actor())
-    flash(f"{found.name} removed from scope: its push channel is stopped and it is no longer synced. "
-          "Its reservations are kept.", "success")
-    for channel in pending:
+    removal = rooms.leave_scope(db.session(), _config(), gateway, found, utcnow(), cancel_future=choice == "cancel",
+                                actor=_actor())
+    if not removal.removed:
+        flash(f"{found.name} stays in scope: {len(removal.not_deleted)} event(s) could not be deleted from its "
+              f"calendar ({removal.cancelled} were). Try removing it again.", "error")
+        return redirect(url_for("admin.room", room_id=room_id))
+    done = (f"{removal.cancelled} future reservation(s) cancelled and their events deleted"
+            if choice == "cancel" else f"{removal.kept} future reservation(s) kept, their events left on its calendar")
+    flash(f"{found.name} removed from scope: its push channel is stopped and it is no longer synced; {done}.",
+          "success")
+    for channel in removal.channels_pending_stop:
         flash(f"Stopping channel {channel.id} failed ({channel.stop_error}); it will be retried.", "warning")
     return redirect(url_for("admin.index"))
 

@@ -26,6 +26,7 @@ from roombridge import api_tokens, booking, checkin, db
 from roombridge.config import Config
 from roombridge.models import ReservationSource, Room
 from webapp import schemas
+from webapp.limits import booking_writes
 from webapp.security import MAX_BODY_BYTES
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -224,6 +225,7 @@ def list_reservations():
 
 
 @bp.post("/reservations")
+@booking_writes
 def create_reservation():
     data = _load(schemas.ReservationCreateSchema(), _json_body())
     recurrence = data.get("recurrence")
@@ -265,6 +267,7 @@ def get_reservation(reservation_id: int):
 
 
 @bp.patch("/reservations/<id:reservation_id>")
+@booking_writes
 def edit_reservation(reservation_id: int):
     # Look first, so a caller who may not see it learns nothing from a 422 about the body.
     booking.get(db.session(), reservation_id, **_actor())
@@ -274,6 +277,7 @@ def edit_reservation(reservation_id: int):
 
 
 @bp.delete("/reservations/<id:reservation_id>")
+@booking_writes
 def cancel_reservation(reservation_id: int):
     reservation = booking.cancel(db.session(), _config(), reservation_id, **_actor())
     return jsonify(schemas.reservation_json(reservation))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import secrets
 import threading
 import time
@@ -47,7 +48,9 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy.exc import SQLAlchemyError
 
+from roombridge import db, people
 from roombridge.queue import redis as redis_connection
 from webapp.security import external_url
 
@@ -164,6 +167,11 @@ def sign_in_as(email: str, name: str) -> None:
     session[SESSION_ID] = session_id
     session[SESSION_USER] = {"email": email, "name": name.strip() or email}
     g.pop("current_user", None)
+    try:
+        people.remember(db.session(), email, name.strip() or email)  # someone others can now invite by name
+    except SQLAlchemyError:
+        # The directory of attendee suggestions is a help; a database hiccup must not refuse a sign-in.
+        logging.getLogger(__name__).warning("could not record the sign-in of %s for suggestions", email, exc_info=True)
 
 
 def sign_out() -> None:

@@ -66,12 +66,17 @@ tokens_cli = AppGroup("tokens", help="API tokens for the JSON API (stored hashed
 
 @tokens_cli.command("create")
 @click.argument("email")
-def tokens_create(email: str) -> None:
+@click.option("--expires-in-days", type=click.IntRange(min=1), default=None,
+              help="The token stops working after this many days (default: when revoked).")
+def tokens_create(email: str, expires_in_days: int | None) -> None:
     """Make an API token for EMAIL and print it: it is shown this once only."""
+    from datetime import timedelta
+
     from roombridge import api_tokens, db
 
+    life = timedelta(days=expires_in_days) if expires_in_days else None
     try:
-        new = api_tokens.create(db.session(), email, actor="cli")
+        new = api_tokens.create(db.session(), email, actor="cli", expires_in=life)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="EMAIL") from exc
     click.echo(new.token)
@@ -93,12 +98,19 @@ def tokens_revoke(token_or_prefix: str, email: str | None) -> None:
 @tokens_cli.command("list")
 @click.option("--email", help="Only the tokens of this user.")
 def tokens_list(email: str | None) -> None:
-    """Every token: owner, prefix, created, last used, revoked."""
+    """Every token: owner, prefix, created, last used, revoked or expired."""
     from roombridge import api_tokens, db
+    from roombridge.db import utcnow
 
+    now = utcnow()
     for t in api_tokens.list_tokens(db.session(), email):
         used = f"{t.last_used_at:%Y-%m-%d %H:%M}Z" if t.last_used_at else "never used"
-        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}Z" if t.revoked_at else "live"
+        if t.revoked_at:
+            state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}Z"
+        elif t.expires_at:
+            state = f"{'expired' if t.expires_at <= now else 'live, expires'} {t.expires_at:%Y-%m-%d %H:%M}Z"
+        else:
+            state = "live"
         click.echo(f"{t.user_email}\t{t.prefix}\tcreated {t.created_at:%Y-%m-%d %H:%M}Z\t{used}\t{state}")
 
 
@@ -192,16 +204,34 @@ def rooms_list(show_all: bool) -> None:
 
 @rooms_cli.command("remove")
 @click.argument("email")
-def rooms_remove(email: str) -> None:
-    """Take the room EMAIL out of scope: its channels are stopped and it is no longer synced."""
+@click.option("--cancel-future/--keep-future", "cancel_future", default=False, show_default=True,
+              help="Cancel the room's future reservations (their events are deleted from its calendar and, in "
+                   "room mode, people are mailed), or keep them (the default: their events stay on the room's "
+                   "calendar, and Roombridge can no longer change or delete them).")
+def rooms_remove(email: str, cancel_future: bool) -> None:
+    """Take the room EMAIL out of scope: its channels are stopped and it is no longer synced.
+
+    Never asks: without an option its future reservations are kept (nothing is deleted).
+    """
     from roombridge import rooms
     from roombridge.db import utcnow
 
-    session, gateway, _config = _google("write")
+    session, gateway, config = _google("write")
     room = _room_or_fail(session, email)
-    pending = rooms.remove_room(session, gateway, room, utcnow(), actor="cli")
+    removal = rooms.leave_scope(session, config, gateway, room, utcnow(), cancel_future=cancel_future, actor="cli")
+    if not removal.removed:
+        for reservation_id, why in removal.not_deleted:
+            click.echo(f"reservation {reservation_id}: its event could not be deleted ({why})", err=True)
+        raise click.ClickException(
+            f"{room.calendar_id} stays in scope: {len(removal.not_deleted)} event(s) could not be deleted "
+            f"({removal.cancelled} were); run the same command again")
+    if cancel_future:
+        click.echo(f"cancelled {removal.cancelled} future reservation(s) and deleted their events")
+    else:
+        click.echo(f"kept {removal.kept} future reservation(s); their events stay on the room's calendar "
+                   "(--cancel-future cancels them)")
     click.echo(f"removed {room.calendar_id} from scope")
-    for channel in pending:
+    for channel in removal.channels_pending_stop:
         click.echo(f"stopping channel {channel.id} failed ({channel.stop_error}); it will be retried", err=True)
 
 

@@ -48,6 +48,7 @@ class ErrorSchema(_Answer):
     message = fields.String(metadata={"description": "for people"})
     errors = fields.Dict(keys=fields.String(), metadata={"description": "invalid: each field's messages"})
     clashes = fields.List(fields.Nested(lambda: ClashSchema()), metadata={"description": "conflict: what clashes"})
+    retry_after = fields.Integer(metadata={"description": "rate_limited: seconds to wait, as in Retry-After"})
 
 
 class ClashSchema(_Answer):
@@ -189,6 +190,9 @@ BODY = {
     "413": _error(f"the body is larger than {MAX_BODY_BYTES} bytes"),
     "415": _error("the body is not sent as application/json"),
 }
+LIMITED = {"429": _error("`rate_limited`: the caller's booking writes a minute (pages and API together) or "
+                         "invitation mails an hour are used up; admins are exempt",
+                         headers={"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}})}
 RULES = ("`errors` maps each field to its messages: schema limits, and the booking rules a schema cannot state "
          "(end after start; the room's bookable hours in its time zone, notice, days ahead and longest booking; "
          "the room existing and in scope; the number of occurrences)")
@@ -220,7 +224,7 @@ OPERATIONS: dict[str, dict] = {
             **BODY, **UNAUTHORIZED,
             "409": _error("the slot is taken: `clashes` names every clashing reservation"),
             "422": _error("invalid: " + RULES),
-            **FAILED}}},
+            **LIMITED, **FAILED}}},
     "api.get_reservation": {"get": {
         "summary": "One reservation (a cancelled one stays readable, with status cancelled)",
         "responses": {"200": ONE, **UNAUTHORIZED, **NOT_SEEN, **FAILED}}},
@@ -232,10 +236,10 @@ OPERATIONS: dict[str, dict] = {
             "409": _error("the new slot is taken (`clashes`), or the reservation's state refuses changes "
                           "(`wrong_state`: a cancelled or conflict reservation cannot be changed)"),
             "422": _error("invalid: " + RULES),
-            **FAILED}}},
+            **LIMITED, **FAILED}}},
     "api.cancel_reservation": {"delete": {
         "summary": "Cancel (organiser or admin); cancelling twice answers the cancelled reservation again",
-        "responses": {"200": ONE, **UNAUTHORIZED, **FORBIDDEN, **NOT_SEEN, **FAILED}}},
+        "responses": {"200": ONE, **UNAUTHORIZED, **FORBIDDEN, **NOT_SEEN, **LIMITED, **FAILED}}},
     "api.retry_reservation": {"post": {
         "summary": "Retry the Google write of a failed (or pending) reservation",
         "responses": {"202": ONE, **UNAUTHORIZED, **FORBIDDEN, **NOT_SEEN,

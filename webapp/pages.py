@@ -25,10 +25,11 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError
 
-from roombridge import booking, checkin, db
+from roombridge import api_tokens, booking, checkin, db, people
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room
 from webapp.auth import current_user, login_required
 from webapp.forms import REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
+from webapp.limits import booking_writes
 
 bp = Blueprint("pages", __name__)
 
@@ -121,40 +122,227 @@ def _timelines(session, rooms: list[Room], day: date) -> dict[int, list[Segment]
 # --- room finder -------------------------------------------------------------------------------
 
 
-@bp.get("/")
-@login_required
-def finder():
-    session = db.session()
-    rooms = _in_scope_rooms(session)
-    zone = _zone(rooms[0]) if rooms else ZoneInfo("UTC")
-    query = FinderQuery.from_args(request.args, datetime.now(UTC).astimezone(zone))
-    buildings = sorted({r.building for r in rooms if r.building})
-    floors = sorted({r.floor for r in rooms if r.floor})
-    features = sorted({f.lower() for r in rooms for f in (r.features or [])})
-
-    matching = [
+def _matching(rooms: list[Room], query: FinderQuery) -> list[Room]:
+    return [
         r for r in rooms
         if (query.people is None or (r.capacity or 0) >= query.people)
         and (not query.building or r.building == query.building)
         and (not query.floor or r.floor == query.floor)
         and set(query.features) <= {f.lower() for f in (r.features or [])}
     ]
-    free_ids: set[int] = set()
-    if not query.errors:
-        # The times are wall-clock times in each room's zone: one query per distinct zone, not per room.
-        for zone_name in sorted({r.time_zone or "UTC" for r in matching}):
-            room_zone = _zone(next(r for r in matching if (r.time_zone or "UTC") == zone_name))
-            start = datetime.combine(query.day, query.start, room_zone)
-            end = datetime.combine(query.day, query.end, room_zone)
-            free = booking.find_free_rooms(session, start, end, people=query.people, features=query.features,
-                                           building=query.building or None, floor=query.floor or None)
-            free_ids |= {r.id for r in free if (r.time_zone or "UTC") == zone_name}
-    matching.sort(key=lambda r: (r.id not in free_ids, r.capacity or 0, r.name))
+
+
+def _filters(rooms: list[Room]) -> dict:
+    return {"buildings": sorted({r.building for r in rooms if r.building}),
+            "floors": sorted({r.floor for r in rooms if r.floor}),
+            "features": sorted({f.lower() for r in rooms for f in (r.features or [])})}
+
+
+@bp.get("/")
+@login_required
+def finder():
+    session = db.session()
+    user = current_user()
+    rooms = _in_scope_rooms(session)
+    zone = _zone(rooms[0]) if rooms else ZoneInfo("UTC")
+    now = datetime.now(UTC)
+    query = FinderQuery.from_args(request.args, now.astimezone(zone))
+    matching = _matching(rooms, query)
+    # The same rule functions as booking: a room is offered only if booking would accept it.
+    assessments = {} if query.errors else booking.assess(
+        session, _config(), matching, query.day, query.start, query.end, now)
+    free_ids = {room_id for room_id, found in assessments.items() if found.bookable}
+    favourites = people.favourite_room_ids(session, user.email)
+    matching.sort(key=lambda r: (r.id not in favourites, r.id not in free_ids, r.capacity or 0, r.name))
     return render_template(
-        "finder.html", query=query, rooms=matching, free_ids=free_ids,
-        timelines=_timelines(session, matching, query.day), buildings=buildings, floors=floors, features=features,
-        zones=_zones_by_room(matching),
+        "finder.html", query=query, rooms=matching, free_ids=free_ids, assessments=assessments,
+        favourites=favourites, timelines=_timelines(session, matching, query.day), zones=_zones_by_room(matching),
+        **_filters(rooms),
     )
+
+
+FREE_NOW_MINUTES = (30, 60)
+SUGGESTION_STEP = timedelta(minutes=5)
+
+
+def _round_up(moment: datetime, step: timedelta = SUGGESTION_STEP) -> datetime:
+    """The next whole step after `moment` (a booking form takes whole minutes; a past start is refused)."""
+    seconds = step.total_seconds()
+    return datetime.fromtimestamp((moment.timestamp() // seconds + 1) * seconds, moment.tzinfo)
+
+
+@bp.get("/free-now")
+@login_required
+def free_now():
+    """Rooms free from now for 30 or 60 minutes, each bookable with one more click."""
+    session = db.session()
+    minutes = request.args.get("minutes", type=int)
+    minutes = minutes if minutes in FREE_NOW_MINUTES else FREE_NOW_MINUTES[0]
+    now = datetime.now(UTC)
+    start = _round_up(now)
+    rooms = _in_scope_rooms(session)
+    favourites = people.favourite_room_ids(session, current_user().email)
+    offers = []
+    for zone_name in sorted({r.time_zone or "UTC" for r in rooms}):
+        in_zone = [r for r in rooms if (r.time_zone or "UTC") == zone_name]
+        local_start = start.astimezone(in_zone[0].zone)
+        local_end = local_start + timedelta(minutes=minutes)
+        if local_end.date() != local_start.date():
+            continue  # past midnight: no room is bookable across days
+        found = booking.assess(session, _config(), in_zone, local_start.date(), local_start.time(),
+                               local_end.time(), now, nearest=0)
+        offers += [a for a in found.values() if a.bookable]
+    offers.sort(key=lambda a: (a.room.id not in favourites, a.room.capacity or 0, a.room.name))
+    return render_template("free_now.html", offers=offers, minutes=minutes, choices=FREE_NOW_MINUTES,
+                           favourites=favourites)
+
+
+@bp.post("/rooms/<int:room_id>/favourite")
+@login_required
+def favourite(room_id: int):
+    if not people.set_favourite(db.session(), current_user().email, room_id, request.form.get("favourite") == "1"):
+        _refuse(404)
+    back = request.form.get("next", "")
+    # Only a path of this site: never an open redirect.
+    return redirect(back if back.startswith("/") and not back.startswith("//") else url_for("pages.finder"))
+
+
+@bp.get("/people.json")
+@login_required
+def people_json():
+    """Attendee suggestions: people the organisation already has in Roombridge (never Google's directory)."""
+    response = jsonify(people.suggest(db.session(), _config(), request.args.get("q", "")[:100]))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- the grid: rooms (or one room's week) against the hours ---------------------------------
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of one grid cell: a busy stretch, or a free one that is offered only if booking would accept it."""
+
+    start: datetime  # in the grid's zone
+    end: datetime
+    label: str
+    book_url: str | None = None
+    busy: bool = False
+
+
+@dataclass(frozen=True)
+class GridRow:
+    heading: str
+    link: str
+    cells: list[list[Piece]]
+    room: Room
+    day: date
+
+
+def _busy_label(busy: booking.Busy) -> str:
+    """A private meeting shows as Busy to anyone but its organiser, its attendees and admins."""
+    # The core's visibility rule for private meetings is being written on another branch; until it lands
+    # the pages apply the same rule as queries.can_see.
+    user = current_user()
+    if busy.private and not (user is not None and (
+            user.is_admin or busy.organiser_email == user.email or user.email in busy.attendees)):
+        return "Busy"
+    return f"Busy: {busy.title}" + (" (Google)" if busy.source == ReservationSource.GOOGLE else "")
+
+
+def _grid_row(room: Room, day: date, segments: list[Segment], hours: list[datetime], zone: ZoneInfo,
+              now: datetime, heading: str, link: str) -> GridRow:
+    config = _config()
+    earliest_start = _round_up(now)
+    cells = []
+    for hour in hours:
+        hour_end = hour + timedelta(hours=1)
+        pieces = []
+        for seg in segments:
+            start, end = max(seg.start.astimezone(zone), hour), min(seg.end.astimezone(zone), hour_end)
+            if start >= end:
+                continue
+            if seg.busy:
+                pieces.append(Piece(start, end, _busy_label(seg.busy), busy=True))
+                continue
+            start = max(start, earliest_start.astimezone(zone))
+            if start >= end:
+                continue
+            if booking.refusals(room, config, start, end, now):
+                continue
+            local_start, local_end = start.astimezone(room.zone), end.astimezone(room.zone)
+            pieces.append(Piece(start, end, f"Book {room.name} {local_start:%H:%M}–{local_end:%H:%M}", url_for(
+                "pages.book_form", room_id=room.id, date=local_start.date().isoformat(),
+                start=f"{local_start:%H:%M}", end=f"{local_end:%H:%M}")))
+        cells.append(pieces)
+    return GridRow(heading, link, cells, room, day)
+
+
+def _hours(rooms: list[Room], days: list[date], zone: ZoneInfo) -> list[datetime]:
+    """The whole hours (in `zone`) from the earliest opening to the latest closing of these rooms."""
+    config = _config()
+    first, last = 24, 0
+    for room in rooms:
+        opens, closes = booking.parse_hours(room.bookable_hours or config.BOOKABLE_HOURS)
+        for day in days[:1]:
+            opening = datetime.combine(day, opens, room.zone).astimezone(zone)
+            closing = (datetime.combine(day + timedelta(days=1), time(0), room.zone) if closes is None
+                       else datetime.combine(day, closes, room.zone)).astimezone(zone)
+            first = min(first, opening.hour)
+            last = max(last, 24 if closing.date() > day else closing.hour + (1 if closing.minute else 0))
+    first, last = (8, 18) if first >= last else (first, last)
+    return [datetime.combine(days[0], time(h), zone) for h in range(first, last)]
+
+
+def _now_column(hours: list[datetime], now: datetime) -> int | None:
+    for index, hour in enumerate(hours):
+        if hour <= now < hour + timedelta(hours=1):
+            return index
+    return None
+
+
+@bp.get("/grid")
+@login_required
+def grid():
+    session = db.session()
+    rooms = _in_scope_rooms(session)
+    now = datetime.now(UTC)
+    query = FinderQuery.from_args(request.args, now.astimezone(_zone(rooms[0]) if rooms else ZoneInfo("UTC")))
+    matching = _matching(rooms, query)
+    favourites = people.favourite_room_ids(session, current_user().email)
+    matching.sort(key=lambda r: (r.id not in favourites, r.building or "", r.name))
+    # One zone for the whole grid: the building's (its rooms share one); the first room's otherwise.
+    zone = _zone(matching[0]) if matching else ZoneInfo("UTC")
+    hours = _hours(matching, [query.day], zone)
+    timelines = _timelines(session, matching, query.day)
+    rows = [_grid_row(room, query.day, timelines[room.id], hours, zone, now, room.name,
+                      url_for("pages.week", room_id=room.id, date=query.day.isoformat())) for room in matching]
+    return render_template("grid.html", query=query, rows=rows, hours=hours, zone=zone,
+                           now_column=_now_column(hours, now.astimezone(zone)), now=now.astimezone(zone),
+                           previous_day=query.day - timedelta(days=1), next_day=query.day + timedelta(days=1),
+                           **_filters(rooms))
+
+
+@bp.get("/rooms/<int:room_id>/week")
+@login_required
+def week(room_id: int):
+    session = db.session()
+    found = session.get(Room, room_id)
+    if found is None or not found.in_scope:
+        _refuse(404)
+    zone = _zone(found)
+    now = datetime.now(UTC)
+    asked = _date_arg("date") or now.astimezone(zone).date()
+    monday = asked - timedelta(days=asked.weekday())
+    days = [monday + timedelta(days=n) for n in range(7)]
+    hours = _hours([found], days, zone)
+    rows = []
+    for day in days:
+        day_hours = [datetime.combine(day, h.time(), zone) for h in hours]
+        rows.append(_grid_row(found, day, _timelines(session, [found], day)[found.id], day_hours, zone, now,
+                              f"{day:%a %d %b}", url_for("pages.room", room_id=found.id, date=day.isoformat())))
+    return render_template("week.html", room=found, rows=rows, hours=hours, zone=zone, days=days,
+                           previous_week=monday - timedelta(days=7), next_week=monday + timedelta(days=7))
 
 
 def _zones_by_room(rooms: list[Room]) -> dict[int, ZoneInfo]:
@@ -186,9 +374,32 @@ def _date_arg(name: str) -> date | None:
 
 
 def _render_booking_form(form: BookingForm, rooms: list[Room], status: int = 200,
-                         reservation: Reservation | None = None):
+                         reservation: Reservation | None = None, instead: list[dict] | None = None):
     return render_template("book.html", form=form, rooms=rooms, repeat_choices=REPEAT_CHOICES, weekdays=WEEKDAYS,
-                           reservation=reservation), status
+                           reservation=reservation, instead=instead or []), status
+
+
+def _instead(session, form: BookingForm, room: Room, start: datetime, end: datetime) -> list[dict]:
+    """After a clash: the nearest free times in that room, then other free rooms that fit, at the asked time.
+
+    Each is the typed-in form with the room or times changed, so one click books it.
+    """
+    now = datetime.now(UTC)
+    local_start, local_end = start.astimezone(room.zone), end.astimezone(room.zone)
+    found = booking.assess(session, _config(), [room], local_start.date(), local_start.time(), local_end.time(),
+                           now)[room.id]
+    offers = []
+    for slot_start, slot_end in found.nearest:
+        offers.append({"label": f"{room.name}, {slot_start:%H:%M}–{slot_end:%H:%M}",
+                       "values": {**form.values, "start": f"{slot_start:%H:%M}", "end": f"{slot_end:%H:%M}"}})
+    people_count = len({current_user().email, *form.attendee_list()})
+    for other in booking.rooms_that_fit(session, _config(), room, start, end, now, people=people_count):
+        other_start, other_end = start.astimezone(other.zone), end.astimezone(other.zone)
+        offers.append({"label": f"{other.name}, {other_start:%H:%M}–{other_end:%H:%M}"
+                                + (f" ({other.capacity} people)" if other.capacity else ""),
+                       "values": {**form.values, "room_id": str(other.id), "date": other_start.date().isoformat(),
+                                  "start": f"{other_start:%H:%M}", "end": f"{other_end:%H:%M}"}})
+    return offers
 
 
 @bp.get("/book")
@@ -200,6 +411,7 @@ def book_form():
 
 @bp.post("/book")
 @login_required
+@booking_writes
 def book():
     session = db.session()
     user = current_user()
@@ -223,7 +435,7 @@ def book():
         return _render_booking_form(form, rooms, 422)
     except booking.Conflict as exc:
         form.add_conflict(exc, zone)
-        return _render_booking_form(form, rooms, 409)
+        return _render_booking_form(form, rooms, 409, instead=_instead(session, form, room, *when))
     for warning in result.warnings:
         flash(warning, "warning")
     count = len(result.reservations)
@@ -235,8 +447,7 @@ def book():
 
 
 def _mine(user):
-    me = user.email
-    return sa.or_(Reservation.organiser_email == me, sa.cast(Reservation.attendees, sa.Text).contains(f'"{me}"'))
+    return booking.organised_or_attended_by(user.email)
 
 
 def _preload_rooms(session, reservations: list[Reservation]) -> list[Room]:
@@ -261,10 +472,34 @@ def reservations():
         .where(_mine(user), Reservation.end_at <= now)
         .order_by(Reservation.start_at.desc(), Reservation.id.desc()).limit(PAST_LIMIT)
     ))
-    rooms = _preload_rooms(session, upcoming + past)
-    return render_template("reservations.html", upcoming=upcoming, past=past, status_text=STATUS_TEXT, now=now,
-                           user=user, can_change=booking.can_change, zones=_zones_by_room(rooms),
-                           can_check_in=lambda r: checkin.can_check_in(r, _config(), now))
+    rooms = _preload_rooms(session, upcoming + past)  # held while rendering: the identity map keeps weak references
+    zones = _zones_by_room(rooms)
+    return render_template("reservations.html", upcoming=_by_day(upcoming, zones), past=_by_day(past, zones),
+                           status_text=STATUS_TEXT, now=now, user=user, can_change=booking.can_change, zones=zones,
+                           rooms=rooms, can_check_in=lambda r: checkin.can_check_in(r, _config(), now))
+
+
+@dataclass
+class Listed:
+    """One row of My reservations: a single booking, or a series shown once at its first listed occurrence."""
+
+    reservation: Reservation
+    occurrences: list[Reservation]
+
+
+def _by_day(reservations: list[Reservation], zones: dict[int, ZoneInfo]) -> list[tuple[date, list[Listed]]]:
+    """Rows grouped by their day in the room's zone, in the order given; a series is one row."""
+    days: dict[date, list[Listed]] = {}
+    series: dict[str, Listed] = {}
+    for reservation in reservations:
+        if reservation.series_id and reservation.series_id in series:
+            series[reservation.series_id].occurrences.append(reservation)
+            continue
+        row = Listed(reservation, [reservation])
+        if reservation.series_id:
+            series[reservation.series_id] = row
+        days.setdefault(reservation.start_at.astimezone(zones[reservation.room_id]).date(), []).append(row)
+    return list(days.items())
 
 
 def _visible(reservation_id: int) -> Reservation:
@@ -315,6 +550,7 @@ def edit_form(reservation_id: int):
 
 @bp.post("/reservations/<id:reservation_id>/edit")
 @login_required
+@booking_writes
 def edit(reservation_id: int):
     session = db.session()
     found = _changeable(reservation_id)
@@ -357,6 +593,7 @@ def cancel_confirm(reservation_id: int):
 
 @bp.post("/reservations/<id:reservation_id>/cancel")
 @login_required
+@booking_writes
 def cancel(reservation_id: int):
     _changeable(reservation_id)
     user = current_user()
@@ -367,6 +604,49 @@ def cancel(reservation_id: int):
         return redirect(url_for("pages.reservation", reservation_id=reservation_id))
     flash("Reservation cancelled.", "success")
     return redirect(url_for("pages.reservations"))
+
+
+# --- my API tokens ---------------------------------------------------------------------------------
+
+
+@bp.get("/tokens")
+@login_required
+def tokens():
+    return _tokens_page()
+
+
+def _tokens_page(new_token: str | None = None, status: int = 200):
+    user = current_user()
+    mine = api_tokens.list_tokens(db.session(), user.email)
+    return render_template("tokens.html", tokens=mine, new_token=new_token, now=datetime.now(UTC)), status
+
+
+@bp.post("/tokens")
+@login_required
+def create_token():
+    try:
+        days = int(request.form.get("expires_in_days", ""))
+        if not 1 <= days <= MAX_TOKEN_DAYS:
+            raise ValueError
+    except ValueError:
+        flash(f"Give the token a life of 1 to {MAX_TOKEN_DAYS} days.", "error")
+        return _tokens_page(status=422)
+    new = api_tokens.create(db.session(), current_user().email, actor=current_user().email,
+                            expires_in=timedelta(days=days))
+    return _tokens_page(new_token=new.token)
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@login_required
+def revoke_token(token_id: int):
+    user = current_user()
+    if api_tokens.revoke_by_id(db.session(), token_id, actor=user.email, owner=user.email) is None:
+        _refuse(404)
+    flash("Token revoked.", "success")
+    return redirect(url_for("pages.tokens"))
+
+
+MAX_TOKEN_DAYS = 3650
 
 
 # --- check-in, end early, extend -------------------------------------------------------------------
@@ -453,6 +733,11 @@ def _refuse(status: int):
         404: ("Not found", "There is nothing here, or not for you."),
     }[status]
     abort(make_response(render_template("error.html", title=title, message=message), status))
+
+
+@bp.app_template_global("busy_label")
+def busy_label(busy: booking.Busy) -> str:
+    return _busy_label(busy)
 
 
 @bp.app_template_filter("local")

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from roombridge.booking import MAX_ATTENDEES, MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH, rules
+from roombridge.booking import MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH, rules
 from roombridge.models import Reservation, Room
 
 # Far enough for any booking, near enough that time-zone arithmetic never overflows.
@@ -149,7 +149,7 @@ class ReservationCreateSchema(SpanSchema):
     description = Text(MAX_DESCRIPTION_LENGTH, load_default="")
     start = Instant(required=True)
     end = Instant(required=True)
-    attendees = fields.List(Email(), load_default=list, validate=validate.Length(max=MAX_ATTENDEES))
+    attendees = fields.List(Email(), load_default=list)  # how many, and whose: the domain's rule (MAX_ATTENDEES)
     recurrence = fields.Nested(RecurrenceSchema, allow_none=True, load_default=None)
     skip_conflicts = fields.Boolean(
         load_default=False,
@@ -163,7 +163,7 @@ class ReservationPatchSchema(SpanSchema):
     description = Text(MAX_DESCRIPTION_LENGTH)
     start = Instant()
     end = Instant()
-    attendees = fields.List(Email(), validate=validate.Length(max=MAX_ATTENDEES))
+    attendees = fields.List(Email())
 
 
 class ReservationQuerySchema(StrictSchema):

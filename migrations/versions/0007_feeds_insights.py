@@ -1,7 +1,7 @@
 """feeds and insights: calendar_feeds (ICS links of a room or a person); the monthly insight rollup
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0009
 Create Date: 2026-12-02 07:00:00
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 import roombridge.db
 
 revision = "0007"
-down_revision = "0006"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

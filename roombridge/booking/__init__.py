@@ -7,7 +7,8 @@ HTTP. By concern:
   forms, the admin's room edits and the commands all share;
 - `recurrence`: daily and weekly series, at the same wall-clock time across DST;
 - `commands`: book, edit, cancel, retry the Google write (each its own unit of work);
-- `queries`: what an actor may see, lists, the day's timeline, the free-room finder;
+- `queries`: what an actor may see, lists, the day's timeline, the free-room finder and what it
+  may offer (the same time rules as booking, next free, nearest free slots, other rooms that fit);
 - `conflicts`: clash queries, the database's last word on a race, conflicts settling.
 
 Callers read `booking.book(...)`: the public names are re-exported here.
@@ -15,10 +16,22 @@ Callers read `booking.book(...)`: the public names are re-exported here.
 
 from roombridge.booking.commands import BookingRequest, BookingResult, book, cancel, edit, retry_write
 from roombridge.booking.conflicts import Clash, Conflict, find_clashes, settle_conflicts
-from roombridge.booking.queries import Busy, can_change, can_see, day_timeline, find_free_rooms, get, list_reservations
+from roombridge.booking.queries import (
+    Assessment,
+    Busy,
+    assess,
+    can_change,
+    can_see,
+    day_timeline,
+    find_free_rooms,
+    get,
+    list_reservations,
+    organised_or_attended_by,
+    refusals,
+    rooms_that_fit,
+)
 from roombridge.booking.recurrence import FREQUENCIES, Recurrence, expand
 from roombridge.booking.rules import (
-    MAX_ATTENDEES,
     MAX_DESCRIPTION_LENGTH,
     MAX_TITLE_LENGTH,
     BookingError,
@@ -33,9 +46,10 @@ from roombridge.booking.rules import (
 )
 
 __all__ = [
-    "FREQUENCIES", "MAX_ATTENDEES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
+    "Assessment", "assess", "refusals", "rooms_that_fit",
+    "FREQUENCIES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
     "BookingResult", "Busy", "Clash", "Conflict", "InvalidBooking", "NotAllowed", "NotFound", "Policy", "Recurrence",
     "book", "can_change", "can_see", "cancel", "clean_attendees", "day_timeline", "edit", "expand", "find_clashes",
-    "find_free_rooms", "get", "is_admin", "list_reservations", "normalise_email", "parse_hours", "retry_write",
-    "settle_conflicts",
+    "find_free_rooms", "get", "is_admin", "list_reservations", "normalise_email", "organised_or_attended_by",
+    "parse_hours", "retry_write", "settle_conflicts",
 ]

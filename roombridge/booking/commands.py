@@ -25,6 +25,7 @@ from roombridge.booking.conflicts import (
     settle_after,
 )
 from roombridge.booking.queries import can_change, can_see
+from roombridge.booking.quotas import check_caps, take_invitations
 from roombridge.booking.recurrence import Recurrence, expand
 from roombridge.booking.rules import (
     InvalidBooking,
@@ -81,7 +82,7 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
     errors: dict[str, list[str]] = {}
     organiser = _organiser(request.organiser_email, errors)
     title, description = check_text(request.title, request.description, errors)
-    attendees = clean_attendees(request.attendees, errors)
+    attendees = clean_attendees(request.attendees, errors, config)
     room = bookable_room(session, request.room_id, errors)
     start = aware_instant("start", request.start, errors)
     end = aware_instant("end", request.end, errors)
@@ -104,6 +105,7 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
             raise Conflict([c for index in sorted(clashes) for c in clashes[index]])
         skipped = [spans[i][0] for i in sorted(clashes)]
         spans = [span for i, span in enumerate(spans) if i not in clashes]
+    check_caps(session, config, organiser, room, spans, now, new_reservations=len(spans))
 
     series_id = uuid.uuid4().hex if request.recurrence is not None else None
     reservations = [
@@ -118,6 +120,7 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
             status=ReservationStatus.PENDING,
             source=request.source,
             series_id=series_id,
+            invitation_due=True,
         )
         for occ_start, occ_end in spans
     ]
@@ -128,6 +131,8 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
               start=reservation.start_at.isoformat(), end=reservation.end_at.isoformat(),
               source=str(request.source), series_id=series_id)
         announce(session, ReservationChanged(reservation.id))
+    # Last, once the booking is sure to be made: each occurrence invites everyone.
+    take_invitations(config, organiser, len(reservations) * len({organiser, *attendees}))
     warnings = capacity_warning(room, organiser, attendees)
     if skipped:
         warnings.append(f"{len(skipped)} clashing occurrence(s) were left out.")
@@ -201,7 +206,7 @@ def _edit_once(session: Session, config: Config, reservation_id: int, *, actor_e
         errors,
     )
     new_attendees = (
-        list(reservation.attendees or []) if attendees is _UNSET else clean_attendees(attendees, errors)
+        list(reservation.attendees or []) if attendees is _UNSET else clean_attendees(attendees, errors, config)
     )
     room = reservation.room if room_id is _UNSET else bookable_room(session, room_id, errors)
     new_start = reservation.start_at if start is _UNSET else aware_instant("start", start, errors)
@@ -221,6 +226,10 @@ def _edit_once(session: Session, config: Config, reservation_id: int, *, actor_e
     clashes = find_clashes(session, room.id, span, exclude_ids=[reservation.id])
     if clashes:
         raise Conflict(clashes[0])
+    moved = (new_start, new_end, room.id) != (reservation.start_at, reservation.end_at, reservation.room_id)
+    if moved and not actor_is_admin:
+        check_caps(session, config, reservation.organiser_email, room, span, now, new_reservations=0,
+                   editing=reservation.id)
 
     removed = [a for a in (reservation.attendees or []) if a not in new_attendees]
     changes = {}
@@ -233,6 +242,13 @@ def _edit_once(session: Session, config: Config, reservation_id: int, *, actor_e
     if changes:
         reservation.status = ReservationStatus.PENDING
         reservation.status_reason = None
+        if TELL_PEOPLE & changes.keys():
+            # As calendar clients do: people are sent an update when the time, the room or who
+            # is invited changes, not for a new title or description.
+            reservation.invitation_due = True
+            if not actor_is_admin:
+                take_invitations(config, reservation.organiser_email,
+                                 len({reservation.organiser_email, *new_attendees}) + len(removed))
         audit(session, actor_email.strip().lower(), "reservation.edit", reservation, changes=changes)
     flush_refusing_overlap(session, room.id, span, [reservation_id])
     if changes:
@@ -246,6 +262,9 @@ def _edit_once(session: Session, config: Config, reservation_id: int, *, actor_e
         reservations=[reservation],
         warnings=capacity_warning(room, reservation.organiser_email, new_attendees),
     )
+
+
+TELL_PEOPLE = frozenset({"start_at", "end_at", "room_id", "attendees"})
 
 
 def _jsonable(value):

@@ -26,7 +26,13 @@ log = logging.getLogger(__name__)
 
 MAX_TITLE_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 5000
-MAX_ATTENDEES = 200
+
+# C0 and C1 controls, DEL, and Unicode's line and paragraph separators. In a title any of them
+# would split a mail header or a calendar line (a title goes into the invitation's Subject);
+# a description may hold line breaks and tabs, and nothing else of these.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+DESCRIPTION_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+NO_CONTROL_CHARACTERS = "Must not contain line breaks or other control characters."
 
 
 class BookingError(Exception):
@@ -185,11 +191,19 @@ def _duration_text(minutes: int) -> str:
     return f"{hours} h" if hours else f"{rest} min"
 
 
-def clean_attendees(addresses: Iterable[str], errors: dict[str, list[str]]) -> list[str]:
-    """Valid, lower-cased, de-duplicated addresses in the order given."""
+def clean_attendees(addresses: Iterable[str], errors: dict[str, list[str]], config: Config) -> list[str]:
+    """Valid, lower-cased, de-duplicated addresses in the order given, of the attendee domains only.
+
+    Invitations go to every attendee, so the list is what keeps the app from mailing the world:
+    at most MAX_ATTENDEES, all within ATTENDEE_DOMAINS (default: ALLOWED_DOMAINS).
+    """
     cleaned: list[str] = []
     if isinstance(addresses, str) or not isinstance(addresses, Iterable):
         add_error(errors, "attendees", "Give a list of e-mail addresses.")
+        return cleaned
+    addresses = list(addresses)
+    if len(addresses) > 10 * config.MAX_ATTENDEES:  # far too many to be worth checking one by one
+        add_error(errors, "attendees", f"At most {config.MAX_ATTENDEES} attendees.")
         return cleaned
     for address in addresses:
         if not isinstance(address, str):
@@ -202,8 +216,13 @@ def clean_attendees(addresses: Iterable[str], errors: dict[str, list[str]]) -> l
             continue
         if normalised not in cleaned:
             cleaned.append(normalised)
-    if len(cleaned) > MAX_ATTENDEES:
-        add_error(errors, "attendees", f"At most {MAX_ATTENDEES} attendees.")
+    domains = config.attendee_domains
+    outside = [a for a in cleaned if domains and a.rpartition("@")[2] not in domains]
+    if outside:
+        shown = ", ".join(outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+        add_error(errors, "attendees", f"Only people of {', '.join(sorted(domains))} can be invited, not {shown}.")
+    if len(cleaned) > config.MAX_ATTENDEES:
+        add_error(errors, "attendees", f"At most {config.MAX_ATTENDEES} attendees.")
     return cleaned
 
 
@@ -215,17 +234,38 @@ def capacity_warning(room: Room, organiser: str, attendees: Sequence[str]) -> li
 
 
 def check_text(title: str, description: str, errors: dict[str, list[str]]) -> tuple[str, str]:
+    """A booking's title (one line) and description (lines; CRLF and CR become LF), checked."""
     if not isinstance(title, str) or not title.strip():
         add_error(errors, "title", "Give the booking a title.")
         title = ""
-    elif len(title.strip()) > MAX_TITLE_LENGTH:
-        add_error(errors, "title", f"At most {MAX_TITLE_LENGTH} characters.")
+    else:
+        check_one_line(title, "title", errors)
+        if len(title.strip()) > MAX_TITLE_LENGTH:
+            add_error(errors, "title", f"At most {MAX_TITLE_LENGTH} characters.")
     if not isinstance(description, str):
         add_error(errors, "description", "Not a text.")
         description = ""
-    elif len(description) > MAX_DESCRIPTION_LENGTH:
-        add_error(errors, "description", f"At most {MAX_DESCRIPTION_LENGTH} characters.")
+    else:
+        description = description.replace("\r\n", "\n").replace("\r", "\n")
+        if DESCRIPTION_CONTROL_CHARACTERS.search(description):
+            add_error(errors, "description", "Must not contain control characters other than line breaks and tabs.")
+        if len(description) > MAX_DESCRIPTION_LENGTH:
+            add_error(errors, "description", f"At most {MAX_DESCRIPTION_LENGTH} characters.")
     return title.strip(), description
+
+
+def check_one_line(text: str, field_name: str, errors: dict[str, list[str]]) -> bool:
+    """No line break or other control character in `text` (titles, names); False, with the message, if any."""
+    if CONTROL_CHARACTERS.search(text):
+        add_error(errors, field_name, NO_CONTROL_CHARACTERS)
+        return False
+    return True
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character and line separator made a space: for text from outside
+    (a Google event's title) on its way into a mail header."""
+    return " ".join(CONTROL_CHARACTERS.sub(" ", text).split())
 
 
 def bookable_room(session: Session, room_id: int, errors: dict[str, list[str]]) -> Room | None:
@@ -281,6 +321,8 @@ def _room_field(name: str, value):
         value = (value or "").strip()
         if not value:
             raise ValueError("A room needs a name.")
+        if CONTROL_CHARACTERS.search(value):
+            raise ValueError(NO_CONTROL_CHARACTERS)
         if len(value) > 200:
             raise ValueError("The name is longer than 200 characters.")
         return value

@@ -295,3 +295,69 @@ def test_the_requeue_runs_on_the_schedule(app, monkeypatch):
     run_jobs(app, queues=("channels",))
     with app.app_context():
         assert [j.args for j in queue("write").jobs] == [(stale.id,)]
+
+
+# --- people are told only when the time, the room or who is invited changes ----------------------
+
+
+def test_a_new_title_or_description_sends_no_mail_a_new_time_does(google, emulator, smtp_server):
+    app, (room_id, _) = google
+    start, end = slot()
+    rid = book(app, room_id, start, end, attendees=["bob@example.com", "carol@example.com"])
+    run_jobs(app, queues=("write", "default"))
+    smtp_server.wait_for(1)
+
+    with app.app_context():
+        booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
+                     actor_is_admin=False, title="Planning (agenda inside)", description="1. budget\n2. hiring")
+    run_jobs(app, queues=("write", "default"))
+    [event] = live_events(emulator, ROOM)
+    assert event["summary"] == "Planning (agenda inside)"  # Google has the new title ...
+    assert load(app, rid).status == ReservationStatus.CONFIRMED
+    assert len(smtp_server.messages) == 1  # ... and nobody was mailed (the jobs ran: SMTP hand-overs are done)
+
+    with app.app_context():
+        booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
+                     actor_is_admin=False, start=start + timedelta(hours=1), end=end + timedelta(hours=1))
+    run_jobs(app, queues=("write", "default"))
+    [_, (rcpts, update)] = smtp_server.wait_for(2)
+    assert sorted(rcpts) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    [vevent] = calendar_of(update).walk("VEVENT")
+    assert str(vevent["SUMMARY"]) == "Planning (agenda inside)"
+    assert load(app, rid).invitation_due is False
+
+
+def test_delegated_mode_patches_a_new_title_without_sending_updates(make_app, emulator, service_account_file):
+    emulator.state.set_delegation(SERVICE_ACCOUNT, True)
+    emulator.state.add_user("booker@example.com")
+    emulator.state.add_calendar(ROOM, "Orion", kind="room")
+    emulator.state.share(ROOM, "booker@example.com", "writer")
+    app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file, GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
+                   GOOGLE_DELEGATED_USER="booker@example.com")
+    with app.app_context():
+        room_id = make_room(db.session(), calendar_id=ROOM).id
+        db.session().commit()
+    start, end = slot()
+    rid = book(app, room_id, start, end, attendees=["bob@example.com"])
+    run_jobs(app, queues=("write",))
+    for changes in ({"title": "Renamed"}, {"start": start + timedelta(hours=1), "end": end + timedelta(hours=1)},
+                    {"description": "Agenda"}, {"attendees": ["bob@example.com", "carol@example.com"]}):
+        with app.app_context():
+            booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
+                         actor_is_admin=False, **changes)
+        run_jobs(app, queues=("write",))
+    patches = emulator.state.requests(calendar=ROOM, method="PATCH")
+    assert [p["send_updates"] for p in patches] == ["none", "all", "none", "all"]
+
+
+def test_a_title_from_google_with_a_line_break_still_makes_its_mail(google, emulator, smtp_server):
+    app, (room_id, _) = google
+    rid = book(app, room_id, *slot(), attendees=["bob@example.com"])
+    with app.app_context():
+        db.session().get(Reservation, rid).title = "Planning\r\nBcc: everyone@example.org"  # as a sync could store
+        db.session().commit()
+    run_jobs(app, queues=("write", "default"))
+    [(rcpts, message)] = smtp_server.wait_for(1)
+    assert sorted(rcpts) == ["alice@example.com", "bob@example.com"]
+    assert message["Subject"].strip().startswith("Invitation: Planning Bcc: everyone@example.org @ ")  # one line
+    assert message["Bcc"] is None

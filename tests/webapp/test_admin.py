@@ -373,3 +373,84 @@ def test_the_index_makes_a_fixed_number_of_queries(app):
     assert len(large) == len(small)
     with app.app_context():
         assert db.session().scalar(sa.select(sa.func.count()).select_from(Reservation)) == 34
+
+
+# --- a room leaving scope: its future reservations are cancelled or kept, as the admin says ---------
+
+
+def _future_bookings(app, count=2):
+    """`count` reservations of Atlas in the coming days, written to its calendar; their ids."""
+    from datetime import UTC, datetime, time
+
+    from roombridge import booking
+
+    ids = []
+    with app.app_context():
+        room = db.session().scalar(sa.select(Room).where(Room.calendar_id == ATLAS))
+        for days in range(2, 2 + count):
+            start = datetime.combine(utcnow().date() + timedelta(days=days), time(10), UTC)
+            ids.append(booking.book(db.session(), app.config["ROOMBRIDGE"], booking.BookingRequest(
+                room_id=room.id, organiser_email="alice@example.com", title="Planning", start=start,
+                end=start + timedelta(hours=1), attendees=["bob@example.com"])).reservations[0].id)
+    run_jobs(app, queues=("write",))
+    return ids
+
+
+def _live_events(emulator):
+    return [e["id"] for e in emulator.state.raw_events(ATLAS) if e.get("status") != "cancelled"]
+
+
+def _statuses(app, ids):
+    with app.app_context():
+        return [db.session().get(Reservation, i).status for i in ids]
+
+
+def test_rooms_remove_keeps_future_reservations_by_default_and_says_so(cli, emulator):
+    invoke_ok(cli, ["rooms", "add", ATLAS, "--name", "Atlas"])
+    ids = _future_bookings(cli.app)
+    assert len(_live_events(emulator)) == 2
+    removed = invoke_ok(cli, ["rooms", "remove", ATLAS]).output
+    assert "kept 2 future reservation(s); their events stay on the room's calendar" in removed
+    assert f"removed {ATLAS} from scope" in removed
+    assert len(_live_events(emulator)) == 2
+    assert _statuses(cli.app, ids) == [ReservationStatus.CONFIRMED] * 2
+
+
+def test_rooms_remove_cancel_future_deletes_the_events_before_the_room_leaves_scope(cli, emulator):
+    invoke_ok(cli, ["rooms", "add", ATLAS, "--name", "Atlas"])
+    ids = _future_bookings(cli.app)
+    [first_event, _] = _live_events(emulator)
+    # Google refuses one deletion for good: the room stays in scope, and saying it again finishes the job.
+    emulator.state.add_fault(403, times=1, method="DELETE", calendar=ATLAS)
+    refused = cli.invoke(args=["rooms", "remove", ATLAS, "--cancel-future"])
+    assert refused.exit_code != 0 and "stays in scope: 1 event(s) could not be deleted" in refused.output
+    with cli.app.app_context():
+        assert db.session().scalar(sa.select(Room.in_scope).where(Room.calendar_id == ATLAS)) is True
+    assert len(_live_events(emulator)) == 1
+
+    removed = invoke_ok(cli, ["rooms", "remove", ATLAS, "--cancel-future"]).output
+    assert "cancelled 1 future reservation(s) and deleted their events" in removed
+    assert f"removed {ATLAS} from scope" in removed
+    assert _live_events(emulator) == []
+    assert _statuses(cli.app, ids) == [ReservationStatus.CANCELLED] * 2
+    with cli.app.app_context():
+        assert db.session().scalar(sa.select(Room.in_scope).where(Room.calendar_id == ATLAS)) is False
+        mails = [job.args[1] for job in queue("default").jobs]
+        assert mails.count("CANCEL") == 2  # room mode: a CANCEL mail for each, after its event went
+
+
+def test_the_remove_page_asks_what_to_do_with_future_reservations(console, emulator):
+    room_id, _ = _add_atlas(console)
+    ids = _future_bookings(console)
+    admin = _admin_client(console)
+    page = admin.get(f"/admin/rooms/{room_id}/remove").get_data(as_text=True)
+    assert "It has 2 future reservations made here" in page
+    assert 'value="cancel"' in page and 'value="keep"' in page
+    assert _post(admin, f"/admin/rooms/{room_id}/remove").status_code == 422  # no answer: nothing done
+    assert len(_live_events(emulator)) == 2
+    response = _post(admin, f"/admin/rooms/{room_id}/remove", future="cancel")
+    assert response.status_code == 302 and response.headers["Location"] == "/admin/"
+    assert _live_events(emulator) == []
+    assert _statuses(console, ids) == [ReservationStatus.CANCELLED] * 2
+    assert "2 future reservation(s) cancelled and their events deleted" in html_lib.unescape(
+        admin.get("/admin/").get_data(as_text=True))

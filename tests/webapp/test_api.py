@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 
-from roombridge import api_tokens, db
+from roombridge import api_tokens, booking, db
 from roombridge.gcal import RESERVATION_PROPERTY, event_id_for
 from roombridge.models import ApiToken, Reservation, ReservationStatus
 from tests.factories import make_reservation, make_room
@@ -59,6 +59,12 @@ class Api:
 @pytest.fixture
 def api(app):
     return Api(app)
+
+
+@pytest.fixture
+def fuzz_api(make_app):
+    """Many writes of one person in a few seconds: past the default rate limit, which is not under test."""
+    return Api(make_app(BOOKING_WRITES_PER_MINUTE=100_000))
 
 
 def test_tokens_are_required_and_revocable(api, runner):
@@ -387,7 +393,8 @@ def test_a_reservation_made_by_the_api_lands_on_the_room_calendar(make_app, emul
     assert event["summary"] == "Launch"
 
 
-def test_fifty_concurrent_requests_for_one_slot_make_exactly_one_reservation(api):
+def test_fifty_concurrent_requests_for_one_slot_make_exactly_one_reservation(make_app):
+    api = Api(make_app(BOOKING_WRITES_PER_MINUTE=100))  # fifty writes of one person: past the default rate
     start, end = slot()
     body = {"room_id": api.room_id, "title": "Race", "start": start, "end": end}
     barrier = threading.Barrier(50)
@@ -460,7 +467,8 @@ def malformed_bodies(draw):
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(body=malformed_bodies())
-def test_fuzzed_bodies_never_500_and_store_nothing(api, body):
+def test_fuzzed_bodies_never_500_and_store_nothing(fuzz_api, body):
+    api = fuzz_api
     answer = api.call("POST", "/reservations", json=body)
     assert answer.status_code in (400, 409, 415, 422), (body, answer.status_code, answer.get_data(as_text=True)[:300])
     assert answer.is_json
@@ -484,7 +492,8 @@ def malformed_patches(draw):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(body=malformed_patches())
-def test_fuzzed_edits_never_500_and_change_nothing_when_refused(api, body):
+def test_fuzzed_edits_never_500_and_change_nothing_when_refused(fuzz_api, body):
+    api = fuzz_api
     if not hasattr(api, "target"):
         made = api.book()
         assert made.status_code == 201
@@ -498,3 +507,74 @@ def test_fuzzed_edits_never_500_and_change_nothing_when_refused(api, body):
             k: api.target[k] for k in ("room_id", "title", "start", "end", "attendees", "description")}
     else:
         api.target = answer.json
+
+
+# --- abuse by the product's own users ---------------------------------------------------------------
+
+
+def test_two_hundred_and_one_outside_recipients_are_refused(make_app):
+    api = Api(make_app(ALLOWED_DOMAINS="example.com"))
+    answer = api.book(attendees=[f"target{i}@elsewhere.org" for i in range(201)])
+    assert answer.status_code == 422
+    assert answer.json["error"] == "invalid"
+    [domains, count] = answer.json["errors"]["attendees"]
+    assert "Only people of example.com can be invited" in domains and count == "At most 50 attendees."
+    assert api.count() == 0
+    assert api.book(attendees=["bob@example.com"]).status_code == 201
+
+
+def test_a_title_with_a_line_break_is_refused(api):
+    answer = api.book(title="Planning\r\nBcc: all@example.org")
+    assert (answer.status_code, answer.json["errors"]) == (
+        422, {"title": ["Must not contain line breaks or other control characters."]})
+    made = api.book().json
+    answer = api.call("PATCH", f"/reservations/{made['id']}", json={"title": "Line\u2028separator"})
+    assert answer.status_code == 422 and list(answer.json["errors"]) == ["title"]
+
+
+def test_reservations_match_an_attendee_address_exactly(api):
+    with api.app.app_context():
+        session = db.session()
+        room = session.get(type(api.room), api.room_id)
+        meant = make_reservation(session, room, organiser_email="carol@example.com",
+                                 attendees=["alice.b@example.com"], title="Meant for alice.b").id
+        mine = make_reservation(session, room, start=datetime(2030, 1, 8, 10, tzinfo=UTC),
+                                organiser_email="carol@example.com", attendees=["alice_b@example.com"]).id
+        session.commit()
+        token = api_tokens.create(session, "alice_b@example.com").token
+    headers = {"Authorization": f"Bearer {token}"}
+    listed = api.client.get("/api/v1/reservations", headers=headers).json["reservations"]
+    assert [r["id"] for r in listed] == [mine]
+    assert api.client.get(f"/api/v1/reservations/{meant}", headers=headers).status_code == 404
+    with api.app.app_context():  # "%" is LIKE's anything: "alice%b" must match no one either
+        assert booking.list_reservations(db.session(), actor_email="alice%b@example.com", actor_is_admin=False) == []
+
+
+def test_a_script_booking_one_after_another_meets_the_rate_limit_within_a_minute(api):
+    answers = []
+    for hour in range(7, 20):
+        for minute in (0, 20, 40):  # 39 bookings, one after another, as fast as the client goes
+            start = datetime.combine(datetime.now(LONDON).date() + timedelta(days=3), time(hour, minute), LONDON)
+            answers.append(api.call("POST", "/reservations", json={
+                "room_id": api.room_id, "title": "Script", "start": start.isoformat(),
+                "end": (start + timedelta(minutes=20)).isoformat()}))
+    assert [a.status_code for a in answers] == [201] * 30 + [429] * 9
+    refused = answers[-1]
+    assert refused.is_json and refused.json["error"] == "rate_limited"
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert refused.json["retry_after"] == int(refused.headers["Retry-After"])
+    assert api.count() == 30
+    # Edits and cancellations share the budget; another person and admins are not held up.
+    assert api.call("DELETE", f"/reservations/{answers[0].json['id']}").status_code == 429
+    start, end = slot(days=4)
+    assert api.book(as_="bob", start=start, end=end).status_code == 201
+    assert api.call("DELETE", f"/reservations/{answers[0].json['id']}", as_="admin").status_code == 200
+
+
+def test_invitation_mails_past_the_hour_answer_429_with_retry_after(make_app):
+    api = Api(make_app(INVITATIONS_PER_HOUR=3))
+    assert api.book(attendees=["bob@example.com", "carol@example.com"]).status_code == 201
+    refused = api.book(attendees=["bob@example.com"], start=slot(hour=12)[0], end=slot(hour=12)[1])
+    assert refused.status_code == 429 and refused.json["error"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert api.count() == 1

@@ -24,16 +24,6 @@ def at(hour: int, minute: int = 0, day: date = DAY) -> datetime:
     return datetime.combine(day, time(hour, minute), LONDON).astimezone(UTC)
 
 
-@pytest.fixture
-def rooms(app):
-    with app.app_context():
-        session = db.session()
-        atlas = make_room(session, name="Atlas", capacity=12, building="HQ", floor="1", features=["display"])
-        cygnus = make_room(session, name="Cygnus", capacity=4, building="HQ", floor="2", features=["whiteboard"])
-        session.commit()
-        return {"atlas": atlas.id, "cygnus": cygnus.id}
-
-
 def _add(app, room_id, start, end, **fields):
     with app.app_context():
         session = db.session()
@@ -66,7 +56,9 @@ def test_finder_shows_free_and_busy_rooms_with_their_day(client, app, rooms):
     assert "Busy: Board meeting (Google)" in page
     assert "10:00–11:00" in page  # shown in the room's zone, whatever UTC says
     assert f"/book?room_id={rooms['cygnus']}" in page
-    assert f"/book?room_id={rooms['atlas']}" not in page
+    # Atlas is not offered at the asked time, only when it is next free.
+    assert f"/book?room_id={rooms['atlas']}&amp;date={DAY.isoformat()}&amp;start=10:30" not in page
+    assert "Next free at 11:00" in page
 
     filtered = client.get(f"/?date={DAY.isoformat()}&start=12:00&end=13:00&people=10").get_data(as_text=True)
     assert "1 of 1 room free" in filtered and "Cygnus" not in filtered
@@ -238,7 +230,8 @@ def test_pages_make_a_fixed_number_of_queries(client, app):
         session.commit()
     for n, room in enumerate(first):
         _add(app, room.id, at(8 + n), at(9 + n), source=ReservationSource.WEB)
-    small = {path: _statements_for(client, app, path) for path in (f"/?date={DAY}", "/reservations")}
+    small = {path: _statements_for(client, app, path)
+             for path in (f"/?date={DAY}", "/reservations", f"/grid?date={DAY}", "/free-now")}
 
     with app.app_context():
         session = db.session()
@@ -250,6 +243,59 @@ def test_pages_make_a_fixed_number_of_queries(client, app):
         _add(app, room.id, at(8, day=past_day), at(9, day=past_day))
     large = {path: _statements_for(client, app, path) for path in small}
     assert large == small
+
+
+# --- who sees what: an address is matched whole, never as a LIKE pattern ------------------------------
+
+
+def test_my_reservations_match_an_attendee_address_exactly(client, app, rooms, monkeypatch):
+    from webapp import auth
+
+    monkeypatch.setattr(auth, "DEMO_ACCOUNTS", (*auth.DEMO_ACCOUNTS, ("john_smith@example.com", "John Smith")))
+    # "_" is LIKE's any-character: john_smith must not see john.smith's meeting.
+    _add(app, rooms["atlas"], at(9), at(10), title="For John Smith", organiser_email="carol@example.com",
+         attendees=["john.smith@example.com"])
+    _add(app, rooms["cygnus"], at(9), at(10), title="John's own invitation", organiser_email="carol@example.com",
+         attendees=["bob@example.com", "john_smith@example.com"])
+    sign_in(client, "john_smith@example.com")
+    page = client.get("/reservations").get_data(as_text=True)
+    assert "John&#39;s own invitation" in page or "John's own invitation" in page
+    assert "For John Smith" not in page
+
+
+# --- the rate limit on booking writes ---------------------------------------------------------------
+
+
+def test_booking_faster_than_the_rate_limit_gets_a_page_saying_when_to_retry(make_app):
+    app = make_app(BOOKING_WRITES_PER_MINUTE=3)
+    with app.app_context():
+        room_id = make_room(db.session(), name="Atlas").id
+        db.session().commit()
+    client = app.test_client()
+    sign_in(client, "alice@example.com")
+    token = csrf_token(client, "/")
+    statuses = []
+    for hour in range(9, 14):  # as fast as a script can
+        answer = client.post("/book", data={**_book_form(room_id, start=f"{hour:02}:00", end=f"{hour:02}:30"),
+                                            "csrf_token": token})
+        statuses.append(answer.status_code)
+    assert statuses == [302, 302, 302, 429, 429]
+    assert 0 < int(answer.headers["Retry-After"]) <= 60
+    page = answer.get_data(as_text=True)
+    assert "Too many changes" in page and "more than 3 per minute" in page
+    with app.app_context():
+        assert db.session().scalar(sa.select(sa.func.count(Reservation.id))) == 3
+        from roombridge.booking import quotas
+
+        assert [(h["email"], h["limit"]) for h in quotas.recent_hits()][0] == (
+            "alice@example.com", "booking writes per minute")
+
+    admin = app.test_client()  # admins are exempt
+    sign_in(admin, "admin@example.com")
+    admin_token = csrf_token(admin, "/")
+    for hour in range(14, 19):
+        assert admin.post("/book", data={**_book_form(room_id, start=f"{hour:02}:00", end=f"{hour:02}:30"),
+                                         "csrf_token": admin_token}).status_code == 302
 
 
 @pytest.mark.parametrize("path", [
