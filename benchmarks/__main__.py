@@ -16,6 +16,7 @@ MODULES = {
     "fullsync": "benchmarks.full_sync",
     "booking": "benchmarks.booking_load",
     "quota": "benchmarks.quota_scale",
+    "insights": "benchmarks.insights",
 }
 
 

@@ -103,6 +103,8 @@ class Config:
     SAFETY_SYNC_INTERVAL_SECONDS: int = 60
     SAFETY_SYNC_MAX_AGE_SECONDS: int = 3600
     SCHEDULER_TICK_SECONDS: float = 30.0
+    # Insights: how often the monthly rollup sums the latest whole months again (roombridge/insights.py).
+    INSIGHTS_ROLLUP_INTERVAL_SECONDS: int = 3600
 
     @property
     def delegated_mode(self) -> bool:

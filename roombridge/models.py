@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -297,6 +297,70 @@ class RoomDisplay(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     room: Mapped[Room] = relationship()
+
+
+class CalendarFeed(Base):
+    """An ICS subscription link, of one room or of one person: a secret token, only its SHA-256 stored."""
+
+    __tablename__ = "calendar_feeds"
+    __table_args__ = (
+        sa.CheckConstraint("(room_id IS NULL) <> (person_email IS NULL)", name="ck_calendar_feeds_one_subject"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int | None] = mapped_column(sa.ForeignKey("rooms.id"), index=True)
+    person_email: Mapped[str | None] = mapped_column(sa.String(254), index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(12))  # shown to tell links apart
+    created_by: Mapped[str] = mapped_column(sa.String(254))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    room: Mapped[Room | None] = relationship()
+
+
+class RoomUsageMonth(Base):
+    """Insight figures of one room over one whole UTC month, summed by the rollup job (roombridge/insights.py)."""
+
+    __tablename__ = "room_usage_months"
+
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
+    month: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)  # its first day
+    bookings: Mapped[int]
+    booked_seconds: Mapped[float] = mapped_column(sa.Float)
+    checked_in_seconds: Mapped[float] = mapped_column(sa.Float)
+    released_seconds: Mapped[float] = mapped_column(sa.Float)
+    ended_early_seconds: Mapped[float] = mapped_column(sa.Float)
+    checked_in: Mapped[int]
+    no_shows: Mapped[int]
+    people: Mapped[int]
+    source_web: Mapped[int]
+    source_api: Mapped[int]
+    source_google: Mapped[int]
+    source_display: Mapped[int]
+
+
+class UsageHourMonth(Base):
+    """Seconds held by bookings in one weekday x hour (room-local) over one UTC month, per building and floor."""
+
+    __tablename__ = "usage_hour_months"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    month: Mapped[date] = mapped_column(sa.Date, index=True)
+    building: Mapped[str | None] = mapped_column(sa.String(200))
+    floor: Mapped[str | None] = mapped_column(sa.String(50))
+    weekday: Mapped[int] = mapped_column(sa.SmallInteger)  # 0 = Monday
+    hour: Mapped[int] = mapped_column(sa.SmallInteger)
+    held_seconds: Mapped[float] = mapped_column(sa.Float)
+
+
+class UsageRollup(Base):
+    """A month the rollup has summed (its rows above are complete), and when."""
+
+    __tablename__ = "usage_rollups"
+
+    month: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Person(Base):

@@ -3,11 +3,12 @@
 
 Before anything starts: refuses at once, with the cause, when a port it needs is taken;
 then seeds the demo: a fresh SQLite database under instance/ (migrated), the demo rooms in
-scope, an API token for alice@example.com, and instance/demo.env for the command-line
-tools. Then it hands over to honcho, the Procfile runner, with the repository's Procfile
-as it is (web, worker, scheduler) plus one more line for the local Google Calendar
-emulator. Ctrl-C (or any process dying) makes honcho stop every process group: SIGTERM,
-then SIGKILL after five seconds, so nothing is left holding a port.
+scope with four weeks of past bookings (for Insights), an API token for alice@example.com,
+and instance/demo.env for the command-line tools. Then it hands over to honcho, the
+Procfile runner, with the repository's Procfile as it is (web, worker, scheduler) plus one
+more line for the local Google Calendar emulator. Ctrl-C (or any process dying) makes
+honcho stop every process group: SIGTERM, then SIGKILL after five seconds, so nothing is
+left holding a port.
 
 The emulator keeps its calendars in memory and makes a new service-account key each start,
 so each start begins from a fresh demo database too: nothing here outlives the demo.
@@ -85,7 +86,78 @@ def seed_rooms(env: dict[str, str]) -> None:
                              building=spec["building"], floor=spec["floor"], features=spec["features"],
                              time_zone=spec["time_zone"], in_scope=True, access_role="writer"))
         session.commit()
+        from datetime import UTC, datetime
+
+        from roombridge import insights
+
+        made = seed_history(session, datetime.now(UTC).date())
+        session.commit()
+        insights.refresh_rollup(session, datetime.now(UTC).date())  # the scheduler's job does it hourly after
     db.engine(app).dispose()
+    log(f"seeded {made} past bookings: see Insights ({env['WEBHOOK_BASE_URL']}/admin/insights)")
+
+
+HISTORY_DAYS = 28
+PEOPLE = ("alice@example.com", "bob@example.com", "carol@example.com", "dan@example.com", "erin@example.com",
+          "frank@example.com", "grace@example.com")
+
+
+def seed_history(session, today) -> int:
+    """A few weeks of past bookings in the demo rooms, so Insights has something to show.
+
+    Weekdays from HISTORY_DAYS back to two days ago (older than the check-in deadline scan
+    looks), two to four meetings a room a day: most checked in (some ended early), about one
+    in five a no-show released, a few cancelled; made on the web, through the API, in Google
+    Calendar or at the room display. The big room is mostly booked by two or three people,
+    which the right-sizing list points out. Past only: nothing of it is written to Google.
+    """
+    import random
+    from datetime import UTC, datetime, time, timedelta
+
+    import sqlalchemy as sa
+
+    from roombridge.models import ReleaseReason, Reservation, ReservationSource, ReservationStatus, Room
+
+    rng = random.Random(16)  # the same demo every start
+    sources = [ReservationSource.WEB] * 8 + [ReservationSource.GOOGLE] * 7 + [ReservationSource.API] * 3 + [
+        ReservationSource.DISPLAY] * 2
+    made = 0
+    for room in session.scalars(sa.select(Room).order_by(Room.id)):
+        for back in range(HISTORY_DAYS, 1, -1):
+            day = today - timedelta(days=back)
+            if day.weekday() >= 5:
+                continue
+            hour = 8 + rng.randrange(2)
+            for _ in range(rng.randrange(2, 5)):
+                start = datetime.combine(day, time(hour, rng.choice((0, 30))), room.zone).astimezone(UTC)
+                minutes = rng.choice((30, 60, 60, 90, 120))
+                end = start + timedelta(minutes=minutes)
+                hour += minutes // 60 + 1 + rng.randrange(2)
+                if hour > 17:
+                    break
+                crowd = rng.randrange(1, 3) if (room.capacity or 0) >= 12 else rng.randrange(0, 5)
+                organiser, *attendees = rng.sample(PEOPLE, 1 + min(crowd, len(PEOPLE) - 1))
+                reservation = Reservation(room_id=room.id, organiser_email=organiser, attendees=attendees,
+                                          title=rng.choice(("Standup", "Planning", "1:1", "Design review",
+                                                            "Customer call", "Interview", "Retro")),
+                                          start_at=start, end_at=end, source=rng.choice(sources),
+                                          status=ReservationStatus.CONFIRMED)
+                fate = rng.random()
+                if fate < 0.05:
+                    reservation.status = ReservationStatus.CANCELLED
+                elif fate < 0.25:
+                    deadline = start + timedelta(minutes=15)
+                    reservation.status, reservation.release_reason = ReservationStatus.RELEASED, ReleaseReason.NO_SHOW
+                    reservation.missed_checkin_at = reservation.released_at = deadline
+                else:
+                    reservation.checked_in_at = start + timedelta(minutes=rng.randrange(-5, 10))
+                    reservation.checked_in_by = organiser
+                    if fate > 0.85 and minutes >= 60:
+                        reservation.original_end_at = end
+                        reservation.end_at = reservation.ended_early_at = end - timedelta(minutes=30)
+                session.add(reservation)
+                made += 1
+    return made
 
 
 def main() -> int:
@@ -154,7 +226,8 @@ def main() -> int:
     log(f"  honcho runs {procfile.relative_to(ROOT)} (the Procfile plus the emulator); Ctrl-C stops everything.")
     honcho = str(BIN / "honcho")
     os.chdir(ROOT)
-    os.execve(honcho, [honcho,  # noqa: S606 (our own venv's honcho, fixed arguments) "start", "--procfile", str(procfile), "--app-root", str(ROOT),
+    # Our own venv's honcho, with fixed arguments (hence the noqa).
+    os.execve(honcho, [honcho, "start", "--procfile", str(procfile), "--app-root", str(ROOT),  # noqa: S606
                        "--port", str(web_port)], env)
     return 0  # not reached: this process is honcho now
 

@@ -66,6 +66,11 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     from webapp import admin
 
     app.register_blueprint(admin.bp)
+    from webapp import feeds, insights
+
+    app.register_blueprint(feeds.bp)
+    app.register_blueprint(insights.bp)
+    app.cli.add_command(feeds.feeds_cli)
     from webapp import display
 
     app.register_blueprint(display.bp)

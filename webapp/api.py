@@ -295,6 +295,23 @@ def retry_reservation(reservation_id: int):
     return jsonify(_reservation_json(reservation)), 202
 
 
+@bp.get("/insights")
+def insights():
+    """Utilisation figures per room (admins): `start`, `end` (YYYY-MM-DD), optional `room`, `building`, `floor`."""
+    from roombridge.insights import InvalidRange
+    from webapp.insights import figures_for
+
+    if not g.api_admin:
+        raise booking.NotAllowed("insights are for admins")
+    query = _load(schemas.InsightsQuerySchema(), request.args.to_dict())
+    try:
+        found = figures_for(db.session(), {k: v.isoformat() if isinstance(v, date) else v for k, v in query.items()})
+    except InvalidRange as exc:
+        raise ValidationError({"start": [str(exc)]}) from exc
+    return jsonify(start=found.start.isoformat(), end=found.end.isoformat(),
+                   rooms=[figures.as_dict() for figures in found.rooms], total=found.total.as_dict())
+
+
 @bp.post("/reservations/<id:reservation_id>/check-in")
 def check_in_reservation(reservation_id: int):
     """Check in to a meeting (organiser, attendee or admin), inside its check-in window."""

@@ -128,6 +128,38 @@ class SeriesSchema(_Answer):
                           metadata={"description": "starts of clashing occurrences left out"})
 
 
+def _hours() -> fields.Float:
+    return fields.Float(required=True)
+
+
+class RoomFiguresSchema(_Answer):
+    """One room's figures (`room_id` null: the total of every room in the filter)."""
+
+    room_id = fields.Integer(required=True, allow_none=True)
+    calendar_id = _text()
+    name = _text()
+    building = _text(allow_none=True)
+    floor = _text(allow_none=True)
+    capacity = fields.Integer(required=True, allow_none=True)
+    bookings = fields.Integer(required=True)
+    booked_hours = _hours()
+    checked_in_hours = _hours()
+    released_hours = _hours()
+    ended_early_hours = _hours()
+    no_show_rate = fields.Float(required=True, allow_none=True,
+                                metadata={"description": "no-shows among check-ins decided either way"})
+    average_people = fields.Float(required=True, allow_none=True)
+    sources = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
+                          metadata={"description": "bookings by where they were made: web, api, google, display"})
+
+
+class InsightsSchema(_Answer):
+    start = fields.Date(required=True)
+    end = fields.Date(required=True)
+    rooms = fields.List(fields.Nested(RoomFiguresSchema), required=True)
+    total = fields.Nested(RoomFiguresSchema, required=True)
+
+
 class _Plugin(MarshmallowPlugin):
     """The marshmallow plugin, plus what a schema's `Meta.json_schema` adds (e.g. a `oneOf`)."""
 
@@ -219,6 +251,16 @@ OPERATIONS: dict[str, dict] = {
         "responses": {"200": ONE, **UNAUTHORIZED, **NOT_SEEN,
                       "409": _error("`wrong_state`: outside the check-in window, or a reservation that "
                                     "cannot be checked in to (cancelled, released)"),
+                      **FAILED}}},
+    "api.insights": {"get": {
+        "summary": "Utilisation per room over whole UTC days start..end, reservations counted by their start "
+                   "(admins; definitions in roombridge/insights.py)",
+        "parameters": [{"in": "query", "schema": schemas.InsightsQuerySchema}],
+        "responses": {"200": _answer(InsightsSchema, "the figures of every in-scope room in the filter, and their "
+                                                     "total"),
+                      **UNAUTHORIZED, "403": _error("not an admin"),
+                      "422": _error("invalid query: `errors` maps each parameter to its messages; a schema-valid "
+                                    "range is refused when its start is after its end or it is over 366 days"),
                       **FAILED}}},
     "api.openapi": {"get": {
         "summary": "This description", "security": [],

@@ -178,6 +178,16 @@ class AvailabilityQuerySchema(StrictSchema):
     date = Day(required=True)
 
 
+class InsightsQuerySchema(StrictSchema):
+    """GET /api/v1/insights. The range's own rules (start not after end, at most 366 days) answer 422."""
+
+    start = Day(metadata={"description": "the first day (UTC), included; default 27 days before `end`"})
+    end = Day(metadata={"description": "the last day (UTC), included; default today"})
+    room = fields.String(validate=validate.Length(max=254), metadata={"description": "a room's calendar e-mail or id"})
+    building = fields.String(validate=validate.Length(max=200), metadata={"description": "a building's name"})
+    floor = fields.String(validate=validate.Length(max=50), metadata={"description": "a floor"})
+
+
 # --- answers ---------------------------------------------------------------------------------
 
 
