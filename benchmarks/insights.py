@@ -90,7 +90,7 @@ def load(rooms: int, days: int) -> sa.Engine:
         conn.execute(sa.text(f"CREATE DATABASE {DATABASE}"))
     admin.dispose()
     url = f"{SERVER}/{DATABASE}"
-    app = create_app(DATABASE_URL=url, ENV="test", AUTH_MODE="dev", SECRET_KEY="bench")
+    app = create_app(DATABASE_URL=url, ENV="development", AUTH_MODE="dev", SECRET_KEY="bench")
     migrate.upgrade(app)
     engine = sa.create_engine(url)
     started = time.monotonic()

@@ -107,6 +107,7 @@ def make_app(database_url, redis_url):
     def make(**overrides):
         settings = {**TEST_SETTINGS, "DATABASE_URL": database_url, "REDIS_URL": redis_url, **overrides}
         app = create_app(**settings)
+        app.testing = True  # the test client raises what the app raised, instead of a 500 page
         apps.append(app)
         return app
 

@@ -45,7 +45,7 @@ def examples(usual: int) -> int:
     return FUZZ_EXAMPLES if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz" else usual
 
 
-TEST_SETTINGS = dict(ENV="test", AUTH_MODE="dev", SECRET_KEY="test-secret",
+TEST_SETTINGS = dict(ENV="development", AUTH_MODE="dev", SECRET_KEY="test-secret",
                      ADMIN_EMAILS=frozenset({"admin@example.com"}))
 
 

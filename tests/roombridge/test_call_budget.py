@@ -184,7 +184,8 @@ def test_a_rate_limit_answer_pauses_every_process(room_app, emulator, redis_url)
     app = room_app(GOOGLE_RETRY_BASE_SECONDS=4.0, GOOGLE_MAX_ATTEMPTS=1)
     config = app.config["ROOMBRIDGE"]
     other = _process("gateway", ROOM, stdin=True, env={
-        **os.environ, "ENV": "test", "SECRET_KEY": "x", "DATABASE_URL": config.DATABASE_URL, "REDIS_URL": redis_url,
+        **os.environ, "ENV": "development", "SECRET_KEY": "x", "DATABASE_URL": config.DATABASE_URL,
+        "REDIS_URL": redis_url,
         "GOOGLE_SERVICE_ACCOUNT_FILE": config.GOOGLE_SERVICE_ACCOUNT_FILE,
         "GOOGLE_CALENDAR_API_URL": config.GOOGLE_CALENDAR_API_URL, "GOOGLE_CALLS_PER_MINUTE": "60"})
     try:

@@ -32,7 +32,7 @@ def _rooms(session, ages: list[float | None], now) -> list[int]:
 
 def _config(**settings) -> Config:
     settings = {"SAFETY_SYNC_INTERVAL_SECONDS": 60, "SAFETY_SYNC_MAX_AGE_SECONDS": 600, **settings}
-    return Config.from_env(environ={"ENV": "test"}, **settings)
+    return Config.from_env(environ={"ENV": "development"}, **settings)
 
 
 def test_pace_is_the_slowest_even_rate_that_meets_every_deadline():

@@ -113,7 +113,7 @@ def test_multiprocess_mode_adds_up_the_calls_of_worker_processes(make_google_app
         db.session().commit()
     config, shared = app.config["ROOMBRIDGE"], tmp_path / "prometheus"
     shared.mkdir()
-    env = {**os.environ, "ENV": "test", "SECRET_KEY": "x", "DATABASE_URL": config.DATABASE_URL,
+    env = {**os.environ, "ENV": "development", "SECRET_KEY": "x", "DATABASE_URL": config.DATABASE_URL,
            "REDIS_URL": config.REDIS_URL, "GOOGLE_SERVICE_ACCOUNT_FILE": config.GOOGLE_SERVICE_ACCOUNT_FILE,
            "GOOGLE_CALENDAR_API_URL": config.GOOGLE_CALENDAR_API_URL, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
     for kinds in ("sync\nsync\n", "write\n"):  # two worker processes, one after the other
