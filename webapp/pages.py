@@ -242,9 +242,8 @@ class GridRow:
 
 def _busy_label(busy: booking.Busy) -> str:
     """"Busy: title", or only "Busy" for a private meeting the viewer may not see into (booking.may_see_details)."""
-    if busy.hidden:
-        return booking.PRIVATE_TITLE
-    return f"Busy: {busy.title}" + (" (Google)" if busy.source == ReservationSource.GOOGLE else "")
+    label = booking.PRIVATE_TITLE if busy.hidden else f"Busy: {busy.title}"
+    return label + (" (Google)" if busy.source == ReservationSource.GOOGLE else "")
 
 
 def _grid_row(room: Room, day: date, segments: list[Segment], hours: list[datetime], zone: ZoneInfo,
