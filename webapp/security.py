@@ -106,9 +106,11 @@ def refuse_unstorable_text(app: Flask) -> None:
 
     @app.before_request
     def _refuse_unstorable_text():
-        if request.blueprint == "webhooks":
+        # By path, not blueprint: a request that matched no route (an id out of range, say) has no
+        # blueprint, and under /api/v1 its answer must still be JSON.
+        if request.path.startswith("/webhooks/"):
             return None
-        api = request.blueprint == "api"
+        api = request.path.startswith("/api/v1/")
         pairs = list(request.args.items(multi=True))
         if api:
             body = request.get_json(silent=True) if request.is_json else None

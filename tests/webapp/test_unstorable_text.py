@@ -113,3 +113,9 @@ def test_cli_argument_is_refused_with_a_usage_error(app, runner, args):
     result = runner.invoke(args=args)
     assert result.exit_code == 2 and "must not contain NUL characters" in result.output, result.output
     assert _count(app, AuditEntry) == 0
+
+
+def test_a_nul_in_the_query_of_an_api_path_that_matches_no_route_still_answers_json(client):
+    # schemathesis found it: /api/v1/rooms/-4284/availability?x=%00 had no blueprint and got the HTML page.
+    answer = client.get("/api/v1/rooms/-4284/availability?x=a%00b")
+    assert answer.status_code in (404, 422) and answer.is_json
