@@ -319,13 +319,19 @@ def grid():
                            **_filters(rooms))
 
 
+def _room_in_scope(session, room_id: int) -> Room:
+    """The in-scope room, or 404: its day page and its week page show nothing else."""
+    found = session.get(Room, room_id)
+    if found is None or not found.in_scope:
+        _refuse(404)
+    return found
+
+
 @bp.get("/rooms/<id:room_id>/week")
 @login_required
 def week(room_id: int):
     session = db.session()
-    found = session.get(Room, room_id)
-    if found is None or not found.in_scope:
-        _refuse(404)
+    found = _room_in_scope(session, room_id)
     zone = _zone(found)
     now = datetime.now(UTC)
     asked = _date_arg("date") or now.astimezone(zone).date()
@@ -349,9 +355,7 @@ def _zones_by_room(rooms: list[Room]) -> dict[int, ZoneInfo]:
 @login_required
 def room(room_id: int):
     session = db.session()
-    found = session.get(Room, room_id)
-    if found is None or not found.in_scope:
-        _refuse(404)
+    found = _room_in_scope(session, room_id)
     zone = _zone(found)
     day = _date_arg("date") or datetime.now(UTC).astimezone(zone).date()
     segments = _timelines(session, [found], day)[found.id]
