@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The Procfile runner of `make run` (pyproject.toml's "dev" extra); production runs the Procfile its own way.
 HONCHO := honcho==2.0.0
+# pytest-xdist workers for `make test`: most tests wait on Redis, PostgreSQL, the emulator or Chromium,
+# so two processes keep the 2 cores busy (each worker has its own Redis and PostgreSQL database).
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench soak venv fuzz
 
@@ -34,7 +37,7 @@ test: $(BIN)/.test-installed
 	scripts/ensure-services.sh redis postgres chromium
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 ## Channel renewal over five minutes of real time, Google giving one-minute channels (the suite runs 150 s).
 soak: $(BIN)/.test-installed

@@ -42,6 +42,12 @@ elif os.environ.get("CI"):
     hypothesis.settings.load_profile("ci")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked slow run first: under pytest-xdist (`make test` runs two workers) a long test
+    started last would leave one worker idle while it finishes."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise as collected
+
+
 def _migrated_app(database_url: str):
     app = create_app(DATABASE_URL=database_url, REDIS_URL=REDIS_URL, **TEST_SETTINGS)
     migrate.upgrade(app)

@@ -26,7 +26,23 @@ from roombridge import db
 
 ROOT = Path(__file__).resolve().parents[1]
 
-REDIS_URL = os.environ.get("ROOMBRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+def _own_redis_url(base: str, worker: str) -> str:
+    """The Redis database of this test process: `base`, or the next ones for pytest-xdist's workers.
+
+    Tests flush their database, so two processes must never share one: worker gwN takes base + N.
+    """
+    if not worker.startswith("gw"):
+        return base
+    prefix, _, number = base.rpartition("/")
+    own = int(number or 0) + int(worker.removeprefix("gw"))
+    if own > 15:
+        raise RuntimeError(f"{base} leaves no Redis database for xdist worker {worker}; use a lower one")
+    return f"{prefix}/{own}"
+
+
+REDIS_URL = _own_redis_url(os.environ.get("ROOMBRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"),
+                           os.environ.get("PYTEST_XDIST_WORKER", ""))
 POSTGRES_SERVER = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432")
 # One database per test process (overridable), so two runs on one server never drop each other's.
 POSTGRES_DB = os.environ.get("ROOMBRIDGE_TEST_POSTGRES_DB", f"roombridge_test_{os.getpid()}")
