@@ -12,8 +12,11 @@ The booking commands check these inside their unit of work; admins are exempt.
   Flask-Limiter runs on). If Redis does not answer, the mail is allowed: a booking is not
   refused because a counter is out of reach.
 
-The caps are checked with a read in the booking's write transaction; two bookings of one
-person racing on PostgreSQL may both pass by one. Every refusal, and every rate-limit refusal
+The caps are checked with a read in the booking's write transaction, after taking the person's
+lock: on SQLite the write transaction (BEGIN IMMEDIATE) already admits one writer at a time; on
+PostgreSQL, whose READ COMMITTED reads cannot see a racing transaction's insert, a transaction-scoped
+advisory lock on the organiser makes two bookings of one person take turns, so neither passes a
+cap by one. Every refusal, and every rate-limit refusal
 of the pages and the API, is remembered in Redis for the admin console (`record_hit`).
 """
 
@@ -69,6 +72,7 @@ def check_caps(session: Session, config: Config, organiser: str, room: Room,
     """Refuse (QuotaExceeded) `spans` in `room` if they take the organiser past a cap."""
     if exempt(config, organiser) or not spans:
         return
+    _take_person_lock(session, organiser)
     mine = sa.and_(Reservation.organiser_email == organiser, Reservation.status.in_(LIVE_STATUSES),
                    Reservation.source != ReservationSource.GOOGLE)
     if editing is not None:
@@ -104,6 +108,15 @@ def check_caps(session: Session, config: Config, organiser: str, room: Room,
     if messages:
         record_hit(organiser, ", ".join(hit))
         raise QuotaExceeded({"form": messages})
+
+
+def _take_person_lock(session: Session, organiser: str) -> None:
+    """Until this transaction ends, the other bookings and edits of `organiser` wait here (PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Keyed by a hash of the address in a namespace of our own (the two-key form), so it cannot
+        # meet another advisory lock; a hash collision only makes two people take turns.
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(1919, hashtext(:organiser))"),
+                        {"organiser": organiser})
 
 
 def _week_of(moment: datetime, zone) -> datetime:

@@ -187,3 +187,48 @@ def test_invitation_mails_an_hour_are_counted_per_person_in_redis(limited):
         booking.edit(db.session(), app.config["ROOMBRIDGE"], first, actor_email="alice@example.com",
                      actor_is_admin=False, start=at(MONDAY, 16), end=at(MONDAY, 17), now=NOW)
     assert [h["limit"] for h in quotas.recent_hits()] == ["invitations per hour"] * 2
+
+
+def test_two_bookings_of_one_person_racing_cannot_pass_a_cap_together(limited):
+    """The first booking holds its transaction open after inserting; the second, of the same person, in
+    another room, must wait for it and then be refused: before the person's lock, PostgreSQL let both
+    through, each reading the count before the other's insert was visible."""
+    import threading
+
+    from sqlalchemy.orm import Session as OrmSession
+
+    app, room_id, other_room_id = limited(MAX_LIVE_RESERVATIONS=1)
+    first_inserted, second_done = threading.Event(), threading.Event()
+    outcomes: dict[str, str] = {}
+
+    def hold_first(session, _flush_context):
+        if threading.current_thread().name == "first" and any(isinstance(o, Reservation) for o in session):
+            first_inserted.set()
+            second_done.wait(timeout=1.5)  # with the lock, the second is still waiting when this ends
+
+    def attempt(name, room):
+        with app.app_context():
+            try:
+                book(app, room, at(MONDAY, 10), at(MONDAY, 11))
+                outcomes[name] = "booked"
+            except quotas.QuotaExceeded:
+                outcomes[name] = "refused"
+            except Exception as error:  # shown by the assertion below
+                outcomes[name] = repr(error)
+            finally:
+                if name == "second":
+                    second_done.set()
+
+    sa.event.listen(OrmSession, "after_flush_postexec", hold_first)
+    try:
+        first = threading.Thread(target=attempt, args=("first", room_id), name="first")
+        first.start()
+        assert first_inserted.wait(timeout=10), outcomes
+        second = threading.Thread(target=attempt, args=("second", other_room_id), name="second")
+        second.start()
+        first.join(timeout=30)
+        second.join(timeout=30)
+    finally:
+        sa.event.remove(OrmSession, "after_flush_postexec", hold_first)
+    assert outcomes == {"first": "booked", "second": "refused"}
+    assert stored_count() == 1
