@@ -260,6 +260,9 @@ class CalendarGateway:
             http=http,
             client_options={"api_endpoint": api_url},
         )
+        # Built once: the client library builds every method of a resource each time `events()`
+        # is called, about 11 ms of CPU, which was more than the emulator's answer took.
+        self.events = self.service.events()
 
     @classmethod
     def for_app(cls, app: Flask | None = None, *, kind: str) -> CalendarGateway:
@@ -369,7 +372,7 @@ class CalendarGateway:
     def insert_event(self, calendar_id: str, event_id: str, body: dict, send_updates: str = "none") -> dict:
         """Insert under our deterministic id; a retry that finds it already stored returns it."""
         self._require_in_scope(calendar_id)
-        request = self.service.events().insert(
+        request = self.events.insert(
             calendarId=calendar_id, body={**body, "id": event_id}, sendUpdates=send_updates
         )
         try:
@@ -386,12 +389,12 @@ class CalendarGateway:
 
     def get_event(self, calendar_id: str, event_id: str) -> dict:
         self._require_in_scope(calendar_id)
-        request = self.service.events().get(calendarId=calendar_id, eventId=event_id)
+        request = self.events.get(calendarId=calendar_id, eventId=event_id)
         return self._execute(request, f"get {event_id} on {calendar_id}")
 
     def patch_event(self, calendar_id: str, event_id: str, body: dict, send_updates: str = "none") -> dict:
         self._require_in_scope(calendar_id)
-        request = self.service.events().patch(
+        request = self.events.patch(
             calendarId=calendar_id, eventId=event_id, body=body, sendUpdates=send_updates
         )
         return self._execute(request, f"patch {event_id} on {calendar_id}")
@@ -399,7 +402,7 @@ class CalendarGateway:
     def delete_event(self, calendar_id: str, event_id: str, send_updates: str = "none") -> bool:
         """Delete; False when Google no longer had it (already deleted is as good as deleted)."""
         self._require_in_scope(calendar_id)
-        request = self.service.events().delete(calendarId=calendar_id, eventId=event_id, sendUpdates=send_updates)
+        request = self.events.delete(calendarId=calendar_id, eventId=event_id, sendUpdates=send_updates)
         try:
             self._execute(request, f"delete {event_id} on {calendar_id}")
         except EventNotFound:
@@ -437,7 +440,7 @@ class CalendarGateway:
         body = {"id": channel_id, "type": "web_hook", "address": address, "token": token}
         if ttl_seconds:
             body["params"] = {"ttl": str(int(ttl_seconds))}
-        request = self.service.events().watch(calendarId=calendar_id, body=body)
+        request = self.events.watch(calendarId=calendar_id, body=body)
         answer = self._execute(request, f"watch {calendar_id}")
         return WatchResult(
             id=answer["id"],
@@ -464,7 +467,7 @@ class CalendarGateway:
         """
         if not is_room_calendar(calendar_id):
             return AccessCheck(False, None, f"{calendar_id} is not a room (resource) calendar address")
-        request = self.service.events().list(calendarId=calendar_id, maxResults=1, singleEvents=True)
+        request = self.events.list(calendarId=calendar_id, maxResults=1, singleEvents=True)
         who = getattr(self.credentials, "service_account_email", "the service account")
         try:
             answer = self._execute(request, f"check access to {calendar_id}")
@@ -498,7 +501,7 @@ class EventListing:
         page_token = None
         while True:
             query = dict(self._query, pageToken=page_token) if page_token else self._query
-            request = self._gateway.service.events().list(**query)
+            request = self._gateway.events.list(**query)
             answer = self._gateway._execute(request, f"list {self._query['calendarId']}")
             self.page_count += 1
             yield answer.get("items", [])
