@@ -203,6 +203,33 @@ class Reservation(TimestampMixin, Base):
         return f"<Reservation {self.id} room={self.room_id} {self.start_at:%Y-%m-%d %H:%M}Z {self.status}>"
 
 
+class SentInvitation(Base):
+    """Room mode: what people's calendars were last sent for one UID of a reservation (roombridge/invitations.py).
+
+    A CANCEL must name the event as people have it (its organiser, location, time, UID) with a
+    higher SEQUENCE, go to those who were invited, and go only where a REQUEST went: the
+    reservation as it stands now may be in another room, at another time, with other people.
+    One row per UID, written after the mail was handed to SMTP.
+    """
+
+    __tablename__ = "sent_invitations"
+
+    uid: Mapped[str] = mapped_column(sa.String(1100), primary_key=True)
+    reservation_id: Mapped[int] = mapped_column(sa.ForeignKey("reservations.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(sa.String(16))  # the last one sent: REQUEST or CANCEL
+    sequence: Mapped[int] = mapped_column()
+    organiser: Mapped[str] = mapped_column(sa.String(254))  # the room calendar's address
+    organiser_name: Mapped[str] = mapped_column(sa.Text)
+    location: Mapped[str] = mapped_column(sa.Text)
+    summary: Mapped[str] = mapped_column(sa.Text)
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    time_zone: Mapped[str] = mapped_column(sa.String(64))
+    booker: Mapped[str] = mapped_column(sa.String(254))
+    attendees: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # everyone invited, the booker first
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class WatchChannel(Base):
     """One events.watch push channel on a room calendar."""
 
