@@ -233,3 +233,33 @@ def test_without_smtp_url_nothing_is_recorded_as_sent(make_app, smtp_server):
         session.commit()
         assert invitations.mail_invitations(session, app.config["ROOMBRIDGE"], booked.id) == "skipped (no SMTP_URL)"
         assert session.query(SentInvitation).count() == 0
+
+
+def test_bookings_invited_before_0011_are_still_cancelled_after_it(mail_app, smtp_server):
+    """The migration records what people hold of each booking Google had, so a later cancel still tells them."""
+    from roombridge import migrate
+
+    migrate.downgrade(mail_app, "0007")
+    with mail_app.app_context():
+        session = db.session()
+        room = make_room(session, calendar_id=ORION, name="Orion", time_zone="Europe/Paris")
+        held = make_reservation(session, room, datetime(2030, 7, 1, 8, 0, tzinfo=UTC), attendees=["bob@example.com"],
+                                google_event_id="old1", google_calendar_id=ORION, status=ReservationStatus.CONFIRMED)
+        never_written = make_reservation(session, room, datetime(2030, 7, 2, 8, 0, tzinfo=UTC))
+        session.commit()
+        held_id, never_written_id, version = held.id, never_written.id, held.version
+    migrate.upgrade(mail_app)
+    with mail_app.app_context():
+        session = db.session()
+        [record] = session.query(SentInvitation).all()
+        assert (record.uid, record.reservation_id, record.method, record.sequence) == (
+            "old1@google.com", held_id, "REQUEST", version)
+        assert (record.organiser, record.location, record.time_zone) == (ORION, "Orion", "Europe/Paris")
+        assert record.attendees == ["alice@example.com", "bob@example.com"]
+        assert record.start_at == datetime(2030, 7, 1, 8, 0, tzinfo=UTC)
+        change(session, session.get(Reservation, held_id), status=ReservationStatus.CANCELLED)
+        assert mail(session, mail_app, held_id) == f"CANCEL {version + 1} to 2"
+        assert mail(session, mail_app, never_written_id) == "nothing to send"
+    [cancel] = smtp_server.invitations(1)
+    assert (cancel.uid, cancel.organiser, cancel.start) == ("old1@google.com", ORION, datetime(2030, 7, 1, 8, 0,
+                                                                                                  tzinfo=UTC))
