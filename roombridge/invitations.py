@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
-from icalendar import Calendar, Event, vCalAddress, vText
+from icalendar import Calendar, Event, vCalAddress, vRecur, vText
 from sqlalchemy.orm import Session
 
 from roombridge import checkin
@@ -77,6 +77,16 @@ class Meeting:
     booker: str
     attendees: tuple[str, ...]  # everyone invited, the booker first, once each
     description: str = ""
+    # A series: its RRULE line (repeating in the room's wall time) and the occurrences it leaves out.
+    rrule: str | None = None
+    exdates: tuple[datetime, ...] = ()
+    # One occurrence of a series (the series' UID): its start in the rule.
+    recurrence_id: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """How people's calendars file it: the UID, and which occurrence ("" for a whole event or series)."""
+        return self.uid, recurrence_key(self.recurrence_id)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -87,8 +97,14 @@ class Meeting:
 
     def changed_for_people(self, other: Meeting) -> bool:
         """True when `other` has another time, room or set of attendees: what people are sent an update for."""
-        return ((self.start_at, self.end_at, self.organiser, self.location, set(self.attendees))
-                != (other.start_at, other.end_at, other.organiser, other.location, set(other.attendees)))
+        return ((self.start_at, self.end_at, self.rrule, set(self.exdates), self.organiser, self.location,
+                 set(self.attendees))
+                != (other.start_at, other.end_at, other.rrule, set(other.exdates), other.organiser, other.location,
+                    set(other.attendees)))
+
+
+def recurrence_key(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") if moment is not None else ""
 
 
 def recipients_of(reservation: Reservation) -> list[str]:
@@ -119,7 +135,10 @@ def meeting_sent(record: SentInvitation) -> Meeting:
     return Meeting(
         uid=record.uid, organiser=record.organiser, organiser_name=record.organiser_name, location=record.location,
         summary=record.summary, start_at=record.start_at, end_at=record.end_at, time_zone=record.time_zone,
-        booker=record.booker, attendees=tuple(record.attendees or ()),
+        booker=record.booker, attendees=tuple(record.attendees or ()), rrule=record.rrule,
+        exdates=tuple(datetime.fromisoformat(moment) for moment in record.exdates or ()),
+        recurrence_id=(datetime.strptime(record.recurrence_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+                       if record.recurrence_id else None),
     )
 
 
@@ -130,7 +149,8 @@ def build_vevent(meeting: Meeting, method: str, sequence: int, *, attendees: tup
                  sent_by: str | None = None, now: datetime | None = None) -> Event:
     """The VEVENT of `meeting` for a `method` mail; ATTENDEE lists `attendees` (default: everyone invited).
 
-    A caller may add to it before `build_calendar` (a series adds RRULE, an exception RECURRENCE-ID).
+    A series carries its RRULE and EXDATEs, one occurrence of it its RECURRENCE-ID; a caller may
+    add more before `build_calendar`.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -146,6 +166,12 @@ def build_vevent(meeting: Meeting, method: str, sequence: int, *, attendees: tup
     if meeting.description and method == "REQUEST":
         event.add("description", meeting.description)
     event.add("location", meeting.location)
+    if meeting.rrule:
+        event.add("rrule", vRecur.from_ical(meeting.rrule.removeprefix("RRULE:")))
+    for moment in meeting.exdates:
+        event.add("exdate", moment.astimezone(zone))
+    if meeting.recurrence_id is not None:
+        event.add("recurrence-id", meeting.recurrence_id.astimezone(zone))
     event.add("sequence", sequence)
     event.add("status", "CANCELLED" if method == "CANCEL" else "CONFIRMED")
     organizer = vCalAddress(f"mailto:{meeting.organiser}")
@@ -319,23 +345,23 @@ class Step:
     sequence: int
 
 
-def held_uid(reservation: Reservation) -> str | None:
-    """The UID of the event Google holds for the reservation, if the reservation still stands."""
+def held_key(reservation: Reservation) -> tuple[str, str] | None:
+    """The key (`Meeting.key`) of the event Google holds for the reservation, if the reservation still stands."""
     if reservation.status in (ReservationStatus.CANCELLED, ReservationStatus.RELEASED):
         return None
     if not (reservation.google_calendar_id and reservation.google_event_id):
         return None  # never written, or its old room's event was deleted on a move
-    return ical_uid(reservation.google_event_id)
+    return ical_uid(reservation.google_event_id), ""
 
 
 def due_mails(reservation: Reservation, sent: list[SentInvitation]) -> list[Step]:
     """What people must be sent so their calendars match the reservation, given what they were sent."""
     if reservation.source == ReservationSource.GOOGLE:
         return []  # made in Google: Google invited its people
-    held = held_uid(reservation)
+    held = held_key(reservation)
     steps = []
     for record in sent:
-        if record.method == "REQUEST" and record.uid != held:
+        if record.method == "REQUEST" and (record.uid, record.recurrence_id) != held:
             # People hold an event the reservation no longer has: cancel it as they know it.
             old = meeting_sent(record)
             sequence = record.sequence + 1
@@ -343,7 +369,7 @@ def due_mails(reservation: Reservation, sent: list[SentInvitation]) -> list[Step
     if held is None or reservation.status != ReservationStatus.CONFIRMED:
         return steps  # pending: the Google write announces again once it is done; failed: Google kept the old
     now = meeting_of(reservation)
-    record = next((r for r in sent if r.uid == held), None)
+    record = next((r for r in sent if (r.uid, r.recurrence_id) == held), None)
     if record is None or record.method != "REQUEST":
         sequence = record.sequence + 1 if record else 0
         return [*steps, Step((Mail("REQUEST", now, sequence, now.attendees),), "REQUEST", now, sequence)]
@@ -393,9 +419,10 @@ def mail_invitations(session: Session, config: Config, reservation_id: int, now:
 def _remember(session: Session, reservation_id: int, step: Step) -> None:
     meeting = step.meeting
     with unit_of_work(session):
-        record = session.get(SentInvitation, meeting.uid, populate_existing=True)
+        uid, recurrence_id = meeting.key
+        record = session.get(SentInvitation, (uid, recurrence_id), populate_existing=True)
         if record is None:
-            record = SentInvitation(uid=meeting.uid, reservation_id=reservation_id)
+            record = SentInvitation(uid=uid, recurrence_id=recurrence_id, reservation_id=reservation_id)
             session.add(record)
         elif record.sequence > step.sequence:
             return  # a later mail about it was recorded meanwhile
@@ -404,6 +431,7 @@ def _remember(session: Session, reservation_id: int, step: Step) -> None:
                                                                     meeting.location)
         record.summary, record.start_at, record.end_at = meeting.summary, meeting.start_at, meeting.end_at
         record.time_zone, record.booker, record.attendees = meeting.time_zone, meeting.booker, list(meeting.attendees)
+        record.rrule, record.exdates = meeting.rrule, [moment.astimezone(UTC).isoformat() for moment in meeting.exdates]
 
 
 # --- check-in notices (roombridge/checkin.py) -------------------------------------------------------

@@ -215,6 +215,9 @@ class SentInvitation(Base):
     __tablename__ = "sent_invitations"
 
     uid: Mapped[str] = mapped_column(sa.String(1100), primary_key=True)
+    # One occurrence of a recurring event is filed apart from its series: its RECURRENCE-ID in UTC
+    # (YYYYMMDDTHHMMSSZ, as Google's instance ids end), or "" for a whole event or series.
+    recurrence_id: Mapped[str] = mapped_column(sa.String(16), primary_key=True, default="")
     reservation_id: Mapped[int] = mapped_column(sa.ForeignKey("reservations.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(sa.String(16))  # the last one sent: REQUEST or CANCEL
     sequence: Mapped[int] = mapped_column()
@@ -227,6 +230,8 @@ class SentInvitation(Base):
     time_zone: Mapped[str] = mapped_column(sa.String(64))
     booker: Mapped[str] = mapped_column(sa.String(254))
     attendees: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # everyone invited, the booker first
+    rrule: Mapped[str | None] = mapped_column(sa.String(500))  # a series: its rule, and the dates it leaves out
+    exdates: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # UTC instants, ISO 8601
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -27,6 +27,7 @@ def upgrade() -> None:
     sent = op.create_table(
         "sent_invitations",
         sa.Column("uid", sa.String(1100), primary_key=True),
+        sa.Column("recurrence_id", sa.String(16), primary_key=True, server_default=""),
         sa.Column("reservation_id", sa.Integer(), sa.ForeignKey("reservations.id", ondelete="CASCADE"),
                   nullable=False),
         sa.Column("method", sa.String(16), nullable=False),
@@ -40,6 +41,8 @@ def upgrade() -> None:
         sa.Column("time_zone", sa.String(64), nullable=False),
         sa.Column("booker", sa.String(254), nullable=False),
         sa.Column("attendees", sa.JSON(), nullable=False),
+        sa.Column("rrule", sa.String(500), nullable=True),
+        sa.Column("exdates", sa.JSON(), nullable=False),
         sa.Column("sent_at", when, nullable=False),
     )
     op.create_index("ix_sent_invitations_reservation_id", "sent_invitations", ["reservation_id"])
@@ -65,6 +68,7 @@ def upgrade() -> None:
             "sequence": row["version"], "organiser": row["calendar_id"], "organiser_name": row["name"],
             "location": row["name"], "summary": row["title"], "start_at": row["start_at"], "end_at": row["end_at"],
             "time_zone": row["time_zone"], "booker": row["organiser_email"], "attendees": people,
+            "recurrence_id": "", "exdates": [],
         }
         bind.execute(sa.insert(sent).values(**values, sent_at=now))
 

@@ -6,6 +6,7 @@ client would (tests/support.py: `read_mail`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -131,6 +132,35 @@ def test_non_ascii_titles_and_names_go_over_the_wire_in_seven_bits(session, rese
     assert received.message["Subject"].startswith("Invitation: Rétro d'équipe – 会议 @ ")
     assert received.message["From"].addresses[0].display_name == "Salle Hélène"
     assert "Café et croissants ☕" in received.message.get_body(("plain",)).get_content()
+
+
+def test_a_series_carries_its_rule_and_exdates_and_an_occurrence_its_recurrence_id_in_the_rooms_zone(smtp_server):
+    from zoneinfo import ZoneInfo
+
+    paris = ZoneInfo("Europe/Paris")
+    first = datetime(2030, 3, 18, 10, 0, tzinfo=paris)  # weekly across the change to summer time
+    series = invitations.Meeting(
+        uid="series1@google.com", organiser=ORION, organiser_name="Orion", location="Orion", summary="Weekly",
+        start_at=first, end_at=first + timedelta(hours=1), time_zone="Europe/Paris", booker="alice@example.com",
+        attendees=("alice@example.com", "bob@example.com"), rrule="RRULE:FREQ=WEEKLY;COUNT=4",
+        exdates=(first + timedelta(weeks=1),))
+    moved = datetime(2030, 4, 1, 14, 0, tzinfo=paris)
+    occurrence = replace(series, rrule=None, exdates=(), start_at=moved, end_at=moved + timedelta(hours=1),
+                         recurrence_id=first + timedelta(weeks=2))
+    assert occurrence.key == ("series1@google.com", "20300401T080000Z") and series.key == ("series1@google.com", "")
+    for meeting in (series, occurrence):
+        invitation = invitations.compose(meeting, "REQUEST", 1, recipients=meeting.attendees, sent_by=SENDER)
+        invitations.send(invitations.to_email(invitation, SENDER), smtp_server.url)
+    [whole, one] = smtp_server.invitations(2)
+    assert whole.event["RRULE"].to_ical() == b"FREQ=WEEKLY;COUNT=4"
+    assert whole.event["DTSTART"].params["TZID"] == "Europe/Paris"  # the rule repeats 10:00 Paris time
+    [exdate] = whole.event["EXDATE"].dts
+    assert exdate.dt == first + timedelta(weeks=1) and exdate.dt.tzinfo.key == "Europe/Paris"
+    assert one.event.decoded("RECURRENCE-ID") == first + timedelta(weeks=2)
+    assert one.event["RECURRENCE-ID"].params["TZID"] == "Europe/Paris"
+    assert (one.uid, one.start) == (whole.uid, moved)
+    assert series.changed_for_people(replace(series, rrule="RRULE:FREQ=WEEKLY;COUNT=5"))
+    assert not series.changed_for_people(replace(series, summary="Weekly sync", attendees=series.attendees[::-1]))
 
 
 def test_without_smtp_url_mail_is_skipped_and_a_dead_server_raises_for_retry(reservation):
