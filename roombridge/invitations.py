@@ -96,7 +96,12 @@ class Meeting:
             return ZoneInfo("UTC")
 
     def changed_for_people(self, other: Meeting) -> bool:
-        """True when `other` has another time, room or set of attendees: what people are sent an update for."""
+        """True when `other` has another time (or rule), room or set of attendees: what people get an update for.
+
+        RFC 5546 would let a new SUMMARY or DESCRIPTION be an update too; issue 17 asks for
+        updates only when the time, room or attendees change, as Google's own "send updates?"
+        prompt suggests, so a new title rides along with the next real update instead.
+        """
         return ((self.start_at, self.end_at, self.rrule, set(self.exdates), self.organiser, self.location,
                  set(self.attendees))
                 != (other.start_at, other.end_at, other.rrule, set(other.exdates), other.organiser, other.location,
