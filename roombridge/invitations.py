@@ -464,7 +464,7 @@ def notice_message(reservation: Reservation, kind: str, config: Config) -> Email
     message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = config.MAIL_FROM
     message["To"] = reservation.organiser_email
-    message["Subject"] = subject.format(**words)
+    message["Subject"] = one_line(subject.format(**words))  # a title made in Google may hold a line break
     message.set_content(text.format(**words) + "\n")
     return message
 

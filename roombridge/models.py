@@ -175,6 +175,8 @@ class Reservation(TimestampMixin, Base):
     room_response: Mapped[str | None] = mapped_column(sa.String(16))  # accepted, declined, ...
     # The people must be told with the next write to Google: set when the booking is made and when
     # its time, room or attendees change (not its title or description); cleared once written.
+    # Delegated mode writes with sendUpdates=all then; room mode's mail job compares with what
+    # people were sent (`SentInvitation`) instead.
     invitation_due: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     conflict_with_id: Mapped[int | None] = mapped_column(sa.ForeignKey("reservations.id"))
     # Check-in: who (an e-mail, or "display") and when. A no-show keeps `missed_checkin_at` (the

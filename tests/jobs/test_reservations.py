@@ -211,6 +211,22 @@ def test_pushes_of_one_reservation_take_turns_across_workers(google, emulator, m
             write_reservation(rid)
 
 
+def test_mails_of_one_reservation_take_turns_across_workers(google, monkeypatch):
+    import jobs.reservations
+    from roombridge.queue import RedisLock, redis
+
+    app, (room_id, _) = google
+    rid = book(app, room_id, *slot())
+    monkeypatch.setattr(jobs.reservations, "MAIL_LOCK_WAIT_SECONDS", 0.1)
+    with app.app_context():
+        other_worker = RedisLock(redis(), f"roombridge:mail:lock:{rid}", 30)
+        assert other_worker.acquire()
+        with pytest.raises(jobs.reservations.MailBusy):  # RQ retries it later
+            jobs.reservations.send_invitations(rid)
+        other_worker.release()
+        assert jobs.reservations.send_invitations(rid) == "nothing to send"  # pending: Google has nothing yet
+
+
 def run_with(app, reservation_id):
     with app.app_context():
         return write_reservation(reservation_id)

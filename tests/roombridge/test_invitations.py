@@ -293,3 +293,16 @@ def test_bookings_invited_before_0011_are_still_cancelled_after_it(mail_app, smt
     [cancel] = smtp_server.invitations(1)
     assert (cancel.uid, cancel.organiser, cancel.start) == ("old1@google.com", ORION, datetime(2030, 7, 1, 8, 0,
                                                                                                   tzinfo=UTC))
+
+
+def test_a_check_in_notice_is_seven_bit_and_one_subject_line_whatever_the_title(session, mail_app, reservation,
+                                                                                 smtp_server):
+    reservation.title = "Réunion\r\nBcc: everyone@example.org ☕"
+    session.commit()
+    message = invitations.notice_message(reservation, "released", mail_app.config["ROOMBRIDGE"])
+    assert invitations.send(message, smtp_server.url)
+    [(rcpts, received)] = smtp_server.wait_for(1)
+    assert max(smtp_server.raw[0]) < 0x80
+    assert rcpts == ["alice@example.com"] and received["Bcc"] is None
+    assert received["Subject"] == "Released: Réunion Bcc: everyone@example.org ☕"
+    assert "Réunion" in received.get_content()
