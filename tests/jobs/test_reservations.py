@@ -337,6 +337,36 @@ def test_room_mode_mails_follow_a_booking_moved_trimmed_and_cancelled(google, em
     assert len(smtp_server.messages) == 6  # nothing more: the old room's event was cancelled once
 
 
+def test_a_booking_moved_then_deleted_in_google_mails_the_update_then_the_cancel(google, emulator, smtp_server):
+    from jobs.sync import sync_room
+
+    app, (room_id, _) = google
+    start, end = slot()
+    rid = book(app, room_id, start, end, attendees=["bob@example.com"])
+    run_jobs(app, queues=("write", "default"))
+    event_id = load(app, rid).google_event_id
+    later = {"start": {"dateTime": (start + timedelta(hours=3)).isoformat()},
+             "end": {"dateTime": (end + timedelta(hours=3)).isoformat()}}
+    emulator.state.admin_patch_event(ROOM, event_id, later)
+    with app.app_context():
+        sync_room(room_id, full=True)
+    run_jobs(app, queues=("write", "default"))
+    emulator.state.admin_patch_event(ROOM, event_id, {"summary": "Renamed in Google"})
+    with app.app_context():
+        sync_room(room_id, full=True)
+    run_jobs(app, queues=("write", "default"))
+    emulator.state.admin_delete_event(ROOM, event_id)
+    with app.app_context():
+        sync_room(room_id, full=True)
+    run_jobs(app, queues=("write", "default"))
+    assert load(app, rid).status == ReservationStatus.CANCELLED
+    [invite, update, cancel] = smtp_server.invitations(3)  # the new title alone sent nothing
+    assert (update.method, update.uid, update.start) == ("REQUEST", invite.uid, start + timedelta(hours=3))
+    assert (cancel.method, cancel.uid, cancel.start) == ("CANCEL", invite.uid, start + timedelta(hours=3))
+    assert invite.sequence < update.sequence < cancel.sequence
+    assert sorted(cancel.recipients) == ["alice@example.com", "bob@example.com"]
+
+
 def test_a_booking_cancelled_before_its_invitation_went_out_gets_no_cancel(google, emulator, smtp_server):
     app, (room_id, _) = google
     rid = book(app, room_id, *slot(), attendees=["bob@example.com"])
