@@ -373,18 +373,20 @@ def due_mails(reservation: Reservation, sent: list[SentInvitation]) -> list[Step
             steps.append(Step((Mail("CANCEL", old, sequence, old.attendees),), "CANCEL", old, sequence))
     if held is None or reservation.status != ReservationStatus.CONFIRMED:
         return steps  # pending: the Google write announces again once it is done; failed: Google kept the old
-    now = meeting_of(reservation)
+    current = meeting_of(reservation)
     record = next((r for r in sent if (r.uid, r.recurrence_id) == held), None)
     if record is None or record.method != "REQUEST":
         sequence = record.sequence + 1 if record else 0
-        return [*steps, Step((Mail("REQUEST", now, sequence, now.attendees),), "REQUEST", now, sequence)]
+        return [*steps, Step((Mail("REQUEST", current, sequence, current.attendees),), "REQUEST", current,
+                                sequence)]
     last = meeting_sent(record)
-    if not last.changed_for_people(now):
-        return steps  # a new title or description alone: no mail (see the module docstring)
+    if not last.changed_for_people(current):
+        return steps  # a new title or description alone: no mail (Meeting.changed_for_people says why)
     sequence = record.sequence + 1
-    removed = tuple(a for a in last.attendees if a not in now.attendees)
+    removed = tuple(a for a in last.attendees if a not in current.attendees)
     mails = (Mail("CANCEL", last, sequence, removed),) if removed else ()
-    return [*steps, Step((*mails, Mail("REQUEST", now, sequence, now.attendees)), "REQUEST", now, sequence)]
+    return [*steps, Step((*mails, Mail("REQUEST", current, sequence, current.attendees)), "REQUEST", current,
+                                sequence)]
 
 
 def mail_invitations(session: Session, config: Config, reservation_id: int, now: datetime | None = None) -> str:
