@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 REQUEUE_GUARD_SECONDS = 300  # at most one re-queue per reservation per this many seconds
 WRITE_LOCK_TTL_SECONDS = 30.0
 WRITE_LOCK_WAIT_SECONDS = 60.0
+MAIL_LOCK_TTL_SECONDS = 30.0  # renewed while held
+MAIL_LOCK_WAIT_SECONDS = 30.0
 
 
 class WriteBusy(RetriableGoogleError):
@@ -59,20 +61,33 @@ def on_reservation_changed(event: ReservationChanged) -> None:
 
 
 def on_invitation_due(event: InvitationDue) -> None:
-    recipients = list(event.recipients) if event.recipients is not None else None
-    send_invitations.enqueue(event.reservation_id, event.method, recipients, event.event_id)
+    send_invitations.enqueue(event.reservation_id)
+
+
+class MailBusy(Exception):
+    """Another worker is mailing this reservation's people; try again later."""
 
 
 @job("default", timeout=60, retry=Retry(max=5, interval=[10, 60, 300, 900, 3600]))
-def send_invitations(reservation_id: int, method: str, recipients: list[str] | None = None,
-                     event_id: str | None = None) -> str:
-    """Mail an iMIP REQUEST or CANCEL for the reservation (room mode); SMTP errors are retried."""
+def send_invitations(reservation_id: int, *_queued_before_0011) -> str:
+    """Mail people what their calendars lack of the reservation (room mode); SMTP errors are retried.
+
+    One at a time per reservation, across workers: each reads what people were last sent
+    and records what it sent, so two at once could send one update twice or record the
+    older one last. (Jobs queued before revision 0011 carry a method, recipients and an
+    event id; the reservation and what was sent now say all of that.)
+    """
     config: Config = current_app.config["ROOMBRIDGE"]
+    lock = RedisLock(redis(), f"roombridge:mail:lock:{reservation_id}", MAIL_LOCK_TTL_SECONDS)
+    if not lock.acquire(wait_seconds=MAIL_LOCK_WAIT_SECONDS):
+        raise MailBusy(f"reservation {reservation_id} is being mailed by another worker")
     try:
-        return invitations.mail_invitation(db.session(), config, reservation_id, method, recipients, event_id)
+        return invitations.mail_invitations(db.session(), config, reservation_id)
     except (OSError, smtplib.SMTPException):
-        log.warning("could not mail the %s of reservation %s; will retry", method, reservation_id, exc_info=True)
+        log.warning("could not mail the people of reservation %s; will retry", reservation_id, exc_info=True)
         raise
+    finally:
+        lock.release()
 
 
 @job("channels", timeout=120)

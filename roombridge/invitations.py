@@ -1,39 +1,60 @@
-"""Meeting invitations by e-mail in room mode: iCalendar over e-mail (iMIP, RFC 6047).
+"""Meeting invitations by e-mail in room mode: iCalendar over e-mail (iMIP, RFC 6047; RFC 5546).
 
 In room mode the event on the room calendar has no Google attendees (Google refuses them
-from a service account without delegation), so the app itself tells people: a METHOD
-REQUEST when a booking is made or changed, a METHOD CANCEL when it goes away. The UID is
-the Google event's iCalUID (``<eventId>@google.com``) so calendar clients file the
-invitation and its updates as one meeting; the room is the ORGANIZER, since it holds the
-event; SEQUENCE grows with every change, as RFC 5546 requires for updates to supersede.
-In a room that needs a check-in, the REQUEST carries the signed one-click check-in link
-(roombridge/checkin.py). The organiser's check-in notices (released, flagged, a series
-warned or ended) are plain mails, also sent from here.
+from a service account without delegation), so the app itself tells people. The UID is the
+Google event's iCalUID (``<eventId>@google.com``) so calendar clients file the invitation and
+its updates as one meeting; the room is the ORGANIZER, since it holds the event, with
+SENT-BY naming the address the mail comes from, so clients that check the organiser against
+the sender accept it.
+
+What people were last sent is kept per UID (`SentInvitation`), and the mail job sends what
+makes their calendars match the reservation as stored now (`due_mails`):
+
+- a REQUEST when the booking is new, or when its time, room or attendees changed since the
+  last REQUEST (not for a new title or description alone, as the issue asks and Google's
+  own "send updates" prompt does: a title change rides along with the next real update);
+- a CANCEL to attendees who were removed, listing them (RFC 5546 section 3.2.5); the others
+  get the REQUEST;
+- a CANCEL of every UID people hold that the reservation no longer has (a move to another
+  room makes a new event), built from what they were sent: its organiser, location, time
+  and UID, never the reservation's new ones;
+- nothing for a UID that never had a REQUEST, and nothing while a Google write is pending.
+
+SEQUENCE counts per UID and grows with every mail about it, as RFC 5546 requires for an
+update to supersede. In a room that needs a check-in, the REQUEST carries the signed
+one-click check-in link (roombridge/checkin.py). The organiser's check-in notices
+(released, flagged, a series warned or ended) are plain mails, also sent from here.
 """
 
 from __future__ import annotations
 
+import email.policy
 import logging
 import smtplib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from icalendar import Calendar, Event, vCalAddress, vText
+import sqlalchemy as sa
+from icalendar import Calendar, Event, vCalAddress, vRecur, vText
 from sqlalchemy.orm import Session
 
 from roombridge import checkin
 from roombridge.booking.rules import one_line
 from roombridge.config import Config
-from roombridge.models import Reservation, ReservationStatus
+from roombridge.models import Reservation, ReservationSource, ReservationStatus, SentInvitation
 from roombridge.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 
 PRODID = "-//Roombridge//Room reservations//EN"
 METHODS = ("REQUEST", "CANCEL")
+# Every body 7-bit on the wire: non-ASCII text goes quoted-printable or base64, so no relay
+# needs 8BITMIME (smtplib never announces it for a plain address); headers become RFC 2047 words.
+MAIL_POLICY = email.policy.default.clone(cte_type="7bit")
 
 
 def ical_uid(event_id: str) -> str:
@@ -42,13 +63,53 @@ def ical_uid(event_id: str) -> str:
 
 
 @dataclass(frozen=True)
-class Invitation:
-    method: str
+class Meeting:
+    """One meeting as an invitation describes it: everything a VEVENT is built from."""
+
     uid: str
-    recipients: list[str]
-    subject: str
-    text: str
-    ics: bytes
+    organiser: str  # the room calendar's address: the room holds the event
+    organiser_name: str
+    location: str
+    summary: str
+    start_at: datetime
+    end_at: datetime
+    time_zone: str
+    booker: str
+    attendees: tuple[str, ...]  # everyone invited, the booker first, once each
+    description: str = ""
+    # A series: its RRULE line (repeating in the room's wall time) and the occurrences it leaves out.
+    rrule: str | None = None
+    exdates: tuple[datetime, ...] = ()
+    # One occurrence of a series (the series' UID): its start in the rule.
+    recurrence_id: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """How people's calendars file it: the UID, and which occurrence ("" for a whole event or series)."""
+        return self.uid, recurrence_key(self.recurrence_id)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        try:
+            return ZoneInfo(self.time_zone or "UTC")
+        except (ZoneInfoNotFoundError, ValueError):
+            return ZoneInfo("UTC")
+
+    def changed_for_people(self, other: Meeting) -> bool:
+        """True when `other` has another time (or rule), room or set of attendees: what people get an update for.
+
+        RFC 5546 would let a new SUMMARY or DESCRIPTION be an update too; issue 17 asks for
+        updates only when the time, room or attendees change, as Google's own "send updates?"
+        prompt suggests, so a new title rides along with the next real update instead.
+        """
+        return ((self.start_at, self.end_at, self.rrule, set(self.exdates), self.organiser, self.location,
+                 set(self.attendees))
+                != (other.start_at, other.end_at, other.rrule, set(other.exdates), other.organiser, other.location,
+                    set(other.attendees)))
+
+
+def recurrence_key(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") if moment is not None else ""
 
 
 def recipients_of(reservation: Reservation) -> list[str]:
@@ -60,88 +121,177 @@ def recipients_of(reservation: Reservation) -> list[str]:
     return people
 
 
-def build_invitation(
-    reservation: Reservation,
-    method: str,
-    *,
-    event_id: str | None = None,
-    recipients: list[str] | None = None,
-    now: datetime | None = None,
-    checkin_url: str | None = None,
-) -> Invitation:
-    """The iCalendar object and the words around it, for `method` REQUEST or CANCEL."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+def meeting_of(reservation: Reservation, event_id: str | None = None) -> Meeting:
+    """The meeting the reservation is now, under its Google event's UID (or `event_id`'s)."""
     event_id = event_id or reservation.google_event_id
     if not event_id:
         raise ValueError(f"reservation {reservation.id} has no Google event yet; its UID is unknown")
     room = reservation.room
-    uid = ical_uid(event_id)
-    now = now or datetime.now(UTC)
+    return Meeting(
+        uid=ical_uid(event_id), organiser=room.calendar_id, organiser_name=room.name, location=room.name,
+        summary=reservation.title, description=reservation.description or "", start_at=reservation.start_at,
+        end_at=reservation.end_at, time_zone=room.time_zone or "UTC", booker=reservation.organiser_email,
+        attendees=tuple(recipients_of(reservation)),
+    )
 
+
+def meeting_sent(record: SentInvitation) -> Meeting:
+    """The meeting as people were last sent it."""
+    return Meeting(
+        uid=record.uid, organiser=record.organiser, organiser_name=record.organiser_name, location=record.location,
+        summary=record.summary, start_at=record.start_at, end_at=record.end_at, time_zone=record.time_zone,
+        booker=record.booker, attendees=tuple(record.attendees or ()), rrule=record.rrule,
+        exdates=tuple(datetime.fromisoformat(moment) for moment in record.exdates or ()),
+        recurrence_id=(datetime.strptime(record.recurrence_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+                       if record.recurrence_id else None),
+    )
+
+
+# --- the iCalendar object --------------------------------------------------------------------------
+
+
+def build_vevent(meeting: Meeting, method: str, sequence: int, *, attendees: tuple[str, ...] | None = None,
+                 sent_by: str | None = None, now: datetime | None = None) -> Event:
+    """The VEVENT of `meeting` for a `method` mail; ATTENDEE lists `attendees` (default: everyone invited).
+
+    A series carries its RRULE and EXDATEs, one occurrence of it its RECURRENCE-ID; a caller may
+    add more before `build_calendar`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    zone = meeting.zone
+    event = Event()
+    event.add("uid", meeting.uid)
+    event.add("dtstamp", (now or datetime.now(UTC)).astimezone(UTC))
+    # In the room's zone (with its VTIMEZONE): a client shows the room's wall time, and a rule
+    # added by a series repeats in that wall time across daylight-saving changes.
+    event.add("dtstart", meeting.start_at.astimezone(zone))
+    event.add("dtend", meeting.end_at.astimezone(zone))
+    event.add("summary", meeting.summary)
+    if meeting.description and method == "REQUEST":
+        event.add("description", meeting.description)
+    event.add("location", meeting.location)
+    if meeting.rrule:
+        event.add("rrule", vRecur.from_ical(meeting.rrule.removeprefix("RRULE:")))
+    for moment in meeting.exdates:
+        event.add("exdate", moment.astimezone(zone))
+    if meeting.recurrence_id is not None:
+        event.add("recurrence-id", meeting.recurrence_id.astimezone(zone))
+    event.add("sequence", sequence)
+    event.add("status", "CANCELLED" if method == "CANCEL" else "CONFIRMED")
+    organizer = vCalAddress(f"mailto:{meeting.organiser}")
+    organizer.params["cn"] = vText(meeting.organiser_name)
+    if sent_by and sent_by.lower() != meeting.organiser.lower():
+        organizer.params["sent-by"] = vText(f"mailto:{sent_by}")
+    event.add("organizer", organizer)
+    for address in meeting.attendees if attendees is None else attendees:
+        attendee = vCalAddress(f"mailto:{address}")
+        attendee.params["role"] = vText("CHAIR" if address == meeting.booker else "REQ-PARTICIPANT")
+        attendee.params["partstat"] = vText("ACCEPTED" if address == meeting.booker else "NEEDS-ACTION")
+        # Replies would go to the room calendar, which nobody reads: ask for none.
+        attendee.params["rsvp"] = vText("FALSE")
+        event.add("attendee", attendee, encode=True)
+    return event
+
+
+def build_calendar(method: str, *events: Event) -> Calendar:
+    """A VCALENDAR for an iMIP `method` mail holding `events`, with the VTIMEZONE of every zone they use."""
     calendar = Calendar()
     calendar.add("prodid", PRODID)
     calendar.add("version", "2.0")
     calendar.add("method", method)
-    event = Event()
-    event.add("uid", uid)
-    event.add("dtstamp", now.astimezone(UTC))
-    event.add("dtstart", reservation.start_at.astimezone(UTC))
-    event.add("dtend", reservation.end_at.astimezone(UTC))
-    event.add("summary", reservation.title)
-    if reservation.description:
-        event.add("description", reservation.description)
-    event.add("location", room.name)
-    # The row version grows on every change to the reservation, so it serves as SEQUENCE.
-    event.add("sequence", reservation.version)
-    event.add("status", "CANCELLED" if method == "CANCEL" else "CONFIRMED")
-    organizer = vCalAddress(f"mailto:{room.calendar_id}")
-    organizer.params["cn"] = vText(room.name)
-    event.add("organizer", organizer)
-    for address in recipients_of(reservation):
-        attendee = vCalAddress(f"mailto:{address}")
-        attendee.params["role"] = vText("CHAIR" if address == reservation.organiser_email else "REQ-PARTICIPANT")
-        attendee.params["partstat"] = vText("ACCEPTED" if address == reservation.organiser_email else "NEEDS-ACTION")
-        # Replies would go to the room calendar, which nobody reads: ask for none.
-        attendee.params["rsvp"] = vText("FALSE")
-        event.add("attendee", attendee, encode=True)
-    calendar.add_component(event)
+    years = []
+    for event in events:
+        calendar.add_component(event)
+        years += [event.decoded("dtstart").year, event.decoded("dtend").year]
+    # The zone's rules from the year before the first start on: a rule a series adds may reach
+    # further, and the caller widens the span then (Calendar.add_missing_timezones).
+    calendar.add_missing_timezones(first_date=date(min(years) - 1, 1, 1), last_date=date(max(years) + 2, 1, 1))
+    return calendar
 
-    zone = room.zone
-    local_start, local_end = reservation.start_at.astimezone(zone), reservation.end_at.astimezone(zone)
-    when = f"{local_start:%a %d %b %Y, %H:%M}-{local_end:%H:%M} ({room.time_zone})"
+
+# --- the mail ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Invitation:
+    method: str
+    uid: str
+    sequence: int
+    recipients: list[str]
+    organiser_name: str
+    subject: str
+    text: str
+    ics: bytes
+
+
+def compose(meeting: Meeting, method: str, sequence: int, *, recipients: tuple[str, ...] | list[str],
+            sent_by: str | None = None, checkin_url: str | None = None, now: datetime | None = None) -> Invitation:
+    """The invitation mail's parts: the iCalendar object (ATTENDEE: the recipients) and the words around it."""
+    recipients = tuple(recipients)
+    calendar = build_calendar(method, build_vevent(meeting, method, sequence, attendees=recipients,
+                                                   sent_by=sent_by, now=now))
+    zone = meeting.zone
+    local_start, local_end = meeting.start_at.astimezone(zone), meeting.end_at.astimezone(zone)
+    when = f"{local_start:%a %d %b %Y, %H:%M}-{local_end:%H:%M} ({meeting.time_zone})"
     # Titles made in Google are not ours to check: a line break in one would make the Subject
     # header refuse to be built, and the mail job fail forever.
-    title = one_line(reservation.title)
-    if method == "CANCEL":
-        subject = f"Cancelled: {title} @ {local_start:%d %b %H:%M} in {one_line(room.name)}"
-        text = f"{reservation.title}\n{when}\n{room.name}\n\nThis booking was cancelled.\n"
+    about = f"{one_line(meeting.summary)} @ {local_start:%d %b %H:%M} in {one_line(meeting.location)}"
+    head = f"{meeting.summary}\n{when}\n{meeting.location}\n\n"
+    if method == "CANCEL" and set(recipients) < set(meeting.attendees):
+        subject = f"Removed: {about}"
+        text = head + f"You are no longer invited to this meeting (booked by {meeting.booker}).\n"
+    elif method == "CANCEL":
+        subject = f"Cancelled: {about}"
+        text = head + "This booking was cancelled.\n"
     else:
-        subject = f"Invitation: {title} @ {local_start:%d %b %H:%M} in {one_line(room.name)}"
+        subject = f"{'Invitation' if sequence == 0 else 'Updated invitation'}: {about}"
         text = (
-            f"{reservation.title}\n{when}\n{room.name}\n\nBooked by {reservation.organiser_email}.\n"
-            + (f"\n{reservation.description}\n" if reservation.description else "")
+            head + f"Booked by {meeting.booker}.\n"
+            + (f"\n{meeting.description}\n" if meeting.description else "")
             + (f"\nThis room needs a check-in when the meeting starts. Check in with one click:\n{checkin_url}\n"
                if checkin_url else "")
         )
-    return Invitation(
-        method=method,
-        uid=uid,
-        recipients=list(recipients) if recipients is not None else recipients_of(reservation),
-        subject=subject,
-        text=text,
-        ics=calendar.to_ical(),
-    )
+    return Invitation(method=method, uid=meeting.uid, sequence=sequence, recipients=list(recipients),
+                      organiser_name=meeting.organiser_name, subject=subject, text=text, ics=calendar.to_ical())
+
+
+def build_invitation(
+    reservation: Reservation,
+    method: str,
+    *,
+    sequence: int = 0,
+    event_id: str | None = None,
+    recipients: list[str] | None = None,
+    sent_by: str | None = None,
+    now: datetime | None = None,
+    checkin_url: str | None = None,
+) -> Invitation:
+    """The `method` invitation of the reservation as it stands now (to `recipients`, or everyone invited)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    meeting = meeting_of(reservation, event_id)
+    return compose(meeting, method, sequence, recipients=meeting.attendees if recipients is None else recipients,
+                   sent_by=sent_by, checkin_url=checkin_url, now=now)
+
+
+def sender_address(config: Config) -> str:
+    """The bare address mail comes from (MAIL_FROM may carry a display name)."""
+    return parseaddr(config.MAIL_FROM)[1] or config.MAIL_FROM
 
 
 def to_email(invitation: Invitation, sender: str) -> EmailMessage:
-    """multipart/alternative: text/plain for people, text/calendar; method=... for their calendars."""
-    message = EmailMessage()
-    message["From"] = sender
+    """multipart/alternative: text/plain for people, text/calendar; method=... for their calendars.
+
+    From shows the room's name with the sending address, which the ORGANIZER's SENT-BY names.
+    """
+    address = parseaddr(sender)[1] or sender
+    message = EmailMessage(policy=MAIL_POLICY)
+    message["From"] = formataddr((one_line(invitation.organiser_name), address))
     message["To"] = ", ".join(invitation.recipients)
     message["Subject"] = invitation.subject
     message["Date"] = formatdate(localtime=False)
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "localhost")
+    message["Message-ID"] = make_msgid(domain=address.rpartition("@")[2] or "localhost")
     message.set_content(invitation.text)
     message.add_alternative(
         invitation.ics.decode("utf-8"),
@@ -177,25 +327,118 @@ def send(message: EmailMessage, smtp_url: str, timeout: float = 10.0) -> bool:
     return True
 
 
-def mail_invitation(session: Session, config: Config, reservation_id: int, method: str,
-                    recipients: list[str] | None = None, event_id: str | None = None) -> str:
-    """Mail an iMIP REQUEST or CANCEL of the reservation as stored now; returns what was done.
+# --- what people must be sent now -------------------------------------------------------------------
 
-    Reads in a read unit of work and mails with none open. SMTP errors propagate for the
-    mail job to retry.
+
+@dataclass(frozen=True)
+class Mail:
+    """One iMIP mail: `method` of `meeting` at `sequence`, to `recipients` (its ATTENDEEs too)."""
+
+    method: str
+    meeting: Meeting
+    sequence: int
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Step:
+    """The mails about one UID, and what people hold for it once they are sent."""
+
+    mails: tuple[Mail, ...]
+    method: str
+    meeting: Meeting
+    sequence: int
+
+
+def held_key(reservation: Reservation) -> tuple[str, str] | None:
+    """The key (`Meeting.key`) of the event Google holds for the reservation, if the reservation still stands."""
+    if reservation.status in (ReservationStatus.CANCELLED, ReservationStatus.RELEASED):
+        return None
+    if not (reservation.google_calendar_id and reservation.google_event_id):
+        return None  # never written, or its old room's event was deleted on a move
+    return ical_uid(reservation.google_event_id), ""
+
+
+def due_mails(reservation: Reservation, sent: list[SentInvitation]) -> list[Step]:
+    """What people must be sent so their calendars match the reservation, given what they were sent."""
+    if reservation.source == ReservationSource.GOOGLE:
+        return []  # made in Google: Google invited its people
+    held = held_key(reservation)
+    steps = []
+    for record in sent:
+        if record.method == "REQUEST" and (record.uid, record.recurrence_id) != held:
+            # People hold an event the reservation no longer has: cancel it as they know it.
+            old = meeting_sent(record)
+            sequence = record.sequence + 1
+            steps.append(Step((Mail("CANCEL", old, sequence, old.attendees),), "CANCEL", old, sequence))
+    if held is None or reservation.status != ReservationStatus.CONFIRMED:
+        return steps  # pending: the Google write announces again once it is done; failed: Google kept the old
+    current = meeting_of(reservation)
+    record = next((r for r in sent if (r.uid, r.recurrence_id) == held), None)
+    if record is None or record.method != "REQUEST":
+        sequence = record.sequence + 1 if record else 0
+        return [*steps, Step((Mail("REQUEST", current, sequence, current.attendees),), "REQUEST", current,
+                                sequence)]
+    last = meeting_sent(record)
+    if not last.changed_for_people(current):
+        return steps  # a new title or description alone: no mail (Meeting.changed_for_people says why)
+    sequence = record.sequence + 1
+    removed = tuple(a for a in last.attendees if a not in current.attendees)
+    mails = (Mail("CANCEL", last, sequence, removed),) if removed else ()
+    return [*steps, Step((*mails, Mail("REQUEST", current, sequence, current.attendees)), "REQUEST", current,
+                                sequence)]
+
+
+def mail_invitations(session: Session, config: Config, reservation_id: int, now: datetime | None = None) -> str:
+    """Mail people what makes their calendars match the reservation as stored now; returns what was done.
+
+    Reads in a read unit of work, mails with none open, and records each UID's mails once
+    they were handed to SMTP, in a short write unit. SMTP errors propagate for the mail job
+    to retry: UIDs done before are recorded and not mailed again; a mail of the UID that
+    failed may go again, with the same SEQUENCE, which clients file as the same update. The
+    caller makes sure only one runs per reservation at a time (jobs/reservations.py).
     """
+    sender = sender_address(config)
     with unit_of_work(session, write=False):
-        reservation = session.get(Reservation, reservation_id)
+        reservation = session.get(Reservation, reservation_id, populate_existing=True)
         if reservation is None:
             return "gone"
-        if method == "REQUEST" and reservation.status != ReservationStatus.CONFIRMED:
-            return "superseded"  # changed again since; the next publish sends the invitation
-        policy = checkin.CheckinPolicy.for_room(reservation.room, config)
-        link = checkin.link_url(config, reservation) if method == "REQUEST" and policy.required else None
-        invitation = build_invitation(reservation, method, event_id=event_id, recipients=recipients,
-                                      checkin_url=link)
-    sent = send(to_email(invitation, config.MAIL_FROM), config.SMTP_URL)
-    return f"sent to {len(invitation.recipients)}" if sent else "skipped (no SMTP_URL)"
+        sent = list(session.scalars(sa.select(SentInvitation).where(SentInvitation.reservation_id == reservation_id)
+                                    .order_by(SentInvitation.sent_at)))
+        steps = due_mails(reservation, sent)
+        inviting = any(mail.method == "REQUEST" for step in steps for mail in step.mails)
+        required = inviting and checkin.CheckinPolicy.for_room(reservation.room, config).required
+        link = checkin.link_url(config, reservation) if required else None
+    if not steps:
+        return "nothing to send"
+    done = []
+    for step in steps:
+        for mail in step.mails:
+            invitation = compose(mail.meeting, mail.method, mail.sequence, recipients=mail.recipients,
+                                 sent_by=sender, checkin_url=link if mail.method == "REQUEST" else None, now=now)
+            if not send(to_email(invitation, config.MAIL_FROM), config.SMTP_URL):
+                return "skipped (no SMTP_URL)"  # nothing recorded: nobody holds what was not sent
+            done.append(f"{mail.method} {mail.sequence} to {len(mail.recipients)}")
+        _remember(session, reservation_id, step)
+    return ", ".join(done)
+
+
+def _remember(session: Session, reservation_id: int, step: Step) -> None:
+    meeting = step.meeting
+    with unit_of_work(session):
+        uid, recurrence_id = meeting.key
+        record = session.get(SentInvitation, (uid, recurrence_id), populate_existing=True)
+        if record is None:
+            record = SentInvitation(uid=uid, recurrence_id=recurrence_id, reservation_id=reservation_id)
+            session.add(record)
+        elif record.sequence > step.sequence:
+            return  # a later mail about it was recorded meanwhile
+        record.method, record.sequence, record.sent_at = step.method, step.sequence, datetime.now(UTC)
+        record.organiser, record.organiser_name, record.location = (meeting.organiser, meeting.organiser_name,
+                                                                    meeting.location)
+        record.summary, record.start_at, record.end_at = meeting.summary, meeting.start_at, meeting.end_at
+        record.time_zone, record.booker, record.attendees = meeting.time_zone, meeting.booker, list(meeting.attendees)
+        record.rrule, record.exdates = meeting.rrule, [moment.astimezone(UTC).isoformat() for moment in meeting.exdates]
 
 
 # --- check-in notices (roombridge/checkin.py) -------------------------------------------------------
@@ -220,10 +463,10 @@ def notice_message(reservation: Reservation, kind: str, config: Config) -> Email
     words = {"title": reservation.title, "room": room.name, "when": f"{start:%a %d %b %H:%M}",
              "deadline": f"{deadline:%H:%M}", "limit": config.CHECKIN_SERIES_END_AFTER}
     subject, text = _NOTICES[kind]
-    message = EmailMessage()
+    message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = config.MAIL_FROM
     message["To"] = reservation.organiser_email
-    message["Subject"] = subject.format(**words)
+    message["Subject"] = one_line(subject.format(**words))  # a title made in Google may hold a line break
     message.set_content(text.format(**words) + "\n")
     return message
 

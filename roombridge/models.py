@@ -175,6 +175,8 @@ class Reservation(TimestampMixin, Base):
     room_response: Mapped[str | None] = mapped_column(sa.String(16))  # accepted, declined, ...
     # The people must be told with the next write to Google: set when the booking is made and when
     # its time, room or attendees change (not its title or description); cleared once written.
+    # Delegated mode writes with sendUpdates=all then; room mode's mail job compares with what
+    # people were sent (`SentInvitation`) instead.
     invitation_due: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     conflict_with_id: Mapped[int | None] = mapped_column(sa.ForeignKey("reservations.id"))
     # Check-in: who (an e-mail, or "display") and when. A no-show keeps `missed_checkin_at` (the
@@ -201,6 +203,38 @@ class Reservation(TimestampMixin, Base):
 
     def __repr__(self) -> str:
         return f"<Reservation {self.id} room={self.room_id} {self.start_at:%Y-%m-%d %H:%M}Z {self.status}>"
+
+
+class SentInvitation(Base):
+    """Room mode: what people's calendars were last sent for one UID of a reservation (roombridge/invitations.py).
+
+    A CANCEL must name the event as people have it (its organiser, location, time, UID) with a
+    higher SEQUENCE, go to those who were invited, and go only where a REQUEST went: the
+    reservation as it stands now may be in another room, at another time, with other people.
+    One row per UID, written after the mail was handed to SMTP.
+    """
+
+    __tablename__ = "sent_invitations"
+
+    uid: Mapped[str] = mapped_column(sa.String(1100), primary_key=True)
+    # One occurrence of a recurring event is filed apart from its series: its RECURRENCE-ID in UTC
+    # (YYYYMMDDTHHMMSSZ, as Google's instance ids end), or "" for a whole event or series.
+    recurrence_id: Mapped[str] = mapped_column(sa.String(16), primary_key=True, default="")
+    reservation_id: Mapped[int] = mapped_column(sa.ForeignKey("reservations.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(sa.String(16))  # the last one sent: REQUEST or CANCEL
+    sequence: Mapped[int] = mapped_column()
+    organiser: Mapped[str] = mapped_column(sa.String(254))  # the room calendar's address
+    organiser_name: Mapped[str] = mapped_column(sa.Text)
+    location: Mapped[str] = mapped_column(sa.Text)
+    summary: Mapped[str] = mapped_column(sa.Text)
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    time_zone: Mapped[str] = mapped_column(sa.String(64))
+    booker: Mapped[str] = mapped_column(sa.String(254))
+    attendees: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # everyone invited, the booker first
+    rrule: Mapped[str | None] = mapped_column(sa.String(500))  # a series: its rule, and the dates it leaves out
+    exdates: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # UTC instants, ISO 8601
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class WatchChannel(Base):

@@ -147,8 +147,7 @@ def _delete(session: Session, config: Config, gateway: CalendarGateway, reservat
         return "nothing in Google"
     event_id = reservation.google_event_id
     gateway.delete_event(reservation.google_calendar_id, event_id, send_updates=_send_updates(config))
-    tell = () if config.delegated_mode else (InvitationDue(reservation.id, "CANCEL", None, event_id),)
-    _record(session, reservation, announce_anyway=tell, google_calendar_id=None)
+    _record(session, reservation, announce_anyway=_tell_people(config, reservation), google_calendar_id=None)
     return "deleted"
 
 
@@ -181,8 +180,9 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
     room = reservation.room
     calendar_id = room.calendar_id
     send_updates = _send_updates(config)
-    # A new title or description is written without telling anyone (as calendar clients do);
-    # a new event (a new UID), a new time, room or attendees are sent to everyone.
+    # Delegated mode: Google tells people of a new event, a new time, room or attendees, and not
+    # of a new title or description (as calendar clients do). Room mode: the mail job compares
+    # with what people were sent (roombridge/invitations.py), so it is told after every write.
     tell_people = reservation.invitation_due
     done = []
     if reservation.google_calendar_id and reservation.google_calendar_id != calendar_id:
@@ -192,10 +192,9 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
             gateway.delete_event(old_calendar, old_event, send_updates=send_updates)
         except PermanentGoogleError as error:
             log.warning("reservation %s: could not delete the event on %s: %s", reservation.id, old_calendar, error)
-        tell = () if config.delegated_mode or not old_event else (
-            InvitationDue(reservation.id, "CANCEL", None, old_event),)
-        _record(session, reservation, announce_anyway=tell, google_calendar_id=None, google_event_id=None,
-                google_revision=reservation.google_revision + 1)
+        # People are sent the old room's event's CANCEL even if the insert below fails.
+        _record(session, reservation, announce_anyway=_tell_people(config, reservation), google_calendar_id=None,
+                google_event_id=None, google_revision=reservation.google_revision + 1)
         done.append("moved")
 
     body = event_body(reservation, config)
@@ -212,14 +211,12 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
             # Deleted in Google behind our back; the id cannot be used again.
             event, revision = _insert(gateway, calendar_id, reservation.id, revision + 1, body, send_updates)
             done.append("re-inserted")
-    tell_people = tell_people or done[-1] != "patched"  # a new event is a new invitation
 
     _record(
         session,
         reservation,
         # Invited once Google holds the booking as it stands; an edit meanwhile publishes (and invites) again.
-        announce_if_whole=() if config.delegated_mode or not tell_people else (
-            InvitationDue(reservation.id, "REQUEST"),),
+        announce_if_whole=_tell_people(config, reservation),
         google_event_id=event["id"],
         google_calendar_id=calendar_id,
         google_revision=revision,
@@ -230,6 +227,11 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
         invitation_due=False,
     )
     return " and ".join(done)
+
+
+def _tell_people(config: Config, reservation: Reservation) -> tuple[InvitationDue, ...]:
+    """Room mode: the mail job sends what people's calendars now lack (nothing, if nothing they see changed)."""
+    return () if config.delegated_mode else (InvitationDue(reservation.id),)
 
 
 def _insert(gateway: CalendarGateway, calendar_id: str, reservation_id: int, revision: int, body: dict,

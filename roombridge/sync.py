@@ -480,5 +480,6 @@ def _tell_organisers(session: Session, notices: list[tuple[int, str, str]]) -> N
     left our reservation in CONFLICT gets no update mail (the audit log and the admin page
     carry it): the invitation would announce a slot the room does not hold.
     """
-    for reservation_id, method, event_id in notices:
-        announce(session, InvitationDue(reservation_id, method, None, event_id if method == "CANCEL" else None))
+    for reservation_id, _method, _event_id in notices:
+        # The mail job works out what to send from what people were sent (roombridge/invitations.py).
+        announce(session, InvitationDue(reservation_id))

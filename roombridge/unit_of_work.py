@@ -59,12 +59,13 @@ class ReservationChanged:
 
 @dataclass(frozen=True)
 class InvitationDue:
-    """Room mode: mail an iMIP REQUEST or CANCEL of the reservation (to `recipients`, or everyone)."""
+    """Room mode: people may hold another version of the reservation than Google now has: mail them.
+
+    The mail job works out what to send (REQUEST, CANCEL, to whom) from the reservation and
+    what people were last sent (roombridge/invitations.py: `due_mails`).
+    """
 
     reservation_id: int
-    method: str  # "REQUEST" | "CANCEL"
-    recipients: tuple[str, ...] | None = None
-    event_id: str | None = None  # the Google event a CANCEL is about, when it is not the current one
 
 
 @dataclass(frozen=True)

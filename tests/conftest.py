@@ -205,7 +205,10 @@ def live_server_factory():
 
 @pytest.fixture
 def smtp_server():
-    """A real SMTP server on a free local port; `.url` is its SMTP_URL, `.messages` its inbox."""
+    """A real SMTP server on a free local port; `.url` is its SMTP_URL, `.messages` its inbox.
+
+    At the end every mail it received must read as a well-formed invitation (or a plain mail).
+    """
     from aiosmtpd.controller import Controller
 
     port = free_port()
@@ -215,6 +218,7 @@ def smtp_server():
     inbox.url = f"smtp://127.0.0.1:{port}"
     yield inbox
     controller.stop()
+    inbox.invitations()  # every mail a test made, read as a strict client would (tests/support.py)
 
 
 # --- a Redis server of a test's own ---------------------------------------------------------------

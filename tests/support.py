@@ -261,17 +261,26 @@ class Stack:
 
 
 class SmtpInbox:
-    """What a local aiosmtpd server received: (envelope recipients, parsed message) pairs."""
+    """What a local aiosmtpd server received: (envelope recipients, parsed message) pairs.
+
+    `raw` keeps each mail's bytes as they arrived and `options` its MAIL FROM options, so a
+    test can see what went over the wire (7-bit, or 8BITMIME announced).
+    """
 
     def __init__(self):
         self.messages: list = []
+        self.raw: list[bytes] = []
+        self.options: list[list[str]] = []
         self.url = ""
 
     async def handle_DATA(self, server, session, envelope):
         import email
         import email.policy
 
-        parsed = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        content = envelope.original_content or envelope.content
+        parsed = email.message_from_bytes(content, policy=email.policy.default)
+        self.raw.append(content)
+        self.options.append(list(envelope.mail_options))
         self.messages.append((list(envelope.rcpt_tos), parsed))
         return "250 OK"
 
@@ -282,6 +291,106 @@ class SmtpInbox:
             time.sleep(0.01)
         assert len(self.messages) >= count, f"expected {count} messages, got {len(self.messages)}"
         return self.messages
+
+    def invitations(self, count: int | None = None) -> list[ReceivedInvitation]:
+        """Every invitation received (after waiting for `count` mails), each parsed and checked by `read_mail`."""
+        if count is not None:
+            self.wait_for(count)
+        read = [read_mail(rcpts, message, raw, options)
+                for (rcpts, message), raw, options in zip(self.messages, self.raw, self.options, strict=True)]
+        return [invitation for invitation in read if invitation is not None]
+
+
+@dataclasses.dataclass
+class ReceivedInvitation:
+    """An iMIP mail as a calendar client reads it (`read_mail`)."""
+
+    recipients: list[str]  # the envelope's
+    message: object  # email.message.EmailMessage
+    calendar: object  # icalendar.Calendar
+    events: list  # its VEVENTs
+
+    @property
+    def event(self):
+        [event] = self.events
+        return event
+
+    @property
+    def method(self) -> str:
+        return str(self.calendar["METHOD"])
+
+    @property
+    def uid(self) -> str:
+        return str(self.event["UID"])
+
+    @property
+    def sequence(self) -> int:
+        return int(self.event["SEQUENCE"])
+
+    @property
+    def organiser(self) -> str:
+        return str(self.event["ORGANIZER"]).removeprefix("mailto:")
+
+    @property
+    def location(self) -> str:
+        return str(self.event["LOCATION"])
+
+    @property
+    def attendees(self) -> list[str]:
+        return [str(a).removeprefix("mailto:") for a in _as_list(self.event.get("ATTENDEE"))]
+
+    @property
+    def start(self) -> datetime:
+        return self.event.decoded("DTSTART")
+
+    @property
+    def end(self) -> datetime:
+        return self.event.decoded("DTEND")
+
+
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def read_mail(recipients: list[str], message, raw: bytes, options: list[str]) -> ReceivedInvitation | None:
+    """Read a received mail as a strict client would; None for a plain mail (a check-in notice).
+
+    Asserts what every client needs to file an invitation (RFC 5545, 5546, 6047): a 7-bit body
+    or 8BITMIME announced; one text/calendar part whose `method` is the METHOD; in every
+    VEVENT a UID, SEQUENCE, DTSTAMP, an ORGANIZER that is the From address or names it in
+    SENT-BY, ATTENDEEs that include every envelope recipient, and zoned DTSTART < DTEND with
+    a VTIMEZONE for every TZID.
+    """
+    from email.utils import parseaddr
+
+    from icalendar import Calendar
+
+    assert max(raw, default=0) < 0x80 or "BODY=8BITMIME" in options, "an 8-bit body without 8BITMIME"
+    parts = [p for p in message.walk() if p.get_content_type() == "text/calendar"]
+    if not parts:
+        return None
+    [part] = parts
+    calendar = Calendar.from_ical(part.get_content())
+    method = str(calendar["METHOD"])
+    assert method in ("REQUEST", "CANCEL") and part.get_param("method") == method
+    zones = {str(tz["TZID"]) for tz in calendar.walk("VTIMEZONE")}
+    events = calendar.walk("VEVENT")
+    assert events, "no VEVENT"
+    sender = parseaddr(str(message["From"]))[1].lower()
+    for event in events:
+        assert str(event["UID"]) and int(event["SEQUENCE"]) >= 0 and event.decoded("DTSTAMP").tzinfo is not None
+        organiser = event["ORGANIZER"]
+        assert str(organiser).lower().startswith("mailto:")
+        if str(organiser).lower() != f"mailto:{sender}":
+            assert str(organiser.params.get("SENT-BY", "")).lower() == f"mailto:{sender}", "From is not the organiser"
+        attendees = {str(a).lower().removeprefix("mailto:") for a in _as_list(event.get("ATTENDEE"))}
+        assert {r.lower() for r in recipients} <= attendees, f"{recipients} not all among the ATTENDEEs {attendees}"
+        for name in ("DTSTART", "DTEND"):
+            assert event.decoded(name).tzinfo is not None, f"a floating {name}"
+            tzid = event[name].params.get("TZID")
+            assert tzid is None or tzid in zones, f"no VTIMEZONE for {tzid}"
+        assert event.decoded("DTSTART") < event.decoded("DTEND")
+    return ReceivedInvitation(recipients=recipients, message=message, calendar=calendar, events=events)
 
 
 # --- the browser: screenshots and accessibility checks (tests/browser) ---------------------------

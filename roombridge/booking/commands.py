@@ -44,7 +44,7 @@ from roombridge.booking.rules import (
 )
 from roombridge.config import Config
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, audit
-from roombridge.unit_of_work import InvitationDue, ReservationChanged, announce, run_retrying, unit_of_work
+from roombridge.unit_of_work import ReservationChanged, announce, run_retrying, unit_of_work
 
 
 @dataclass
@@ -253,9 +253,6 @@ def _edit_once(session: Session, config: Config, reservation_id: int, *, actor_e
     flush_refusing_overlap(session, room.id, span, [reservation_id])
     if changes:
         announce(session, ReservationChanged(reservation.id))
-        if removed and reservation.google_event_id:
-            # Attendees dropped by the edit are told they are no longer invited (room mode mail).
-            announce(session, InvitationDue(reservation.id, "CANCEL", tuple(removed)))
         if {"start_at", "end_at", "room_id"} & changes.keys():
             freed.update({reservation.room_id, *changes.get("room_id", [])})
     return BookingResult(

@@ -6,7 +6,6 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from icalendar import Calendar
 
 from jobs.reservations import requeue_stale_pending, write_reservation
 from roombridge import booking, db, publish
@@ -65,12 +64,6 @@ def live_events(emulator, calendar_id):
     return [e for e in emulator.state.raw_events(calendar_id) if e.get("status") != "cancelled"]
 
 
-def calendar_of(message) -> Calendar:
-    [part] = [p for p in message.walk() if p.get_content_type() == "text/calendar"]
-    assert part.get_param("method") in ("REQUEST", "CANCEL")
-    return Calendar.from_ical(part.get_content())
-
-
 def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_server):
     app, (room_id, other_room_id) = google
     start, end = slot()
@@ -88,17 +81,13 @@ def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_se
     assert publish.description_from_event(event["description"]) == reservation.description == ""
     assert datetime.fromisoformat(event["start"]["dateTime"]) == start
 
-    [(rcpts, message)] = smtp_server.wait_for(1)
-    assert sorted(rcpts) == ["alice@example.com", "bob@example.com", "carol@example.com"]
-    invite = calendar_of(message)
-    assert invite["METHOD"] == "REQUEST"
-    [vevent] = invite.walk("VEVENT")
-    assert str(vevent["UID"]) == f"{event['id']}@google.com" == event.get("iCalUID", f"{event['id']}@google.com")
-    assert str(vevent["ORGANIZER"]) == f"mailto:{ROOM}"
-    assert sorted(str(a) for a in vevent["ATTENDEE"]) == [
-        "mailto:alice@example.com", "mailto:bob@example.com", "mailto:carol@example.com"]
-    assert vevent.decoded("DTSTART") == start.astimezone(UTC)
-    first_sequence = int(vevent["SEQUENCE"])
+    [invite] = smtp_server.invitations(1)
+    assert sorted(invite.recipients) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    assert invite.method == "REQUEST"
+    assert invite.uid == f"{event['id']}@google.com" == event.get("iCalUID", f"{event['id']}@google.com")
+    assert invite.organiser == ROOM
+    assert sorted(invite.attendees) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    assert invite.start == start
 
     # An edit moves the event.
     with app.app_context():
@@ -107,10 +96,9 @@ def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_se
     run_jobs(app, queues=("write", "default"))
     [event] = live_events(emulator, ROOM)
     assert datetime.fromisoformat(event["start"]["dateTime"]) == start + timedelta(hours=2)
-    [_, (_, update)] = smtp_server.wait_for(2)
-    [vevent] = calendar_of(update).walk("VEVENT")
-    assert int(vevent["SEQUENCE"]) > first_sequence
-    assert vevent.decoded("DTSTART") == (start + timedelta(hours=2)).astimezone(UTC)
+    [_, update] = smtp_server.invitations(2)
+    assert (update.method, update.uid) == ("REQUEST", invite.uid) and update.sequence > invite.sequence
+    assert update.start == start + timedelta(hours=2)
 
     # Cancelling removes it and mails a CANCEL with the same UID.
     with app.app_context():
@@ -118,12 +106,10 @@ def test_booking_edit_cancel_round_trip_with_imip_mail(google, emulator, smtp_se
                        actor_is_admin=False)
     run_jobs(app, queues=("write", "default"))
     assert live_events(emulator, ROOM) == []
-    [*_, (rcpts, cancel)] = smtp_server.wait_for(3)
-    assert sorted(rcpts) == ["alice@example.com", "bob@example.com", "carol@example.com"]
-    cancelled = calendar_of(cancel)
-    assert cancelled["METHOD"] == "CANCEL"
-    [vevent] = cancelled.walk("VEVENT")
-    assert (str(vevent["UID"]), str(vevent["STATUS"])) == (f"{event['id']}@google.com", "CANCELLED")
+    [*_, cancel] = smtp_server.invitations(3)
+    assert sorted(cancel.recipients) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    assert (cancel.method, cancel.uid, str(cancel.event["STATUS"])) == ("CANCEL", invite.uid, "CANCELLED")
+    assert cancel.sequence > update.sequence
     assert len(emulator.state.requests(calendar=ROOM, method="DELETE")) == 1
 
 
@@ -225,6 +211,22 @@ def test_pushes_of_one_reservation_take_turns_across_workers(google, emulator, m
             write_reservation(rid)
 
 
+def test_mails_of_one_reservation_take_turns_across_workers(google, monkeypatch):
+    import jobs.reservations
+    from roombridge.queue import RedisLock, redis
+
+    app, (room_id, _) = google
+    rid = book(app, room_id, *slot())
+    monkeypatch.setattr(jobs.reservations, "MAIL_LOCK_WAIT_SECONDS", 0.1)
+    with app.app_context():
+        other_worker = RedisLock(redis(), f"roombridge:mail:lock:{rid}", 30)
+        assert other_worker.acquire()
+        with pytest.raises(jobs.reservations.MailBusy):  # RQ retries it later
+            jobs.reservations.send_invitations(rid)
+        other_worker.release()
+        assert jobs.reservations.send_invitations(rid) == "nothing to send"  # pending: Google has nothing yet
+
+
 def run_with(app, reservation_id):
     with app.app_context():
         return write_reservation(reservation_id)
@@ -274,9 +276,117 @@ def test_attendees_dropped_by_an_edit_get_a_cancel(google, emulator, smtp_server
         booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
                      actor_is_admin=False, attendees=["bob@example.com"])
     run_jobs(app, queues=("write", "default"))
-    messages = smtp_server.wait_for(3)
-    by_method = {calendar_of(m)["METHOD"]: sorted(r) for r, m in messages[1:]}
-    assert by_method == {"CANCEL": ["carol@example.com"], "REQUEST": ["alice@example.com", "bob@example.com"]}
+    [invite, cancel, update] = smtp_server.invitations(3)
+    # RFC 5546 3.2.5: the removed attendee gets a CANCEL that lists them; the others the update.
+    assert (cancel.method, cancel.recipients, cancel.attendees) == ("CANCEL", ["carol@example.com"],
+                                                                    ["carol@example.com"])
+    assert (update.method, sorted(update.recipients)) == ("REQUEST", ["alice@example.com", "bob@example.com"])
+    assert invite.uid == cancel.uid == update.uid and cancel.sequence == update.sequence > invite.sequence
+
+
+def edit(app, reservation_id, **changes):
+    with app.app_context():
+        booking.edit(db.session(), app.config["ROOMBRIDGE"], reservation_id, actor_email="alice@example.com",
+                     actor_is_admin=False, **changes)
+
+
+def cancel(app, reservation_id):
+    with app.app_context():
+        booking.cancel(db.session(), app.config["ROOMBRIDGE"], reservation_id, actor_email="alice@example.com",
+                       actor_is_admin=False)
+
+
+def test_room_mode_mails_follow_a_booking_moved_trimmed_and_cancelled(google, emulator, smtp_server):
+    """Book; move to another room; remove an attendee; cancel: every mail as a strict client reads it."""
+    app, (room_id, other_room_id) = google
+    start, end = slot()
+    rid = book(app, room_id, start, end, title="Rétro", attendees=["bob@example.com", "carol@example.com"])
+    run_jobs(app, queues=("write", "default"))
+    [invite] = smtp_server.invitations(1)
+    assert (invite.method, invite.organiser, invite.location) == ("REQUEST", ROOM, "Orion")
+
+    edit(app, rid, room_id=other_room_id)
+    run_jobs(app, queues=("write", "default"))
+    [moved] = live_events(emulator, OTHER_ROOM)
+    [_, old_cancel, new_invite] = smtp_server.invitations(3)
+    # The old event's CANCEL: its own UID, organiser and location, a higher SEQUENCE, to who had it.
+    assert (old_cancel.method, old_cancel.uid, old_cancel.organiser, old_cancel.location) == (
+        "CANCEL", invite.uid, ROOM, "Orion")
+    assert old_cancel.sequence > invite.sequence
+    assert sorted(old_cancel.recipients) == sorted(invite.recipients)
+    assert (new_invite.method, new_invite.uid, new_invite.organiser, new_invite.location) == (
+        "REQUEST", f"{moved['id']}@google.com", OTHER_ROOM, "Vega")
+    assert (new_invite.start, new_invite.end) == (start, end)
+
+    edit(app, rid, attendees=["bob@example.com"])
+    run_jobs(app, queues=("write", "default"))
+    [*_, removed, update] = smtp_server.invitations(5)
+    assert (removed.method, removed.uid, removed.recipients, removed.attendees) == (
+        "CANCEL", new_invite.uid, ["carol@example.com"], ["carol@example.com"])
+    assert (removed.organiser, removed.location) == (OTHER_ROOM, "Vega")
+    assert (update.method, update.uid, sorted(update.recipients)) == (
+        "REQUEST", new_invite.uid, ["alice@example.com", "bob@example.com"])
+    assert update.sequence == removed.sequence > new_invite.sequence
+
+    cancel(app, rid)
+    run_jobs(app, queues=("write", "default"))
+    [*_, last] = smtp_server.invitations(6)
+    assert (last.method, last.uid, last.organiser, last.location) == ("CANCEL", new_invite.uid, OTHER_ROOM, "Vega")
+    assert sorted(last.recipients) == ["alice@example.com", "bob@example.com"] and last.sequence > update.sequence
+    run_jobs(app, queues=("write", "default"))
+    assert len(smtp_server.messages) == 6  # nothing more: the old room's event was cancelled once
+
+
+def test_a_booking_moved_then_deleted_in_google_mails_the_update_then_the_cancel(google, emulator, smtp_server):
+    from jobs.sync import sync_room
+
+    app, (room_id, _) = google
+    start, end = slot()
+    rid = book(app, room_id, start, end, attendees=["bob@example.com"])
+    run_jobs(app, queues=("write", "default"))
+    event_id = load(app, rid).google_event_id
+    later = {"start": {"dateTime": (start + timedelta(hours=3)).isoformat()},
+             "end": {"dateTime": (end + timedelta(hours=3)).isoformat()}}
+    emulator.state.admin_patch_event(ROOM, event_id, later)
+    with app.app_context():
+        sync_room(room_id, full=True)
+    run_jobs(app, queues=("write", "default"))
+    emulator.state.admin_patch_event(ROOM, event_id, {"summary": "Renamed in Google"})
+    with app.app_context():
+        sync_room(room_id, full=True)
+    run_jobs(app, queues=("write", "default"))
+    emulator.state.admin_delete_event(ROOM, event_id)
+    with app.app_context():
+        sync_room(room_id, full=True)
+    run_jobs(app, queues=("write", "default"))
+    assert load(app, rid).status == ReservationStatus.CANCELLED
+    [invite, update, cancel] = smtp_server.invitations(3)  # the new title alone sent nothing
+    assert (update.method, update.uid, update.start) == ("REQUEST", invite.uid, start + timedelta(hours=3))
+    assert (cancel.method, cancel.uid, cancel.start) == ("CANCEL", invite.uid, start + timedelta(hours=3))
+    assert invite.sequence < update.sequence < cancel.sequence
+    assert sorted(cancel.recipients) == ["alice@example.com", "bob@example.com"]
+
+
+def test_a_booking_cancelled_before_its_invitation_went_out_gets_no_cancel(google, emulator, smtp_server):
+    app, (room_id, _) = google
+    rid = book(app, room_id, *slot(), attendees=["bob@example.com"])
+    run_jobs(app, queues=("write",))  # Google holds it; its invitation waits in the mail queue
+    assert len(live_events(emulator, ROOM)) == 1
+    cancel(app, rid)
+    run_jobs(app, queues=("write", "default"))
+    assert live_events(emulator, ROOM) == []
+    assert smtp_server.messages == []  # neither the REQUEST (cancelled meanwhile) nor a CANCEL of it
+
+
+def test_a_booking_whose_write_failed_gets_no_mail_when_cancelled(google, emulator, smtp_server):
+    app, (room_id, _) = google
+    emulator.state.add_fault(403, times=1, method="POST", calendar=ROOM, reason="forbidden", message="No")
+    rid = book(app, room_id, *slot(), attendees=["bob@example.com"])
+    run_jobs(app, queues=("write", "default"))
+    assert load(app, rid).status == ReservationStatus.FAILED
+    cancel(app, rid)
+    run_jobs(app, queues=("write", "default"))
+    assert smtp_server.messages == []
 
 
 def test_the_requeue_runs_on_the_schedule(app, monkeypatch):
@@ -320,10 +430,9 @@ def test_a_new_title_or_description_sends_no_mail_a_new_time_does(google, emulat
         booking.edit(db.session(), app.config["ROOMBRIDGE"], rid, actor_email="alice@example.com",
                      actor_is_admin=False, start=start + timedelta(hours=1), end=end + timedelta(hours=1))
     run_jobs(app, queues=("write", "default"))
-    [_, (rcpts, update)] = smtp_server.wait_for(2)
-    assert sorted(rcpts) == ["alice@example.com", "bob@example.com", "carol@example.com"]
-    [vevent] = calendar_of(update).walk("VEVENT")
-    assert str(vevent["SUMMARY"]) == "Planning (agenda inside)"
+    [_, update] = smtp_server.invitations(2)
+    assert sorted(update.recipients) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    assert str(update.event["SUMMARY"]) == "Planning (agenda inside)"
     assert load(app, rid).invitation_due is False
 
 
@@ -357,7 +466,7 @@ def test_a_title_from_google_with_a_line_break_still_makes_its_mail(google, emul
         db.session().get(Reservation, rid).title = "Planning\r\nBcc: everyone@example.org"  # as a sync could store
         db.session().commit()
     run_jobs(app, queues=("write", "default"))
-    [(rcpts, message)] = smtp_server.wait_for(1)
-    assert sorted(rcpts) == ["alice@example.com", "bob@example.com"]
-    assert message["Subject"].strip().startswith("Invitation: Planning Bcc: everyone@example.org @ ")  # one line
-    assert message["Bcc"] is None
+    [invite] = smtp_server.invitations(1)
+    assert sorted(invite.recipients) == ["alice@example.com", "bob@example.com"]
+    assert invite.message["Subject"].strip().startswith("Invitation: Planning Bcc: everyone@example.org @ ")
+    assert invite.message["Bcc"] is None

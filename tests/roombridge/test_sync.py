@@ -115,7 +115,8 @@ def test_our_own_reservation_is_not_imported_and_a_move_in_google_is_applied(emu
         assert [e.action for e in entries] == ["reservation.changed_in_google"]
     # The organiser is told (room mode: the app mails an iMIP update).
     with google_app.app_context():
-        assert [j.args[:2] for j in queue("default").jobs] == [(mine_id, "REQUEST")]
+        assert [(j.func_name, j.args) for j in queue("default").jobs] == [
+            ("jobs.reservations.send_invitations", (mine_id,))]
 
     emulator.state.admin_delete_event(ROOM, event["id"])
     sync(google_app, room_id)
