@@ -220,9 +220,11 @@ class CallPage:
 
 
 def room_calls(session: Session, room_id: int, *, kind: str | None = None, outcome: str | None = None,
-               page: int = 1, per_page: int = 50) -> CallPage:
-    """One room's calls, newest first, optionally of one kind and one outcome (the (room_id, at) index)."""
+               since: datetime | None = None, page: int = 1, per_page: int = 50) -> CallPage:
+    """One room's calls, newest first, optionally of one kind, one outcome, since a moment (the (room_id, at) index)."""
     query = sa.select(GoogleCall).where(GoogleCall.room_id == room_id)
+    if since is not None:
+        query = query.where(GoogleCall.at >= since)
     if kind:
         query = query.where(GoogleCall.kind == kind)
     if outcome:
