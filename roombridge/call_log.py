@@ -59,6 +59,7 @@ PURGE_MAX_BATCHES = 40  # per run; a day of 10,000 rooms is ~860,000 rows, a tic
 DROP_LOG_EVERY_SECONDS = 60.0
 
 REFUSED = "refused_by_allowlist"
+ROOM_CALENDAR_SUFFIX = "@resource.calendar.google.com"  # Google's room (resource) calendars; gcal.py uses it too
 # What the pages filter by; anything else a call ended in is shown as it is.
 OUTCOMES = ("ok", "not_found", "gone", "conflict", "rate_limited", "forbidden", "client_error", "server_error",
             "network", REFUSED)
@@ -254,7 +255,7 @@ class Summary:
     top_rooms: list[RoomCount]
     refused: int  # calls refused by the allowlist in the window: zero expected
     refused_calendars: list[tuple[str, int]]  # the calendars refused, most refused first
-    off_room_calls: int  # calls made (not refused) on a calendar that is no room of ours: zero, by design
+    non_room_calls: int  # calls made (not refused) on a calendar that is not a room's (a person's): zero, by design
     rooms_in_scope: int
     rooms_called: int = 0
     kinds: tuple[str, ...] = field(default=KINDS)
@@ -285,11 +286,13 @@ def summary(session: Session, since: datetime, *, top: int = 20) -> Summary:
     refused_calendars = [(calendar, count) for calendar, count in session.execute(
         sa.select(refused_by, sa.func.count()).join(Room, Room.id == GoogleCall.room_id, isouter=True)
         .where(GoogleCall.outcome == REFUSED, window).group_by(refused_by).order_by(sa.func.count().desc()).limit(top))]
-    off_room = session.scalar(sa.select(sa.func.count()).select_from(GoogleCall)
+    # A room's calls carry its room id; only a calendar we know no room of keeps its address.
+    non_room = session.scalar(sa.select(sa.func.count()).select_from(GoogleCall)
                               .where(window, GoogleCall.room_id.is_(None), GoogleCall.calendar_id.is_not(None),
+                                     GoogleCall.calendar_id.not_like(f"%{ROOM_CALENDAR_SUFFIX}"),
                                      GoogleCall.outcome != REFUSED)) or 0
     in_scope = session.scalar(sa.select(sa.func.count()).select_from(Room).where(Room.in_scope.is_(True))) or 0
     return Summary(since=since, total=sum(by_outcome.values()), by_outcome=by_outcome, by_kind=by_kind,
                    by_operation=by_operation, top_rooms=top_rooms, refused=by_outcome.get(REFUSED, 0),
-                   refused_calendars=refused_calendars, off_room_calls=off_room, rooms_in_scope=in_scope,
+                   refused_calendars=refused_calendars, non_room_calls=non_room, rooms_in_scope=in_scope,
                    rooms_called=rooms_called)

@@ -55,7 +55,7 @@ from redis.exceptions import RedisError
 
 from roombridge import metrics
 from roombridge.call_budget import KINDS, CallBudget, Decision
-from roombridge.call_log import REFUSED, CallLog, CallRecord, outcome_of
+from roombridge.call_log import REFUSED, ROOM_CALENDAR_SUFFIX, CallLog, CallRecord, outcome_of
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
 from roombridge.queue import redis
 
@@ -65,7 +65,6 @@ RESERVATION_PROPERTY = "roombridgeReservationId"
 # An HMAC of the reservation id under SECRET_KEY: only we can write it, so only our events carry a valid one.
 SIGNATURE_PROPERTY = "roombridgeSignature"
 _RESERVATION_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes '²', int() refuses it
-ROOM_CALENDAR_SUFFIX = "@resource.calendar.google.com"
 RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
 RETRIABLE_STATUSES = {429, 500, 502, 503, 504}
 WRITE_ROLES = {"writer", "owner"}

@@ -401,7 +401,7 @@ def google_calls(room_email: str | None, hours: int, limit: int) -> None:
                f"calendar(s) in scope, and no other calendar")
     click.echo(f"calls refused by the allowlist in the last {hours} hour(s): {found.refused} (zero expected)"
                + ("".join(f"\n  REFUSED {calendar}: {count}" for calendar, count in found.refused_calendars)))
-    click.echo(f"calls on any other calendar: {found.off_room_calls}")
+    click.echo(f"calls on a calendar not a room's (a person's): {found.non_room_calls}")
     click.echo(f"{found.total} call(s) on {found.rooms_called} room(s); by outcome: "
                + (", ".join(f"{o} {n}" for o, n in sorted(found.by_outcome.items())) or "none"))
     for kind, counts in sorted(found.by_kind.items()):

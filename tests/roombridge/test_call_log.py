@@ -85,7 +85,7 @@ def test_a_refused_calendar_is_logged_as_refused_and_google_never_hears_of_it(em
     ]
     with google_app.app_context():
         found = call_log.summary(db.session(), datetime.now(UTC) - timedelta(hours=1))
-    assert found.refused == 2 and found.off_room_calls == 0 and found.rooms_in_scope == 1
+    assert found.refused == 2 and found.non_room_calls == 0 and found.rooms_in_scope == 1
     assert dict(found.refused_calendars) == {OUT_OF_SCOPE_ROOM: 1, "alice@example.com": 1}
 
 
@@ -196,3 +196,20 @@ def test_room_calls_filter_and_paginate_newest_first(app):
         assert [(r.room_id, r.calls, r.not_ok) for r in found.top_rooms] == [(room.id, 7, 1)]
         assert found.rooms_called == 2 and found.by_kind["write"] == {"ok": 3}
         assert session.get(Room, room.id) is not None
+
+
+def test_a_call_made_on_a_person_calendar_would_show_and_an_unknown_room_calendar_would_not(app):
+    """The summary's 'never touches user calendars' figure reads the rows, not a promise."""
+    now = datetime.now(UTC)
+    with app.app_context():
+        session = db.session()
+        session.execute(sa.insert(GoogleCall), [
+            # The access check of a room calendar not (yet) added: a room's calendar, so not counted.
+            _row(now, None, calendar_id="nova@resource.calendar.google.com", outcome="not_found", status=404),
+            _row(now, None, calendar_id="alice@example.com", outcome="refused_by_allowlist", status=None),
+        ])
+        session.commit()
+        assert call_log.summary(session, now - timedelta(hours=1)).non_room_calls == 0
+        session.execute(sa.insert(GoogleCall), [_row(now, None, calendar_id="alice@example.com")])
+        session.commit()
+        assert call_log.summary(session, now - timedelta(hours=1)).non_room_calls == 1

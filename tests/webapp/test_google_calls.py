@@ -68,7 +68,7 @@ def test_the_summary_says_what_the_service_account_can_do_and_counts_by_kind_out
     assert "https://www.googleapis.com/auth/calendar.events" in page
     assert 'id="calendars-in-scope">1<' in page  # Borealis is not in scope
     assert 'id="refused">0 ' in page and "refusals-alert" not in page
-    assert 'id="off-room">0<' in page
+    assert 'id="non-room">0<' in page
     assert "60 call(s) in the window, on 1 room(s)" in page  # the day's; the call 3 days ago is outside
     assert "<code>events.insert</code>: 1" in page and "<code>events.list</code>: 59" in page
     assert f'href="/admin/rooms/{logged["atlas"]}/google-calls">Atlas</a>' in page
@@ -86,7 +86,7 @@ def test_a_refusal_is_shown_prominently_with_its_calendar(app, client, logged):
     page = client.get("/admin/google-calls").get_data(as_text=True)
     assert 'role="alert" id="refusals-alert"' in page and "<strong>2</strong> call(s)" in page
     assert f"<code>{BOREALIS}</code>: 1" in page and "<code>ceo@example.com</code>: 1" in page
-    assert 'id="off-room">0<' in page  # refused, so never made
+    assert 'id="non-room">0<' in page  # refused, so never made
     borealis = client.get(f"/admin/rooms/{logged['borealis']}/google-calls").get_data(as_text=True)
     assert "refused_by_allowlist" in borealis and "This room is not in scope" in borealis
 
