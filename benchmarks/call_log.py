@@ -297,8 +297,8 @@ def at_scale(quick: bool) -> list[Table]:
             cases = [
                 ("one room: newest 50", lambda: call_log.room_calls(session, room).calls, 0.05),
                 ("one room: page 3", lambda: call_log.room_calls(session, room, page=3).calls, 0.05),
-                ("one room: kind=write, outcome=not_found",
-                 lambda: call_log.room_calls(session, room, kind="write", outcome="not_found").calls, 0.05),
+                ("one room: kind=renewal, outcome=not_found",
+                 lambda: call_log.room_calls(session, room, kind="renewal", outcome="not_found").calls, 0.05),
                 ("summary: the last hour", lambda: call_log.summary(session, newest - timedelta(hours=1)), 2.0),
                 ("summary: the last 24 hours", lambda: call_log.summary(session, newest - timedelta(hours=24)), 2.0),
                 (f"summary: everything ({days} days)",
