@@ -12,7 +12,8 @@ Cheap at 10,000 rooms (600 calls a minute, about 860,000 rows a day), and never 
 - `CallLog.record` is one Redis command (a Lua script: RPUSH, capped at BUFFER_CAP entries,
   the oldest dropped beyond it) after the call has answered; no database work on the call's
   path. It never raises: Redis down or anything else wrong, the record is logged (at most once
-  a minute per process) and dropped, and counted in ``roombridge_google_call_log_dropped``.
+  a minute per process) and dropped, and counted in ``roombridge_google_call_log_dropped``;
+  for UNAVAILABLE_PAUSE_SECONDS after Redis failed, records are dropped without trying it.
 - `flush` (a job each scheduler tick) moves the buffer to the table in batches of
   FLUSH_BATCH rows, one short write transaction and one multi-row INSERT per batch, taking
   the room ids of the batch's calendars in one query. It reads a batch, inserts it, and only
@@ -32,6 +33,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,6 +60,7 @@ FLUSH_MAX_BATCHES = 40  # per run: 200,000 rows, the whole buffer
 PURGE_BATCH = 5000
 PURGE_MAX_BATCHES = 40  # per run; a day of 10,000 rooms is ~860,000 rows, a tick's share ~300
 DROP_LOG_EVERY_SECONDS = 60.0
+UNAVAILABLE_PAUSE_SECONDS = 30.0
 
 REFUSED = "refused_by_allowlist"
 ROOM_CALENDAR_SUFFIX = "@resource.calendar.google.com"  # Google's room (resource) calendars; gcal.py uses it too
@@ -111,26 +114,41 @@ class CallRecord:
 
 
 class CallLog:
-    """The buffer in Redis that the gateway records its calls into."""
+    """The buffer in Redis that the gateway records its calls into.
+
+    Once Redis failed (here, or for the gateway's budget), records are dropped without asking
+    Redis for UNAVAILABLE_PAUSE_SECONDS: a Redis that hangs rather than refuses would otherwise
+    add its socket timeouts to every Calendar call, on top of the budget's.
+    """
 
     def __init__(self, conn: Redis):
         self.conn = conn
 
     def record(self, call: CallRecord) -> None:
         """Buffer one call; never raises (the call it describes has already happened)."""
+        if time.monotonic() < _unavailable_until.get(self.conn.connection_pool, 0.0):
+            _dropped("unavailable", None)
+            return
         try:
             kept = _PUSH(self.conn, keys=(BUFFER_KEY,), args=(call.encode(), BUFFER_CAP))
         except Exception as err:  # Redis down, or anything else: the Calendar call must not care
+            self.unavailable()
             _dropped("unavailable", err)
             return
         if not kept:
             _dropped("buffer_full", None)
+
+    def unavailable(self) -> None:
+        """This Redis just failed: drop records without trying it for a while."""
+        _unavailable_until[self.conn.connection_pool] = time.monotonic() + UNAVAILABLE_PAUSE_SECONDS
 
     def waiting(self) -> int:
         """Records not yet flushed to the table."""
         return int(self.conn.llen(BUFFER_KEY))
 
 
+# Per Redis connection pool (an app's; a process may hold several apps, as the tests do).
+_unavailable_until: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _last_drop_logged = 0.0
 _drop_lock = threading.Lock()
 
@@ -147,8 +165,8 @@ def _dropped(reason: str, err: Exception | None) -> None:
         log.warning("Google call log: the buffer holds %d records, nothing flushes it; dropping the oldest",
                     BUFFER_CAP)
     else:
-        log.warning("Google call log: a record was dropped (%s: %s); the call itself went ahead",
-                    type(err).__name__, err)
+        log.warning("Google call log: records are dropped (%s); the calls themselves go ahead",
+                    f"{type(err).__name__}: {err}" if err else "Redis failed a moment ago")
 
 
 # --- from the buffer to the table, and out of it again ------------------------------------------

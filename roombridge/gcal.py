@@ -359,6 +359,8 @@ class CalendarGateway:
             decision: Decision = self.budget.acquire(self.kind)
         except RedisError as err:
             metrics.BUDGET_REFUSALS.labels(self.kind, "unavailable").inc()
+            if self.call_log is not None:
+                self.call_log.unavailable()  # so the record after this call does not wait on Redis too
             if self.kind == "write":
                 # A person is waiting, and Google's own quota still stands behind us.
                 log.warning("%s: call budget unavailable (%s); a write goes ahead without it", what, err)

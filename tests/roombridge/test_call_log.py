@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -213,3 +214,27 @@ def test_a_call_made_on_a_person_calendar_would_show_and_an_unknown_room_calenda
         session.execute(sa.insert(GoogleCall), [_row(now, None, calendar_id="alice@example.com")])
         session.commit()
         assert call_log.summary(session, now - timedelta(hours=1)).non_room_calls == 1
+
+
+def test_after_redis_failed_records_are_dropped_without_asking_it_for_a_while(own_redis, monkeypatch):
+    """A Redis that hangs would otherwise add its timeouts to every call; this one is stopped and started."""
+    from redis import Redis
+
+    url, stop, restart = own_redis
+    monkeypatch.setattr(call_log, "UNAVAILABLE_PAUSE_SECONDS", 1.0)
+    conn = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
+    log = CallLog(conn)
+    dropped = metrics.GOOGLE_CALL_LOG_DROPPED.labels("unavailable")
+    before = dropped._value.get()
+    record = CallRecord(1_900_000_000, ROOM, "events.list", "sync", "ok", 200, 9)
+    log.record(record)
+    assert log.waiting() == 1
+    stop()
+    log.record(record)  # tries, fails: from now on Redis is left alone for a while
+    restart()
+    log.record(record)  # Redis is back, but not asked yet
+    assert dropped._value.get() == before + 2 and log.waiting() == 0
+    time.sleep(1.1)
+    log.record(record)
+    assert log.waiting() == 1 and dropped._value.get() == before + 2
+    conn.close()
