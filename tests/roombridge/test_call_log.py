@@ -13,7 +13,7 @@ from jobs.schedule import PERIODIC
 from jobs.sync import sync_room
 from roombridge import booking, call_log, db, metrics
 from roombridge.call_log import BUFFER_KEY, CallLog, CallRecord
-from roombridge.gcal import CalendarGateway, CalendarNotInScope, EventNotFound, event_id_for
+from roombridge.gcal import CalendarGateway, CalendarNotInScope, EventNotFound, RetriableGoogleError, event_id_for
 from roombridge.models import GoogleCall, Room
 from roombridge.queue import redis
 from tests.factories import make_room
@@ -238,3 +238,20 @@ def test_after_redis_failed_records_are_dropped_without_asking_it_for_a_while(ow
     log.record(record)
     assert log.waiting() == 1 and dropped._value.get() == before + 2
     conn.close()
+
+
+def test_each_attempt_google_rate_limits_is_logged_with_its_status(emulator, make_google_app):
+    app = make_google_app(GOOGLE_MAX_ATTEMPTS=2, GOOGLE_RETRY_BASE_SECONDS=0.01)
+    add_room(emulator, app)
+    emulator.state.update_settings(quota_enabled=True, quota_per_user=1, quota_user_status=429)
+    with app.app_context():
+        gateway = CalendarGateway.for_app(kind="sync")
+        with pytest.raises(EventNotFound):
+            gateway.get_event(ROOM, event_id_for(5))  # Google's one call this minute
+        with pytest.raises(RetriableGoogleError):
+            gateway.get_event(ROOM, event_id_for(5))  # refused by Google twice: the attempt and its retry
+    assert [(c.operation, c.kind, c.outcome, c.status) for c in flushed(app)] == [
+        ("events.get", "sync", "not_found", 404),
+        ("events.get", "sync", "rate_limited", 429),
+        ("events.get", "sync", "rate_limited", 429),
+    ]
