@@ -13,7 +13,7 @@ from roombridge.db import utcnow
 from roombridge.models import GoogleCall
 from roombridge.queue import redis
 from tests.factories import make_room
-from tests.support import invoke_ok
+from tests.support import free_port, invoke_ok
 from tests.webapp.signin import sign_in
 
 ATLAS = "atlas@resource.calendar.google.com"
@@ -123,3 +123,18 @@ def test_cli_google_calls_summary_and_one_room(app, logged):
     assert len([line for line in room.splitlines() if "\tevents.list\tsweep\tok\t200\t" in line]) == 5
     unknown = runner.invoke(args=["google", "calls", "--room", "nowhere@resource.calendar.google.com"])
     assert unknown.exit_code == 1 and "not a room" in unknown.output
+
+
+def test_metrics_show_the_records_waiting_and_the_records_dropped(make_app):
+    from redis import Redis
+
+    app = make_app(METRICS_TOKEN="scrape-me")
+    record = CallRecord(utcnow().timestamp(), ATLAS, "events.list", "sync", "ok", 200, 7)
+    with app.app_context():
+        for _ in range(3):
+            CallLog(redis()).record(record)
+    nowhere = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens: the record is dropped
+    CallLog(nowhere).record(record)
+    text = app.test_client().get("/metrics", headers={"Authorization": "Bearer scrape-me"}).get_data(as_text=True)
+    assert "roombridge_google_call_log_buffered 3.0" in text
+    assert 'roombridge_google_call_log_dropped_total{reason="unavailable"}' in text
