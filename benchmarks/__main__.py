@@ -17,6 +17,7 @@ MODULES = {
     "booking": "benchmarks.booking_load",
     "quota": "benchmarks.quota_scale",
     "insights": "benchmarks.insights",
+    "calllog": "benchmarks.call_log",
 }
 
 

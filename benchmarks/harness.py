@@ -188,13 +188,13 @@ def require_wrk() -> str:
 # --- the stack -------------------------------------------------------------------------------------
 
 
-def fresh_postgres() -> str:
+def fresh_postgres(database: str = POSTGRES_DB) -> str:
     admin = sa.create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {POSTGRES_DB} WITH (FORCE)"))
-        conn.execute(sa.text(f"CREATE DATABASE {POSTGRES_DB}"))
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        conn.execute(sa.text(f"CREATE DATABASE {database}"))
     admin.dispose()
-    return f"{POSTGRES_SERVER}/{POSTGRES_DB}"
+    return f"{POSTGRES_SERVER}/{database}"
 
 
 class Stack:

@@ -190,7 +190,7 @@ def stop_channel(session: Session, gateway: CalendarGateway, channel: WatchChann
     """channels.stop; True once stopped (or unknown to Google). Failure: stop_pending, retried later."""
     outside_units(session)
     try:
-        gateway.stop_channel(channel.id, channel.resource_id or "")
+        gateway.stop_channel(channel.id, channel.resource_id or "", channel.room.calendar_id)
     except GoogleError as error:
         with unit_of_work(session):
             if channel.expiration is not None and now > channel.expiration + GIVE_UP_STOPPING_AFTER:

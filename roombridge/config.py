@@ -91,6 +91,8 @@ class Config:
     # The Calendar calls a minute every process together may make (roombridge/call_budget.py):
     # below Google's 600 per user per minute, for headroom.
     GOOGLE_CALLS_PER_MINUTE: int = 500
+    # The log of Google calls per room (roombridge/call_log.py): rows older than this are deleted.
+    GOOGLE_CALL_LOG_RETENTION_DAYS: int = 14
     METRICS_TOKEN: str = ""  # GET /metrics answers only to "Bearer <this>"; empty: not served
     # Sync and channels.
     SYNC_WINDOW_DAYS_BACK: int = 30
@@ -169,6 +171,8 @@ class Config:
         if not 0 < self.SAFETY_SYNC_INTERVAL_SECONDS <= self.SAFETY_SYNC_MAX_AGE_SECONDS:
             raise ConfigError("SAFETY_SYNC_INTERVAL_SECONDS must be more than 0 and at most "
                               "SAFETY_SYNC_MAX_AGE_SECONDS")
+        if self.GOOGLE_CALL_LOG_RETENTION_DAYS <= 0:
+            raise ConfigError("GOOGLE_CALL_LOG_RETENTION_DAYS must be more than 0")
         if self.PROXY_FIX_HOPS < 0:
             raise ConfigError("PROXY_FIX_HOPS must be 0 or more")
         if self.PUBLIC_BASE_URL and not self.PUBLIC_BASE_URL.startswith(("https://", "http://")):

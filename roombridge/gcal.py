@@ -20,7 +20,9 @@ Every Calendar call of the app goes through `CalendarGateway`, which:
   shared, forbidden, quota exceeded);
 - makes inserts idempotent: our event ids are deterministic, so a retried insert that
   Google already stored answers 409 ``duplicate`` and we read the event back;
-- pages through events.list to the end and hands back the new sync token.
+- pages through events.list to the end and hands back the new sync token;
+- records every call it makes, and every call it refuses, in the call log
+  (roombridge/call_log.py): one Redis command after the answer, never a reason for a call to fail.
 
 It talks through the real google-api-python-client over HTTP, to Google or to the
 emulator (GOOGLE_CALENDAR_API_URL).
@@ -53,6 +55,7 @@ from redis.exceptions import RedisError
 
 from roombridge import metrics
 from roombridge.call_budget import KINDS, CallBudget, Decision
+from roombridge.call_log import REFUSED, ROOM_CALENDAR_SUFFIX, CallLog, CallRecord, outcome_of
 from roombridge.config import CALENDAR_EVENTS_SCOPE, Config
 from roombridge.queue import redis
 
@@ -62,7 +65,6 @@ RESERVATION_PROPERTY = "roombridgeReservationId"
 # An HMAC of the reservation id under SECRET_KEY: only we can write it, so only our events carry a valid one.
 SIGNATURE_PROPERTY = "roombridgeSignature"
 _RESERVATION_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes '²', int() refuses it
-ROOM_CALENDAR_SUFFIX = "@resource.calendar.google.com"
 RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
 RETRIABLE_STATUSES = {429, 500, 502, 503, 504}
 WRITE_ROLES = {"writer", "owner"}
@@ -241,6 +243,7 @@ class CalendarGateway:
         budget: CallBudget,
         kind: str,
         delegated: bool = False,
+        call_log: CallLog | None = None,
         max_attempts: int = 4,
         retry_base: float = 0.5,
         timeout: float = 30.0,
@@ -252,6 +255,7 @@ class CalendarGateway:
             raise ValueError(f"unknown call kind {kind!r}; one of {', '.join(KINDS)}")
         self.budget = budget
         self.kind = kind
+        self.call_log = call_log
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         http = AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
@@ -293,6 +297,7 @@ class CalendarGateway:
             budget=call_budget(app),
             kind=kind,
             delegated=config.delegated_mode,
+            call_log=CallLog(redis(app)),
             max_attempts=config.GOOGLE_MAX_ATTEMPTS,
             retry_base=config.GOOGLE_RETRY_BASE_SECONDS,
             timeout=config.GOOGLE_TIMEOUT_SECONDS,
@@ -300,9 +305,10 @@ class CalendarGateway:
 
     # --- the allowlist and the retry loop -------------------------------------------------
 
-    def _require_in_scope(self, calendar_id: str) -> None:
+    def _require_in_scope(self, calendar_id: str, operation: str) -> None:
         if not is_room_calendar(calendar_id) or not self._in_scope(calendar_id):
             log.warning("refused a Calendar call for %s: not an in-scope room calendar", calendar_id)
+            self._record(calendar_id, operation, REFUSED, None, time.time(), 0.0)
             try:
                 self.budget.count_allowlist_refusal(calendar_id)
             except RedisError:
@@ -311,11 +317,21 @@ class CalendarGateway:
                 f"{calendar_id} is not an in-scope room calendar", reason="notInScope"
             )
 
-    def _execute(self, request, what: str) -> dict:
+    def _record(self, calendar_id: str | None, operation: str, outcome: str, status: int | None, began: float,
+                elapsed: float) -> None:
+        if self.call_log is not None:
+            self.call_log.record(CallRecord(began, calendar_id, operation, self.kind, outcome, status,
+                                            round(elapsed * 1000)))
+
+    def _execute(self, request, what: str, calendar_id: str | None) -> dict:
+        """Run `request` (on `calendar_id`'s calendar), with the budget and the retries; each attempt is logged."""
+        operation = request.methodId.removeprefix("calendar.")
+        answered = _capture_status(request)
         attempt = 0
         while True:
             attempt += 1
             self._take_budget(what)
+            began, started = time.time(), time.monotonic()
             try:
                 answer = request.execute(num_retries=0)
             except HttpError as err:
@@ -324,7 +340,10 @@ class CalendarGateway:
                 error = RetriableGoogleError(f"{type(err).__name__}: {err}", reason="network")
             else:
                 metrics.GOOGLE_CALLS.labels(self.kind, "ok").inc()
+                self._record(calendar_id, operation, "ok", answered.get("status"), began, time.monotonic() - started)
                 return answer
+            self._record(calendar_id, operation, outcome_of(error.status, error.reason), error.status, began,
+                         time.monotonic() - started)
             metrics.GOOGLE_CALLS.labels(self.kind, _outcome(error)).inc()
             # A rate limit pauses every process (the next _take_budget waits for it), not just this one.
             paused = is_rate_limit(error) and self._pause_everyone(error, what)
@@ -343,6 +362,8 @@ class CalendarGateway:
             decision: Decision = self.budget.acquire(self.kind)
         except RedisError as err:
             metrics.BUDGET_REFUSALS.labels(self.kind, "unavailable").inc()
+            if self.call_log is not None:
+                self.call_log.unavailable()  # so the record after this call does not wait on Redis too
             if self.kind == "write":
                 # A person is waiting, and Google's own quota still stands behind us.
                 log.warning("%s: call budget unavailable (%s); a write goes ahead without it", what, err)
@@ -371,12 +392,12 @@ class CalendarGateway:
 
     def insert_event(self, calendar_id: str, event_id: str, body: dict, send_updates: str = "none") -> dict:
         """Insert under our deterministic id; a retry that finds it already stored returns it."""
-        self._require_in_scope(calendar_id)
+        self._require_in_scope(calendar_id, "events.insert")
         request = self.events.insert(
             calendarId=calendar_id, body={**body, "id": event_id}, sendUpdates=send_updates
         )
         try:
-            return self._execute(request, f"insert {event_id} on {calendar_id}")
+            return self._execute(request, f"insert {event_id} on {calendar_id}", calendar_id)
         except PermanentGoogleError as error:
             if error.status != 409:
                 raise
@@ -388,23 +409,23 @@ class CalendarGateway:
         return existing
 
     def get_event(self, calendar_id: str, event_id: str) -> dict:
-        self._require_in_scope(calendar_id)
+        self._require_in_scope(calendar_id, "events.get")
         request = self.events.get(calendarId=calendar_id, eventId=event_id)
-        return self._execute(request, f"get {event_id} on {calendar_id}")
+        return self._execute(request, f"get {event_id} on {calendar_id}", calendar_id)
 
     def patch_event(self, calendar_id: str, event_id: str, body: dict, send_updates: str = "none") -> dict:
-        self._require_in_scope(calendar_id)
+        self._require_in_scope(calendar_id, "events.patch")
         request = self.events.patch(
             calendarId=calendar_id, eventId=event_id, body=body, sendUpdates=send_updates
         )
-        return self._execute(request, f"patch {event_id} on {calendar_id}")
+        return self._execute(request, f"patch {event_id} on {calendar_id}", calendar_id)
 
     def delete_event(self, calendar_id: str, event_id: str, send_updates: str = "none") -> bool:
         """Delete; False when Google no longer had it (already deleted is as good as deleted)."""
-        self._require_in_scope(calendar_id)
+        self._require_in_scope(calendar_id, "events.delete")
         request = self.events.delete(calendarId=calendar_id, eventId=event_id, sendUpdates=send_updates)
         try:
-            self._execute(request, f"delete {event_id} on {calendar_id}")
+            self._execute(request, f"delete {event_id} on {calendar_id}", calendar_id)
         except EventNotFound:
             return False
         return True
@@ -419,7 +440,7 @@ class CalendarGateway:
         page_size: int = 250,
     ) -> EventListing:
         """Changes since `sync_token`, or with none, every event in [time_min, time_max)."""
-        self._require_in_scope(calendar_id)
+        self._require_in_scope(calendar_id, "events.list")
         query: dict = {"calendarId": calendar_id, "singleEvents": True, "maxResults": page_size}
         if sync_token:
             # Google answers 400 to a sync token combined with a time window, so a sync token goes alone.
@@ -436,23 +457,23 @@ class CalendarGateway:
     def watch(
         self, calendar_id: str, *, channel_id: str, address: str, token: str, ttl_seconds: int | None = None
     ) -> WatchResult:
-        self._require_in_scope(calendar_id)
+        self._require_in_scope(calendar_id, "events.watch")
         body = {"id": channel_id, "type": "web_hook", "address": address, "token": token}
         if ttl_seconds:
             body["params"] = {"ttl": str(int(ttl_seconds))}
         request = self.events.watch(calendarId=calendar_id, body=body)
-        answer = self._execute(request, f"watch {calendar_id}")
+        answer = self._execute(request, f"watch {calendar_id}", calendar_id)
         return WatchResult(
             id=answer["id"],
             resource_id=answer["resourceId"],
             expiration=datetime.fromtimestamp(int(answer["expiration"]) / 1000, UTC),
         )
 
-    def stop_channel(self, channel_id: str, resource_id: str) -> bool:
-        """Stop a channel; False when Google no longer knew it (expired or already stopped)."""
+    def stop_channel(self, channel_id: str, resource_id: str, calendar_id: str | None = None) -> bool:
+        """Stop a channel (on `calendar_id`, for the call log); False when Google no longer knew it."""
         request = self.service.channels().stop(body={"id": channel_id, "resourceId": resource_id})
         try:
-            self._execute(request, f"stop channel {channel_id}")
+            self._execute(request, f"stop channel {channel_id}", calendar_id)
         except EventNotFound:
             return False
         return True
@@ -470,7 +491,7 @@ class CalendarGateway:
         request = self.events.list(calendarId=calendar_id, maxResults=1, singleEvents=True)
         who = getattr(self.credentials, "service_account_email", "the service account")
         try:
-            answer = self._execute(request, f"check access to {calendar_id}")
+            answer = self._execute(request, f"check access to {calendar_id}", calendar_id)
         except EventNotFound:
             return AccessCheck(
                 False, None, f"{calendar_id} is not shared with {who} (or does not exist)"
@@ -502,7 +523,8 @@ class EventListing:
         while True:
             query = dict(self._query, pageToken=page_token) if page_token else self._query
             request = self._gateway.events.list(**query)
-            answer = self._gateway._execute(request, f"list {self._query['calendarId']}")
+            calendar_id = self._query["calendarId"]
+            answer = self._gateway._execute(request, f"list {calendar_id}", calendar_id)
             self.page_count += 1
             yield answer.get("items", [])
             page_token = answer.get("nextPageToken")
@@ -510,6 +532,19 @@ class EventListing:
                 # Google puts nextSyncToken on the last page only.
                 self.next_sync_token = answer.get("nextSyncToken")
                 return
+
+
+def _capture_status(request) -> dict:
+    """The status of `request`'s successful answers (200, 204...), which execute() keeps to itself."""
+    answered: dict = {}
+    postproc = request.postproc
+
+    def keep_status(response, content):
+        answered["status"] = int(response.status)
+        return postproc(response, content)
+
+    request.postproc = keep_status
+    return answered
 
 
 def _rfc3339(moment: datetime) -> str:

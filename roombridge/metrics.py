@@ -27,7 +27,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 from sqlalchemy.orm import Session
 
-from roombridge.call_budget import KINDS, CallBudget
+from roombridge.call_budget import KEY_PREFIX, KINDS, CallBudget
 from roombridge.models import Reservation, ReservationStatus, Room, RoomSyncState, WatchChannel
 from roombridge.queue import QUEUE_NAMES
 
@@ -40,9 +40,13 @@ GOOGLE_RATE_LIMITS = Counter("roombridge_google_rate_limit_answers",
                              ["kind", "reason"])
 BUDGET_REFUSALS = Counter("roombridge_google_budget_refusals",
                           "Calendar calls not made because the shared budget refused them", ["kind", "reason"])
+GOOGLE_CALL_LOG_DROPPED = Counter("roombridge_google_call_log_dropped",
+                                  "Records of Google calls not kept in the call log (the call itself went ahead)",
+                                  ["reason"])
 WEBHOOK_PUSHES = Counter("roombridge_webhook_pushes", "Google push notifications answered, by outcome and reason",
                          ["outcome", "reason"])
 
+CALL_LOG_BUFFER_KEY = f"{KEY_PREFIX}:call-log"  # roombridge/call_log.py's BUFFER_KEY (it imports this module)
 SYNC_LAG_BUCKETS = (60, 300, 900, 3600, 6 * 3600, 24 * 3600)
 STALEST_ROOMS_SHOWN = 10
 
@@ -95,6 +99,8 @@ def _redis_gauges(conn: Redis, budget: CallBudget) -> Iterator[Metric]:
         failed.add_metric([name], counts[2 * i + 1])
     yield depth
     yield failed
+    yield _gauge("roombridge_google_call_log_buffered", "Google call records waiting in Redis for the call log table",
+                 conn.llen(CALL_LOG_BUFFER_KEY))
 
 
 def _database_gauges(session: Session, now: datetime) -> Iterator[Metric]:

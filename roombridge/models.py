@@ -1,4 +1,4 @@
-"""The data model: rooms, reservations, watch channels, sync state, API tokens, audit log.
+"""The data model: rooms, reservations, watch channels, sync state, API tokens, audit log, Google calls.
 
 Instants are aware UTC datetimes (`UTCDateTime`); a room's time zone is only for showing
 and for policies such as bookable hours.
@@ -415,6 +415,33 @@ class FavouriteRoom(Base):
     user_email: Mapped[str] = mapped_column(sa.String(254), primary_key=True)
     room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GoogleCall(Base):
+    """One Calendar API call the gateway made, or refused before making it (roombridge/call_log.py).
+
+    Written in batches from a Redis buffer, never on a call's own path. `room_id` is the room
+    whose calendar it was; `calendar_id` is kept only for a calendar that is no room of ours (a
+    refused one), so the 860,000 rows a day of 10,000 rooms do not each carry an address.
+    No foreign key: the log must never slow or block what happens to rooms.
+    """
+
+    __tablename__ = "google_calls"
+    __table_args__ = (
+        sa.Index("ix_google_calls_room_at", "room_id", "at"),  # the recent calls of one room
+        sa.Index("ix_google_calls_at", "at"),  # the summary's window, and retention
+        sa.Index("ix_google_calls_outcome_at", "outcome", "at"),  # refusals in a window: zero expected
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)  # when the call began
+    room_id: Mapped[int | None]
+    calendar_id: Mapped[str | None] = mapped_column(sa.String(254))
+    operation: Mapped[str] = mapped_column(sa.String(32))  # events.insert, events.list, channels.stop, ...
+    kind: Mapped[str] = mapped_column(sa.String(16))  # write, sync, sweep, renewal (roombridge/call_budget.py)
+    outcome: Mapped[str] = mapped_column(sa.String(24))  # ok, not_found, rate_limited, refused_by_allowlist, ...
+    status: Mapped[int | None] = mapped_column(sa.SmallInteger)  # Google's HTTP status; None: no answer
+    duration_ms: Mapped[int] = mapped_column(default=0)
 
 
 class AuditEntry(Base):

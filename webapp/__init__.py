@@ -66,6 +66,9 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     from webapp import admin
 
     app.register_blueprint(admin.bp)
+    from webapp import google_calls
+
+    app.register_blueprint(google_calls.bp)
     from webapp import feeds, insights
 
     app.register_blueprint(feeds.bp)

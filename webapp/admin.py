@@ -427,7 +427,7 @@ def retry_job(queue_name: str, job_id: str):
 # --- set-up help and the access check -------------------------------------------------------------
 
 
-def _service_account_email() -> str | None:
+def service_account_email() -> str | None:
     """The key file's client_email (nothing else of the key is read here, and none of it is shown)."""
     path = _config().GOOGLE_SERVICE_ACCOUNT_FILE
     if not path:
@@ -442,7 +442,7 @@ def _service_account_email() -> str | None:
 def _setup_page(reports=None, problem: str | None = None, status: int = 200):
     config = _config()
     return render_template(
-        "admin/setup.html", config=config, scope=CALENDAR_EVENTS_SCOPE, service_account=_service_account_email(),
+        "admin/setup.html", config=config, scope=CALENDAR_EVENTS_SCOPE, service_account=service_account_email(),
         webhook_address=channels.webhook_address(config), reports=reports, problem=problem,
         room_count=len(rooms.rooms_in_scope(db.session())),
     ), status

@@ -323,7 +323,7 @@ def sync_command(room_email: str, full: bool) -> None:
     click.echo(f"synced {room.calendar_id} ({'full' if full else 'incremental'}): {report}")
 
 
-google_cli = AppGroup("google", help="The Google Calendar call budget shared by every process.")
+google_cli = AppGroup("google", help="The Google Calendar call budget shared by every process, and the call log.")
 
 
 @google_cli.command("usage")
@@ -370,6 +370,45 @@ def google_usage(minutes: int) -> None:
                    f"{plan.left_per_minute:.1f}/min")
         if plan.shortfall:
             click.echo(f"FALLING BEHIND: {plan.shortfall}")
+
+
+@google_cli.command("calls")
+@click.option("--room", "room_email", help="One room's calls (its calendar e-mail), newest first.")
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(1), help="How far back.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000),
+              help="With --room: how many calls; without: how many rooms.")
+def google_calls(room_email: str | None, hours: int, limit: int) -> None:
+    """The Google call log: a summary with what the service account can and cannot do, or one room's calls."""
+    from datetime import timedelta
+
+    from roombridge import call_log, db
+    from roombridge.config import CALENDAR_EVENTS_SCOPE
+    from roombridge.db import utcnow
+
+    session, since = db.session(), utcnow() - timedelta(hours=hours)
+    if room_email:
+        room = _room_or_fail(session, room_email, in_scope=False)
+        calls = call_log.room_calls(session, room.id, since=since, per_page=limit).calls
+        click.echo(f"{room.calendar_id}: {len(calls)} call(s) in the last {hours} hour(s), newest first")
+        click.echo("when (UTC)	operation	kind	outcome	status	ms")
+        for c in calls:
+            click.echo(f"{_when(c.at)}	{c.operation}	{c.kind}	{c.outcome}	{c.status or '-'}	{c.duration_ms}")
+        return
+    found = call_log.summary(session, since, top=limit)
+    config = current_app.config["ROOMBRIDGE"]
+    who = f"the booking user {config.GOOGLE_DELEGATED_USER}" if config.delegated_mode else "the service account"
+    click.echo(f"least privilege: {who} uses the scope {CALENDAR_EVENTS_SCOPE} on {found.rooms_in_scope} room "
+               f"calendar(s) in scope, and no other calendar")
+    click.echo(f"calls refused by the allowlist in the last {hours} hour(s): {found.refused} (zero expected)"
+               + ("".join(f"\n  REFUSED {calendar}: {count}" for calendar, count in found.refused_calendars)))
+    click.echo(f"calls on a calendar not a room's (a person's): {found.non_room_calls}")
+    click.echo(f"{found.total} call(s) on {found.rooms_called} room(s); by outcome: "
+               + (", ".join(f"{o} {n}" for o, n in sorted(found.by_outcome.items())) or "none"))
+    for kind, counts in sorted(found.by_kind.items()):
+        click.echo(f"  {kind}: " + ", ".join(f"{o} {n}" for o, n in sorted(counts.items())))
+    click.echo("room	calls	not ok")
+    for r in found.top_rooms:
+        click.echo(f"{r.calendar_id or r.room_id}\t{r.calls}\t{r.not_ok}")
 
 
 displays_cli = AppGroup("displays", help="Room display links (a room's door page, no sign-in).")

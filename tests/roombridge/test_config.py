@@ -68,3 +68,11 @@ def test_room_mode_is_the_default_and_sqlite_lives_under_instance(tmp_path):
 def test_unknown_override_is_an_error():
     with pytest.raises(ConfigError, match="NOPE"):
         Config.from_env({}, NOPE=1)
+
+
+def test_the_google_call_log_is_kept_14_days_unless_set_and_never_0():
+    assert Config.from_env({"ENV": "development"}).GOOGLE_CALL_LOG_RETENTION_DAYS == 14
+    assert Config.from_env({"ENV": "development", "GOOGLE_CALL_LOG_RETENTION_DAYS": "3"}) \
+        .GOOGLE_CALL_LOG_RETENTION_DAYS == 3
+    with pytest.raises(ConfigError, match="GOOGLE_CALL_LOG_RETENTION_DAYS"):
+        Config.from_env({"ENV": "development", "GOOGLE_CALL_LOG_RETENTION_DAYS": "0"})
