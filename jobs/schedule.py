@@ -47,7 +47,7 @@ PERIODIC: list[Periodic] = [
     Periodic("release-no-shows", "jobs.checkin:release_no_shows", "SCHEDULER_TICK_SECONDS"),
     # Google drops a small share of pushes: the rolling safety net plans its sweeps each tick (roombridge/sweep.py).
     Periodic("safety-net-sync", "jobs.sync:safety_net_sync", "SAFETY_SYNC_INTERVAL_SECONDS"),
-    # Hourly: the Insights rollup of whole months (roombridge/insights.py); idempotent, so a rerun is harmless.
+    # Hourly: the Insights rollup of days and months (roombridge/insights.py); idempotent, so a rerun is harmless.
     Periodic("insights-rollup", "jobs.insights:refresh_insights_rollup", "INSIGHTS_ROLLUP_INTERVAL_SECONDS"),
 ]
 

@@ -111,7 +111,7 @@ def room_of(session: Session, token: str | None, now: datetime | None = None) ->
 @dataclass(frozen=True)
 class Meeting:
     reservation_id: int
-    title: str  # "Private meeting" for a private one
+    title: str  # "Busy" for a private meeting: the door has no viewer (booking.may_see_details)
     start: str  # HH:MM in the room's zone
     end: str
     can_end: bool = False  # made here: "End early" is offered
@@ -134,7 +134,7 @@ class Board:
 def _meeting(reservation: Reservation, zone, *, now: datetime | None = None) -> Meeting:
     return Meeting(
         reservation_id=reservation.id,
-        title="Private meeting" if reservation.private else reservation.title,
+        title=booking.title_for(reservation, None),
         start=f"{reservation.start_at.astimezone(zone):%H:%M}",
         end=f"{reservation.end_at.astimezone(zone):%H:%M}",
         can_end=now is not None and reservation.source != ReservationSource.GOOGLE,

@@ -140,6 +140,7 @@ class Reservation(TimestampMixin, Base):
         sa.Index("ix_reservations_room_event", "room_id", "google_event_id", unique=True),
         sa.Index("ix_reservations_organiser", "organiser_email"),
         sa.Index("ix_reservations_start", "start_at"),  # the check-in deadline scan, across rooms
+        sa.Index("ix_reservations_updated", "updated_at"),  # the Insights rollup finds the days changed since
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -319,13 +320,9 @@ class CalendarFeed(Base):
     room: Mapped[Room | None] = relationship()
 
 
-class RoomUsageMonth(Base):
-    """Insight figures of one room over one whole UTC month, summed by the rollup job (roombridge/insights.py)."""
+class UsageFigures:
+    """The insight figures a rollup row sums (roombridge/insights.py ROLLUP_COLUMNS)."""
 
-    __tablename__ = "room_usage_months"
-
-    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
-    month: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)  # its first day
     bookings: Mapped[int]
     booked_seconds: Mapped[float] = mapped_column(sa.Float)
     checked_in_seconds: Mapped[float] = mapped_column(sa.Float)
@@ -340,18 +337,32 @@ class RoomUsageMonth(Base):
     source_display: Mapped[int]
 
 
-class UsageHourMonth(Base):
+class HeldByHour:
+    """Seconds held in one weekday x hour of room-local time, per building and floor (the heatmap's rollup)."""
+
+    building: Mapped[str | None] = mapped_column(sa.String(200))
+    floor: Mapped[str | None] = mapped_column(sa.String(50))
+    weekday: Mapped[int] = mapped_column(sa.SmallInteger)  # 0 = Monday
+    hour: Mapped[int] = mapped_column(sa.SmallInteger)
+    held_seconds: Mapped[float] = mapped_column(sa.Float)
+
+
+class RoomUsageMonth(UsageFigures, Base):
+    """Insight figures of one room over one whole UTC month, summed by the rollup job (roombridge/insights.py)."""
+
+    __tablename__ = "room_usage_months"
+
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
+    month: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)  # its first day
+
+
+class UsageHourMonth(HeldByHour, Base):
     """Seconds held by bookings in one weekday x hour (room-local) over one UTC month, per building and floor."""
 
     __tablename__ = "usage_hour_months"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     month: Mapped[date] = mapped_column(sa.Date, index=True)
-    building: Mapped[str | None] = mapped_column(sa.String(200))
-    floor: Mapped[str | None] = mapped_column(sa.String(50))
-    weekday: Mapped[int] = mapped_column(sa.SmallInteger)  # 0 = Monday
-    hour: Mapped[int] = mapped_column(sa.SmallInteger)
-    held_seconds: Mapped[float] = mapped_column(sa.Float)
 
 
 class UsageRollup(Base):
@@ -360,6 +371,33 @@ class UsageRollup(Base):
     __tablename__ = "usage_rollups"
 
     month: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RoomUsageDay(UsageFigures, Base):
+    """Insight figures of one room over one UTC day (by start), summed by the rollup job (roombridge/insights.py)."""
+
+    __tablename__ = "room_usage_days"
+
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)
+
+
+class UsageHourDay(HeldByHour, Base):
+    """Seconds held by bookings starting on one UTC day, by weekday x hour (room-local), per building and floor."""
+
+    __tablename__ = "usage_hour_days"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, index=True)
+
+
+class UsageRollupDay(Base):
+    """A day the rollup has summed (its rows above are complete), and when."""
+
+    __tablename__ = "usage_rollup_days"
+
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
     refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -712,8 +712,12 @@ def check_in_by_link(token: str):
             found = checkin.check_in(db.session(), config, reservation_id, checkin.Actor(mail_link=True))
         except booking.InvalidBooking as exc:
             message = " ".join(m for messages in exc.errors.values() for m in messages)
-    return render_template("check_in_link.html", reservation=found, zone=_zone(found.room), message=message,
-                           may_check_in=checkin.can_check_in(found, config, datetime.now(UTC)))
+    # The link is the credential, not a sign-in: whoever holds it sees a private meeting as "Busy"
+    # unless signed in as someone who may see into it (the one rule, booking.may_see_details).
+    viewer = current_user()
+    title = booking.title_for(found, viewer.email if viewer else None, bool(viewer and viewer.is_admin))
+    return render_template("check_in_link.html", reservation=found, title=title, zone=_zone(found.room),
+                           message=message, may_check_in=checkin.can_check_in(found, config, datetime.now(UTC)))
 
 
 # --- errors and template helpers ------------------------------------------------------------------

@@ -139,6 +139,19 @@ def test_the_signed_mail_link_checks_in_with_one_click_until_the_deadline(app, c
     assert client.get(forged).status_code == 404
 
 
+def test_the_mail_link_of_a_private_meeting_follows_the_one_private_rule(app, client, rooms):
+    rid = _meeting(app, rooms[0], _now() - timedelta(minutes=5), title="Merger talks", private=True)
+    with app.app_context():
+        url = checkin.link_url(app.config["ROOMBRIDGE"], db.session().get(Reservation, rid))
+    path = url.removeprefix(app.config["ROOMBRIDGE"].WEBHOOK_BASE_URL)
+    # Whoever holds the link (it may be forwarded) sees "Busy", in the page and in its title ...
+    text = client.get(path).get_data(as_text=True)
+    assert "Merger talks" not in text and "<dd>Busy</dd>" in text and "Check in now" in text
+    # ... and the organiser, signed in, sees what the meeting is (booking.may_see_details).
+    sign_in(client, ALICE)
+    assert "Merger talks" in client.get(path).get_data(as_text=True)
+
+
 def test_the_invitation_mail_carries_the_link_when_the_room_needs_check_in(app, rooms):
     from roombridge.invitations import build_invitation
 
@@ -171,6 +184,7 @@ def test_the_display_shows_its_room_and_polls_with_an_etag(app, client, rooms, d
     assert page.headers["Referrer-Policy"] == "no-referrer" and "<script src=" in text and "<script>" not in text
     state = client.get(display + "/state.json")
     assert state.json["busy"] and state.json["current"]["reservation_id"] == rid
+    assert [m["title"] for m in state.json["next"]] == ["Busy"]  # the door has no viewer: a private one is "Busy"
     again = client.get(display + "/state.json", headers={"If-None-Match": state.headers["ETag"]})
     assert (again.status_code, again.get_data()) == (304, b"")
 

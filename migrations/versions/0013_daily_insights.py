@@ -1,0 +1,64 @@
+"""daily insights rollup: room_usage_days, usage_hour_days, usage_rollup_days; reservations by updated_at
+
+Revision ID: 0013
+Revises: 0007
+Create Date: 2026-12-02 10:00:00
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+import roombridge.db
+
+revision = "0013"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    when = roombridge.db.UTCDateTime(timezone=True)
+    seconds = [sa.Column(f"{name}_seconds", sa.Float(), nullable=False)
+               for name in ("booked", "checked_in", "released", "ended_early")]
+    counts = [sa.Column(name, sa.Integer(), nullable=False)
+              for name in ("checked_in", "no_shows", "people", "source_web", "source_api", "source_google",
+                           "source_display")]
+    op.create_table(
+        "room_usage_days",
+        sa.Column("room_id", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("bookings", sa.Integer(), nullable=False),
+        *seconds,
+        *counts,
+        sa.ForeignKeyConstraint(["room_id"], ["rooms.id"]),
+        sa.PrimaryKeyConstraint("room_id", "day"),
+    )
+    op.create_index("ix_room_usage_days_day", "room_usage_days", ["day"])
+    op.create_table(
+        "usage_hour_days",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("building", sa.String(200), nullable=True),
+        sa.Column("floor", sa.String(50), nullable=True),
+        sa.Column("weekday", sa.SmallInteger(), nullable=False),
+        sa.Column("hour", sa.SmallInteger(), nullable=False),
+        sa.Column("held_seconds", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_usage_hour_days_day", "usage_hour_days", ["day"])
+    op.create_table(
+        "usage_rollup_days",
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("refreshed_at", when, nullable=False),
+        sa.PrimaryKeyConstraint("day"),
+    )
+    op.create_index("ix_reservations_updated", "reservations", ["updated_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_reservations_updated", "reservations")
+    op.drop_table("usage_rollup_days")
+    op.drop_index("ix_usage_hour_days_day", "usage_hour_days")
+    op.drop_table("usage_hour_days")
+    op.drop_index("ix_room_usage_days_day", "room_usage_days")
+    op.drop_table("room_usage_days")
