@@ -283,13 +283,9 @@ class ApiToken(Base):
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
-class RoomDisplay(Base):
-    """A room's door display link: a secret token (only its SHA-256 stored) that opens one room's page."""
+class SecretLink:
+    """A screen's secret link: only the token's SHA-256 is stored; revocable; last seen noted coarsely."""
 
-    __tablename__ = "room_displays"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), index=True)
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     prefix: Mapped[str] = mapped_column(sa.String(12))  # shown to admins to tell links apart
     created_by: Mapped[str] = mapped_column(sa.String(254))
@@ -297,7 +293,25 @@ class RoomDisplay(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+
+class RoomDisplay(SecretLink, Base):
+    """A room's door display link: a secret token (only its SHA-256 stored) that opens one room's page."""
+
+    __tablename__ = "room_displays"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), index=True)
+
     room: Mapped[Room] = relationship()
+
+
+class LobbyDisplay(SecretLink, Base):
+    """A lobby screen's link: a secret token (only its SHA-256 stored) that opens one building's overview."""
+
+    __tablename__ = "lobby_displays"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    building: Mapped[str] = mapped_column(sa.String(200), index=True)
 
 
 class CalendarFeed(Base):

@@ -1,4 +1,5 @@
-"""daily insights rollup: room_usage_days, usage_hour_days, usage_rollup_days; reservations by updated_at
+"""daily insights rollup (room_usage_days, usage_hour_days, usage_rollup_days; reservations by updated_at);
+lobby_displays, a building's secret lobby-screen links
 
 Revision ID: 0013
 Revises: 0007
@@ -53,9 +54,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("day"),
     )
     op.create_index("ix_reservations_updated", "reservations", ["updated_at"])
+    op.create_table(
+        "lobby_displays",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("building", sa.String(200), nullable=False),
+        sa.Column("token_hash", sa.String(64), nullable=False),
+        sa.Column("prefix", sa.String(12), nullable=False),
+        sa.Column("created_by", sa.String(254), nullable=False),
+        sa.Column("created_at", when, nullable=False),
+        sa.Column("last_seen_at", when, nullable=True),
+        sa.Column("revoked_at", when, nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_hash"),
+    )
+    op.create_index("ix_lobby_displays_building", "lobby_displays", ["building"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_lobby_displays_building", "lobby_displays")
+    op.drop_table("lobby_displays")
     op.drop_index("ix_reservations_updated", "reservations")
     op.drop_table("usage_rollup_days")
     op.drop_index("ix_usage_hour_days_day", "usage_hour_days")
