@@ -57,7 +57,7 @@ SELECT b.room_id, 'person' || ((b.room_id * 7 + b.d) % 5000) || '@example.com', 
        CASE WHEN b.x < 6 THEN 'cancelled' WHEN b.x < 18 THEN 'released' ELSE 'confirmed' END,
        false,
        (ARRAY['web', 'api', 'google', 'display'])[1 + (b.x / 7) % 4],
-       0, 1, now(), now(),
+       0, 1, b.s - interval '7 days', b.s - interval '7 days',  -- booked a week ahead, not changed since
        CASE WHEN b.checked THEN b.s END, CASE WHEN b.checked THEN 'person@example.com' END,
        CASE WHEN b.x >= 6 AND b.x < 18 THEN b.s + interval '15 minutes' END,
        CASE WHEN b.x >= 6 AND b.x < 18 THEN b.s + interval '15 minutes' END,

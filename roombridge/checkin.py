@@ -23,8 +23,18 @@ Rules, decided on purpose:
   later occurrences are cancelled. The organiser is warned by mail one no-show before,
   and told when it happens.
 - Ending early moves the end to now (the booked end kept in `original_end_at`); extending
-  adds 15 or 30 minutes when the room is free. Both only for bookings made here: a booking
-  made in Google is changed in Google.
+  adds 15 or 30 minutes when the room is free. For a booking made here we own the event and
+  Google gets the new end.
+- A booking made in Google belongs to its organiser. With least privilege (the room's
+  calendar shared, `calendar.events`, no delegation) the room holds an attendee's copy, on
+  which Google lets the room change only its own answer (responseStatus, comment): a new
+  end is 403 forbiddenForNonOrganizer, and taking over the organiser's event would need
+  their calendar. So "end early" of a Google booking is the room declining the rest of the
+  meeting on its copy, with a comment saying when it ended: Google sends the decline to the
+  organiser and frees the room in Google; here the end moves to now as for ours, and the
+  sync keeps it so (roombridge/mirror.py). "Extend" is refused for a Google booking: no
+  answer of the room can lengthen someone else's meeting; its organiser extends it in
+  Google (and the room accepts it if free), or books the next slot here.
 """
 
 from __future__ import annotations
@@ -363,12 +373,13 @@ def release_no_shows(session: Session, config: Config, now: datetime | None = No
 # --- end early, extend --------------------------------------------------------------------------
 
 
-def _own_live(session: Session, reservation_id: int, actor: Actor, what: str) -> Reservation:
+def _own_live(session: Session, reservation_id: int, actor: Actor, what: str, *,
+              google_too: bool = False) -> Reservation:
     reservation = _visible(session, reservation_id, actor)
     if actor.display_room_id is None and not can_change(reservation, actor.email or "", actor.is_admin):
         raise NotAllowed(f"Only the organiser or an admin may {what} this meeting.")
-    if reservation.source == ReservationSource.GOOGLE:
-        raise NotAllowed(f"This booking was made in Google Calendar; {what} it there.")
+    if reservation.source == ReservationSource.GOOGLE and not google_too:
+        raise NotAllowed(f"This booking was made in Google Calendar: only its organiser can {what} it, there.")
     if not reservation.is_live:
         raise InvalidBooking({"status": [f"A {reservation.status} reservation cannot be changed."]})
     return reservation
@@ -376,10 +387,11 @@ def _own_live(session: Session, reservation_id: int, actor: Actor, what: str) ->
 
 def end_early(session: Session, config: Config, reservation_id: int, actor: Actor,
               now: datetime | None = None) -> Reservation:
-    """End a meeting under way now: the rest of its slot is free at once; Google follows."""
+    """End a meeting under way now: the rest of its slot is free at once; Google follows (for a booking
+    made in Google, by the room declining the rest of it: see the module's docstring)."""
     now = now or datetime.now(UTC)
     with unit_of_work(session):
-        reservation = _own_live(session, reservation_id, actor, "end")
+        reservation = _own_live(session, reservation_id, actor, "end", google_too=True)
         if not reservation.start_at <= now < reservation.end_at:
             raise InvalidBooking({"end": ["Only a meeting under way can be ended early."]})
         # On the minute, as walk-up bookings start: one made at once right after fits without a clash.
@@ -391,9 +403,10 @@ def end_early(session: Session, config: Config, reservation_id: int, actor: Acto
         reservation.original_end_at = reservation.original_end_at or reservation.end_at
         reservation.end_at = new_end
         reservation.ended_early_at = now
-        reservation.status = ReservationStatus.PENDING
-        reservation.status_reason = None
-        announce(session, ReservationChanged(reservation.id))
+        if reservation.source != ReservationSource.GOOGLE:
+            reservation.status = ReservationStatus.PENDING  # our event gets the new end
+            reservation.status_reason = None
+        announce(session, ReservationChanged(reservation.id))  # ours: patched; Google's: declined by the room
     settle_after(session, [reservation.room_id], actor.name)
     return reservation
 

@@ -237,7 +237,7 @@ class Meeting:
     title: str  # "Busy" for a private meeting: the door has no viewer (booking.may_see_details)
     start: str  # HH:MM in the room's zone
     end: str
-    can_end: bool = False  # made here: "End early" is offered
+    can_end: bool = False  # under way: "End early" is offered (a booking made in Google: the room declines the rest)
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ def _meeting(reservation: Reservation, zone, *, now: datetime | None = None) -> 
         title=booking.title_for(reservation, None),
         start=f"{reservation.start_at.astimezone(zone):%H:%M}",
         end=f"{reservation.end_at.astimezone(zone):%H:%M}",
-        can_end=now is not None and reservation.source != ReservationSource.GOOGLE,
+        can_end=now is not None,
     )
 
 

@@ -516,12 +516,14 @@ def reservation(reservation_id: int):
     found = _visible(reservation_id)
     user = current_user()
     now = datetime.now(UTC)
-    may_change = (booking.can_change(found, user.email, user.is_admin)
-                  and found.source != ReservationSource.GOOGLE and found.is_live)
+    organises = booking.can_change(found, user.email, user.is_admin) and found.is_live
+    made_here = found.source != ReservationSource.GOOGLE
+    # A booking made in Google may be ended early (the room declines the rest) but not extended
+    # or edited here: it is its organiser's event (roombridge/checkin.py).
     return render_template("reservation.html", reservation=found, zone=_zone(found.room), status=status_payload(found),
-                           may_change=may_change, may_check_in=checkin.can_check_in(found, _config(), now),
-                           under_way=may_change and found.start_at <= now < found.end_at,
-                           extensions=checkin.EXTENSIONS)
+                           may_change=organises and made_here, may_check_in=checkin.can_check_in(found, _config(), now),
+                           under_way=organises and found.start_at <= now < found.end_at,
+                           extensions=checkin.EXTENSIONS if made_here else ())
 
 
 @bp.get("/reservations/<id:reservation_id>/status.json")

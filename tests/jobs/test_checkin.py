@@ -187,6 +187,50 @@ def test_end_early_and_extend_move_the_end_in_google(emulator, google_app, room_
     assert (ended.status, ended.original_end_at) == (ReservationStatus.CONFIRMED, start + timedelta(minutes=90))
 
 
+def test_end_early_of_a_google_booking_is_the_room_declining_the_rest_and_it_cannot_be_extended(
+        emulator, google_app, room_id):
+    config = google_app.config["ROOMBRIDGE"]
+    start = soon()
+    made = emulator.state.book(ALICE, ROOM, "Standup", rfc(start), rfc(start + timedelta(hours=1)), attendees=[BOB])
+    with google_app.app_context():
+        sync_room(room_id)
+        rid = db.session().scalar(sa.select(Reservation.id).where(Reservation.google_event_id == made["id"]))
+
+    # The room cannot lengthen someone else's meeting: no answer of its copy would.
+    with google_app.app_context(), pytest.raises(booking.NotAllowed, match="only its organiser"):
+        extend(db.session(), config, rid, 15, person(ALICE), now=start + timedelta(minutes=5))
+
+    with google_app.app_context():
+        end_early(db.session(), config, rid, person(ALICE), now=start + timedelta(minutes=20))
+    ended = _reservation(google_app, rid)
+    assert (ended.status, ended.end_at, ended.original_end_at) == (
+        ReservationStatus.CONFIRMED, start + timedelta(minutes=20), start + timedelta(hours=1))
+    run_jobs(google_app)
+
+    # Google: the room declined on its copy (the answer reaches the organiser), with a note; the
+    # event's time is the organiser's and stays; nothing was deleted, nobody else's answer touched.
+    room_copy = next(e for e in emulator.state.raw_events(ROOM) if e["id"] == made["id"])
+    room_entry = next(a for a in room_copy["attendees"] if a["email"] == ROOM)
+    assert room_entry["responseStatus"] == "declined" and room_entry["comment"].startswith("Ended early at ")
+    organisers = emulator.state.person_event(ALICE, made["id"])
+    assert _room_answer(organisers) == "declined"
+    assert {a["email"]: a["responseStatus"] for a in organisers["attendees"]}[BOB] == "needsAction"
+    assert organisers["end"] == made["end"]
+    assert not emulator.state.requests(calendar=ROOM, method="DELETE")
+    assert [r["status"] for r in emulator.state.requests(calendar=ROOM, method="PATCH")] == [200]
+
+    # The syncs that follow see the decline and the booked end, and keep the meeting as it was held.
+    with google_app.app_context():
+        sync_room(room_id)
+        sync_room(room_id, full=True)
+    mirror = _reservation(google_app, rid)
+    assert (mirror.status, mirror.end_at, mirror.room_response) == (
+        ReservationStatus.CONFIRMED, start + timedelta(minutes=20), "declined")
+    assert _count(google_app, "reservation.cancelled_in_google") == 0
+    with google_app.app_context():  # done: the safety net has nothing left to send
+        assert requeue_stale_pending(now=datetime.now(UTC) + timedelta(minutes=10)) == []
+
+
 def _zone():
     from zoneinfo import ZoneInfo
 
