@@ -160,9 +160,12 @@ def _seconds(session: Session, later, earlier):
 
 def _without_jit(session: Session) -> None:
     """PostgreSQL's JIT compiles a query whose estimate looks big (generate_series is guessed at 1,000 rows
-    a call): measured, compiling took seconds for a query that runs in tens of milliseconds."""
+    a call): measured, compiling took seconds for a query that runs in tens of milliseconds. And the
+    per-room sums of 10,000 rooms need a few MB of hash table: with the default work_mem (4 MB) the
+    aggregate spilled to disk in five batches; 64 MB for this transaction keeps it in memory."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(sa.text("SET LOCAL jit = off"))
+        session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
 
 
 def _people():
@@ -294,21 +297,25 @@ def _live_by_room(session: Session, where):
 def _parts(session: Session, found: Plan, room_ids) -> list:
     """SELECTs of (room_id, ROLLUP_COLUMNS...) whose rows, summed per room, are the range's figures."""
     parts = []
+    # Without a filter every in-scope room is wanted, and the join with the rooms keeps only those:
+    # no IN (...) here then, which would cost a hash join per part.
     if found.months:
         parts.append(sa.select(RoomUsageMonth.room_id, *(getattr(RoomUsageMonth, c) for c in ROLLUP_COLUMNS))
-                     .where(RoomUsageMonth.month.in_(found.months), RoomUsageMonth.room_id.in_(room_ids)))
+                     .where(RoomUsageMonth.month.in_(found.months),
+                            *([RoomUsageMonth.room_id.in_(room_ids)] if room_ids is not None else [])))
     if found.days:
         parts.append(sa.select(RoomUsageDay.room_id, *(getattr(RoomUsageDay, c) for c in ROLLUP_COLUMNS))
-                     .where(_in_ranges(RoomUsageDay.day, found.days), RoomUsageDay.room_id.in_(room_ids)))
+                     .where(_in_ranges(RoomUsageDay.day, found.days),
+                            *([RoomUsageDay.room_id.in_(room_ids)] if room_ids is not None else [])))
     if found.live:
         parts.append(_live_by_room(session, _live_where(found.live, room_ids)))
     return parts
 
 
-def _figures(session: Session, found: Plan, room_query) -> tuple[list[Figures], Figures]:
+def _figures(session: Session, found: Plan, room_query, filtered: bool) -> tuple[list[Figures], Figures]:
     """Every room of `room_query` with its figures, and the total: ONE query, summed in the database
     (per room by GROUP BY, over all rooms by a window over the groups), read as plain rows."""
-    ids = room_query.with_only_columns(Room.id)
+    ids = room_query.with_only_columns(Room.id) if filtered else None
     parts = _parts(session, found, ids)
     room_columns = (Room.id, Room.calendar_id, Room.name, Room.building, Room.floor, Room.capacity)
     if parts:
@@ -358,7 +365,7 @@ def compute(session: Session, start: date, end: date, *, building: str | None = 
     today = today or datetime.now(UTC).date()
     found = plan(session, start, end, today) if rollup else Plan([], [], [(start, end)])
     room_query = _room_query(building, floor, room_ids)
-    rooms, total = _figures(session, found, room_query)
+    rooms, total = _figures(session, found, room_query, bool(building or floor or room_ids is not None))
 
     seconds = _empty_grid()
     if rooms:
