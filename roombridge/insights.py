@@ -1,7 +1,8 @@
 """Utilisation insight: how the rooms were really used over a date range.
 
 The figures, per room and in total, over reservations that START in [start, end] (whole UTC
-days, both ends included) and were not cancelled or in conflict:
+days, both ends included) and were not cancelled or in conflict (nor later instances of a
+Google series the room declined for its no-shows: never held, never a no-show):
 
 - `booked_hours`: the time booked, as booked (a meeting ended early counts its booked end);
 - `checked_in_hours`: the time of meetings someone checked in to, as held (to their end, or
@@ -46,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from roombridge.models import (
     LIVE_STATUSES,
+    ReleaseReason,
     Reservation,
     ReservationSource,
     ReservationStatus,
@@ -258,7 +260,8 @@ def _live_where(ranges: list[tuple[date, date]], room_ids=None):
     for first, last in ranges:
         lower, upper = _bounds(first, last)
         starts.append(sa.and_(Reservation.start_at >= lower, Reservation.start_at < upper))
-    where = sa.and_(sa.or_(*starts), Reservation.status.in_(COUNTED))
+    where = sa.and_(sa.or_(*starts), Reservation.status.in_(COUNTED),
+                    Reservation.release_reason.is_distinct_from(ReleaseReason.SERIES_ENDED))
     return where if room_ids is None else sa.and_(where, Reservation.room_id.in_(room_ids))
 
 

@@ -51,6 +51,8 @@ class ReleaseReason(enum.StrEnum):
     """Why a reservation was released (`Reservation.release_reason`)."""
 
     NO_SHOW = "no_show"  # nobody checked in by the deadline
+    # A later instance of a series made in Google that was released too often: the room declines it.
+    SERIES_ENDED = "series_ended"
 
 
 class RoomHealth(enum.StrEnum):

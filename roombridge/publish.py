@@ -30,7 +30,7 @@ from roombridge.gcal import (
     own_properties,
     signing_key,
 )
-from roombridge.models import Reservation, ReservationSource, ReservationStatus, audit
+from roombridge.models import ReleaseReason, Reservation, ReservationSource, ReservationStatus, audit
 from roombridge.unit_of_work import InvitationDue, announce, unit_of_work
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,9 @@ def _room_declines(reservation: Reservation) -> bool:
 
 
 def _decline_comment(reservation: Reservation) -> str | None:
+    """The room's note to the organiser with its decline (none for a no-show: the release mail says it)."""
+    if reservation.release_reason == ReleaseReason.SERIES_ENDED:
+        return f"The room declines the rest of this series: {reservation.status_reason}."
     if reservation.status == ReservationStatus.RELEASED or reservation.ended_early_at is None:
         return None
     ended = reservation.ended_early_at.astimezone(reservation.room.zone)

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from roombridge import insights
-from roombridge.models import Reservation, ReservationSource, ReservationStatus
+from roombridge.models import ReleaseReason, Reservation, ReservationSource, ReservationStatus
 from tests.factories import make_reservation, make_room
 
 MONDAY = date(2030, 1, 7)
@@ -218,3 +218,13 @@ def test_a_change_to_the_past_reaches_the_rollup_on_its_next_run(session):
                      status=ReservationStatus.CONFIRMED)
     session.commit()
     assert insights.compute(session, TODAY, TODAY, today=TODAY).total.bookings == counted + 1
+
+
+def test_instances_of_a_google_series_the_room_declined_are_neither_booked_nor_no_shows(session):
+    hq, _ = seed_known_week(session)
+    make_reservation(session, hq, at(3, 9), 60, status=ReservationStatus.RELEASED, source=ReservationSource.GOOGLE,
+                     release_reason=ReleaseReason.SERIES_ENDED, released_at=at(0, 10, 15), series_id="g1")
+    session.flush()
+    week = insights.compute(session, MONDAY, MONDAY + timedelta(days=6), building="HQ")
+    total = week.total.as_dict()
+    assert (total["bookings"], total["released_hours"], total["no_show_rate"]) == (3, 2.0, 0.3333)  # as before
