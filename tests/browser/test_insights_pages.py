@@ -97,3 +97,19 @@ def test_a_lobby_screen_opens_its_building_by_its_link_without_sign_in(stack, pa
         displays.revoke_lobby(db.session(), "HQ", actor="admin@example.com")
     page.clock.fast_forward(31_000)  # revoked: the poll gets 404 and the screen says it lost the server
     expect(page.locator("#connection")).to_contain_text("Cannot reach the server")
+
+
+def test_an_admin_makes_a_lobby_link_with_its_qr_code(stack, page):
+    sign_in_browser(page, stack, "admin@example.com", next_path="/admin/lobbies")
+    expect(page.get_by_role("heading", name="Lobby screens")).to_be_visible()
+    assert_accessible(page)
+    page.get_by_label("Building").select_option("Annex")
+    page.get_by_role("button", name="Create a lobby link").click()
+    expect(page.get_by_role("img", name="QR code of the display link")).to_be_visible()
+    url = page.get_by_label("Display link").input_value()
+    assert "/display/lobby/lb_" in url
+    assert_accessible(page)
+    page.get_by_role("link", name="Back to Lobby screens").click()
+    expect(page.locator("main")).to_contain_text("Annex: link lb_")
+    page.get_by_role("button", name="Revoke").click()
+    expect(page.locator("main")).to_contain_text("No lobby link yet.")

@@ -121,6 +121,20 @@ def test_the_organiser_ends_early_and_extends_from_the_reservation_page(app, cli
     assert ended.end_at < start + timedelta(minutes=15) and ended.original_end_at == start + timedelta(minutes=75)
 
 
+def test_the_page_of_a_google_booking_offers_end_now_but_no_extend(app, client, rooms):
+    rid = _meeting(app, rooms[1], _now() - timedelta(minutes=5), source=ReservationSource.GOOGLE,
+                   google_event_id="evgoogle1")
+    sign_in(client, ALICE)
+    html = client.get(f"/reservations/{rid}").get_data(as_text=True)
+    assert "End now" in html and "Extend by" not in html and "Cancel reservation" not in html
+    refused = client.post(f"/reservations/{rid}/extend", data={"minutes": "15",
+                                                              "csrf_token": csrf_token(client, f"/reservations/{rid}")})
+    assert _get(app, rid).end_at > _now() and refused.status_code in (302, 403)
+    client.post(f"/reservations/{rid}/end-early", data={"csrf_token": csrf_token(client, f"/reservations/{rid}")})
+    ended = _get(app, rid)
+    assert ended.ended_early_at is not None and ended.status == ReservationStatus.CONFIRMED
+
+
 def test_the_signed_mail_link_checks_in_with_one_click_until_the_deadline(app, client, rooms):
     rid = _meeting(app, rooms[0], _now() - timedelta(minutes=5))
     with app.app_context():
