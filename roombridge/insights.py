@@ -21,18 +21,22 @@ the rooms, one for the heatmap (generate_series on PostgreSQL; on SQLite, whose 
 time zones, the rows are bucketed here, which suits the small deployments SQLite is for).
 At scale a year is millions of rows, so an hourly job (jobs/insights.py) keeps a rollup:
 each UTC day (`room_usage_days` per room, `usage_hour_days` per building, floor, weekday and
-hour), and each whole month summed from its days (`room_usage_months`, `usage_hour_months`).
-It sums every day of the last 13 months once, the latest days again on every run (check-ins,
-releases and syncs land after midnight), and any day whose reservations changed since its
-last run (found by `updated_at`), then the months of the days it summed.
+hour), each whole month summed from its days (`room_usage_months`, `usage_hour_months`), and
+running sums (`room_usage_to_date`: per room and day, the figures from the first of the
+month through that day). It sums every day of the last 13 months once, the latest days
+again on every run (check-ins, releases and syncs land after midnight), and any day whose
+reservations changed since its last run (found by `updated_at`), then the months of the
+days it summed and their running sums.
 
-A range is answered from whole months' rows, other days' rows, and only today (and later
-days, and any day not summed yet) live: rooms, figures and the total in ONE query, summed
-by the database (GROUP BY per room, a window over the groups for the total), never per
-room in Python. The answer equals the live one (tested for ragged ranges and every filter).
-A room filter reads the heatmap live (its rollup is by building and floor; one room is
-cheap). Known limit: the heatmap rollup keeps the building and floor a room had when its
-day was summed. See benchmarks/insights.py for 10,000 rooms x a year.
+A range is answered from whole months' rows; the rest of a month before today from two
+running-sum rows per room (its last day minus the day before its first: 30 days cost as
+much as one); and only today (and later days, and any day not summed yet) live. Rooms,
+figures and the total come in ONE query, summed by the database (GROUP BY per room, a
+window over the groups for the total), never per room in Python. The answer equals the
+live one (tested for ragged ranges and every filter). A room filter reads the heatmap live
+(its rollup is by building and floor; one room is cheap). Known limit: the heatmap rollup
+keeps the building and floor a room had when its day was summed. See
+benchmarks/insights.py for 10,000 rooms x a year.
 """
 
 from __future__ import annotations
@@ -54,10 +58,12 @@ from roombridge.models import (
     Room,
     RoomUsageDay,
     RoomUsageMonth,
+    RoomUsageToDate,
     UsageHourDay,
     UsageHourMonth,
     UsageRollup,
     UsageRollupDay,
+    UsageToDateMonth,
 )
 from roombridge.unit_of_work import unit_of_work
 
@@ -213,16 +219,20 @@ def _ranges(days: Sequence[date]) -> list[tuple[date, date]]:
 
 @dataclass(frozen=True)
 class Plan:
-    """Where each day of a range is read from: whole summed months, summed days, or the reservations."""
+    """Where each day of a range is read from: whole summed months, running sums, summed days, or the
+    reservations."""
 
-    months: list[date]  # first days of whole months read from the monthly rollup
-    days: list[tuple[date, date]]  # day ranges read from the daily rollup
-    live: list[tuple[date, date]]  # day ranges read from the reservations
+    months: list[date] = field(default_factory=list)  # whole months read from the monthly rollup
+    to_date: list[tuple[date, date]] = field(default_factory=list)  # in one month each: two running-sum rows
+    days: list[tuple[date, date]] = field(default_factory=list)  # day ranges read from the daily rollup
+    live: list[tuple[date, date]] = field(default_factory=list)  # day ranges read from the reservations
 
 
 def plan(session: Session, start: date, end: date, today: date) -> Plan:
     """Today and later are always read live (they change by the minute); every earlier day from the
-    rollup if it has been summed: a whole month from its month row, any other day from its day row."""
+    rollup if it has been summed: a whole month from its month row, the days of a month in between
+    from its running sums (the row of the last day minus the row of the day before the first) if
+    they reach that far, else from the day rows."""
     past = [d for d in _days(start, end) if d < today]
     whole = [m for m in {d.replace(day=1) for d in past} if m >= start and _month_end(m) <= end
              and _month_end(m) < today]
@@ -230,8 +240,29 @@ def plan(session: Session, start: date, end: date, today: date) -> Plan:
     in_months = {d for m in months for d in _days(m, _month_end(m))}
     rest = [d for d in past if d not in in_months]
     summed = rolled_days(session, rest)
-    return Plan(months=months, days=_ranges([d for d in rest if d in summed]),
+    runs = [(first, last) for span in _ranges([d for d in rest if d in summed]) for first, last in _by_month(*span)]
+    through = to_date_through(session, {first.replace(day=1) for first, _ in runs})
+    return Plan(months=months,
+                to_date=[(first, last) for first, last in runs if through.get(first.replace(day=1), first) >= last],
+                days=[(first, last) for first, last in runs if through.get(first.replace(day=1), first) < last],
                 live=_ranges([d for d in _days(start, end) if d not in in_months and d not in summed]))
+
+
+def _by_month(first: date, last: date) -> list[tuple[date, date]]:
+    """[first, last] cut at month ends."""
+    parts = []
+    while first <= last:
+        parts.append((first, min(last, _month_end(first))))
+        first = _month_end(first) + timedelta(days=1)
+    return parts
+
+
+def to_date_through(session: Session, months: set[date]) -> dict[date, date]:
+    """How far each month's running sums reach."""
+    if not months:
+        return {}
+    return dict(session.execute(sa.select(UsageToDateMonth.month, UsageToDateMonth.through)
+                                .where(UsageToDateMonth.month.in_(sorted(months)))).all())
 
 
 def rolled_months(session: Session, months: Sequence[date]) -> set[date]:
@@ -310,6 +341,17 @@ def _parts(session: Session, found: Plan, room_ids) -> list:
         parts.append(sa.select(RoomUsageDay.room_id, *(getattr(RoomUsageDay, c) for c in ROLLUP_COLUMNS))
                      .where(_in_ranges(RoomUsageDay.day, found.days),
                             *([RoomUsageDay.room_id.in_(room_ids)] if room_ids is not None else [])))
+    if found.to_date:
+        # [first, last] of a month: its running sums at `last`, minus those the day before `first`.
+        rooms = [RoomUsageToDate.room_id.in_(room_ids)] if room_ids is not None else []
+        ends = [last for _, last in found.to_date]
+        befores = [first - timedelta(days=1) for first, _ in found.to_date if first.day > 1]
+        parts.append(sa.select(RoomUsageToDate.room_id, *(getattr(RoomUsageToDate, c) for c in ROLLUP_COLUMNS))
+                     .where(RoomUsageToDate.day.in_(ends), *rooms))
+        if befores:
+            parts.append(sa.select(RoomUsageToDate.room_id,
+                                   *((-getattr(RoomUsageToDate, c)).label(c) for c in ROLLUP_COLUMNS))
+                         .where(RoomUsageToDate.day.in_(befores), *rooms))
     if found.live:
         parts.append(_live_by_room(session, _live_where(found.live, room_ids)))
     return parts
@@ -366,7 +408,7 @@ def compute(session: Session, start: date, end: date, *, building: str | None = 
     """
     _without_jit(session)
     today = today or datetime.now(UTC).date()
-    found = plan(session, start, end, today) if rollup else Plan([], [], [(start, end)])
+    found = plan(session, start, end, today) if rollup else Plan(live=[(start, end)])
     room_query = _room_query(building, floor, room_ids)
     rooms, total = _figures(session, found, room_query, bool(building or floor or room_ids is not None))
 
@@ -374,16 +416,16 @@ def compute(session: Session, start: date, end: date, *, building: str | None = 
     if rooms:
         ids = room_query.with_only_columns(Room.id)
         if room_ids is not None:  # the heatmap rollup is by building and floor, not by room: one room is cheap
-            found = Plan([], [], [(start, end)])
+            found = Plan(live=[(start, end)])
         if found.live:
             for grid in _held_by_hour(session, _live_where(found.live, ids)).values():
                 _add_grid(seconds, grid)
         if found.months:
             _add_grid(seconds, _rolled_hours(session, UsageHourMonth.month.in_(found.months), UsageHourMonth,
                                              building, floor))
-        if found.days:
-            _add_grid(seconds, _rolled_hours(session, _in_ranges(UsageHourDay.day, found.days), UsageHourDay,
-                                             building, floor))
+        if found.days or found.to_date:  # the heatmap has no running sums: its day rows are few
+            _add_grid(seconds, _rolled_hours(session, _in_ranges(UsageHourDay.day, found.days + found.to_date),
+                                             UsageHourDay, building, floor))
     return Insights(start, end, rooms, total, _occupancy(start, end, seconds, len(rooms)))
 
 
@@ -547,11 +589,29 @@ def sum_month(session: Session, month: date) -> None:
         session.add(UsageRollup(month=month))
 
 
+def sum_to_date(session: Session, month: date, through: date) -> None:
+    """A month's running sums, from its day rows, for each day from its first through `through`."""
+    month = month.replace(day=1)
+    with unit_of_work(session):
+        _without_jit(session)
+        session.execute(sa.delete(RoomUsageToDate).where(RoomUsageToDate.day.between(month, _month_end(month))))
+        for day in _days(month, through):
+            # A room booked by `day` this month gets a row; one not booked yet sums to nothing: no row.
+            session.execute(sa.insert(RoomUsageToDate).from_select(
+                ["room_id", "day", *ROLLUP_COLUMNS],
+                sa.select(RoomUsageDay.room_id, sa.literal(day, sa.Date),
+                          *(sa.func.sum(getattr(RoomUsageDay, c)) for c in ROLLUP_COLUMNS))
+                .where(RoomUsageDay.day.between(month, day)).group_by(RoomUsageDay.room_id)))
+        session.execute(sa.delete(UsageToDateMonth).where(UsageToDateMonth.month == month))
+        session.add(UsageToDateMonth(month=month, through=through))
+
+
 def refresh_month(session: Session, month: date) -> None:
-    """Sum every day of a whole month, then the month."""
+    """Sum every day of a whole month, then the month and its running sums."""
     for day in _days(month.replace(day=1), _month_end(month)):
         refresh_day(session, day)
     sum_month(session, month)
+    sum_to_date(session, month, _month_end(month))
 
 
 def _changed_days(session: Session, since: datetime, first: date, today: date) -> set[date]:
@@ -580,12 +640,19 @@ def refresh_rollup(session: Session, today: date) -> tuple[list[date], list[date
         changed = _changed_days(session, last_run - CHANGE_MARGIN, first, today) if last_run else set()
         whole = [m for m in {d.replace(day=1) for d in window} if _month_end(m) < today]
         months_summed = rolled_months(session, whole)
+        to_date_done = to_date_through(session, {d.replace(day=1) for d in window})
     due = sorted({d for d in window if d not in summed or d >= today - timedelta(days=ROLLUP_SETTLE_DAYS)} | changed)
     for day in due:
         refresh_day(session, day)
     months = sorted({d.replace(day=1) for d in due if d.replace(day=1) in whole} | (set(whole) - months_summed))
     for month in months:
         sum_month(session, month)
+    # Running sums, for ranges that are not whole months: every month a summed day changed, and this
+    # month (its days so far); each month of the window once.
+    yesterday = today - timedelta(days=1)
+    running = {d.replace(day=1) for d in due} | ({m.replace(day=1) for m in window} - set(to_date_done))
+    for month in sorted(running):
+        sum_to_date(session, month, min(_month_end(month), yesterday))
     return due, months
 
 

@@ -399,6 +399,27 @@ class RoomUsageDay(UsageFigures, Base):
     day: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)
 
 
+class RoomUsageToDate(UsageFigures, Base):
+    """A room's figures from the first of a UTC month through `day` (running sums), for every day from
+    its first booked day of the month on: any range inside a month is then two rows (end minus the day
+    before the start). Summed by the rollup job from the day rows (roombridge/insights.py)."""
+
+    __tablename__ = "room_usage_to_date"
+
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)
+
+
+class UsageToDateMonth(Base):
+    """A month whose running sums are complete through `through` (all its day rows summed by then)."""
+
+    __tablename__ = "usage_to_date_months"
+
+    month: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    through: Mapped[date] = mapped_column(sa.Date)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class UsageHourDay(HeldByHour, Base):
     """Seconds held by bookings starting on one UTC day, by weekday x hour (room-local), per building and floor."""
 

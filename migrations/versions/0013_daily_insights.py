@@ -1,4 +1,5 @@
-"""daily insights rollup (room_usage_days, usage_hour_days, usage_rollup_days; reservations by updated_at);
+"""daily insights rollup (room_usage_days, usage_hour_days, usage_rollup_days; the running sums
+room_usage_to_date, usage_to_date_months; reservations by updated_at);
 lobby_displays, a building's secret lobby-screen links
 
 Revision ID: 0013
@@ -19,18 +20,21 @@ depends_on = None
 
 def upgrade() -> None:
     when = roombridge.db.UTCDateTime(timezone=True)
-    seconds = [sa.Column(f"{name}_seconds", sa.Float(), nullable=False)
-               for name in ("booked", "checked_in", "released", "ended_early")]
-    counts = [sa.Column(name, sa.Integer(), nullable=False)
-              for name in ("checked_in", "no_shows", "people", "source_web", "source_api", "source_google",
-                           "source_display")]
+
+    def figures() -> list[sa.Column]:
+        """The figure columns of a rollup row (fresh Column objects for each table)."""
+        return [sa.Column("bookings", sa.Integer(), nullable=False),
+                *(sa.Column(f"{name}_seconds", sa.Float(), nullable=False)
+                  for name in ("booked", "checked_in", "released", "ended_early")),
+                *(sa.Column(name, sa.Integer(), nullable=False)
+                  for name in ("checked_in", "no_shows", "people", "source_web", "source_api", "source_google",
+                               "source_display"))]
+
     op.create_table(
         "room_usage_days",
         sa.Column("room_id", sa.Integer(), nullable=False),
         sa.Column("day", sa.Date(), nullable=False),
-        sa.Column("bookings", sa.Integer(), nullable=False),
-        *seconds,
-        *counts,
+        *figures(),
         sa.ForeignKeyConstraint(["room_id"], ["rooms.id"]),
         sa.PrimaryKeyConstraint("room_id", "day"),
     )
@@ -53,6 +57,22 @@ def upgrade() -> None:
         sa.Column("refreshed_at", when, nullable=False),
         sa.PrimaryKeyConstraint("day"),
     )
+    op.create_table(
+        "room_usage_to_date",
+        sa.Column("room_id", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        *figures(),
+        sa.ForeignKeyConstraint(["room_id"], ["rooms.id"]),
+        sa.PrimaryKeyConstraint("room_id", "day"),
+    )
+    op.create_index("ix_room_usage_to_date_day", "room_usage_to_date", ["day"])
+    op.create_table(
+        "usage_to_date_months",
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("through", sa.Date(), nullable=False),
+        sa.Column("refreshed_at", when, nullable=False),
+        sa.PrimaryKeyConstraint("month"),
+    )
     op.create_index("ix_reservations_updated", "reservations", ["updated_at"])
     op.create_table(
         "lobby_displays",
@@ -74,6 +94,9 @@ def downgrade() -> None:
     op.drop_index("ix_lobby_displays_building", "lobby_displays")
     op.drop_table("lobby_displays")
     op.drop_index("ix_reservations_updated", "reservations")
+    op.drop_table("usage_to_date_months")
+    op.drop_index("ix_room_usage_to_date_day", "room_usage_to_date")
+    op.drop_table("room_usage_to_date")
     op.drop_table("usage_rollup_days")
     op.drop_index("ix_usage_hour_days_day", "usage_hour_days")
     op.drop_table("usage_hour_days")

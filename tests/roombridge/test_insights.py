@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from roombridge import insights
-from roombridge.models import ReleaseReason, Reservation, ReservationSource, ReservationStatus
+from roombridge.models import ReleaseReason, Reservation, ReservationSource, ReservationStatus, UsageToDateMonth
 from tests.factories import make_reservation, make_room
 
 MONDAY = date(2030, 1, 7)
@@ -96,7 +96,7 @@ def test_the_monthly_rollup_gives_the_live_figures_and_is_read_for_whole_months(
     live = insights.compute(session, *january, today=today, rollup=False)
     live_hq = insights.compute(session, *january, building="HQ", today=today, rollup=False)
     insights.refresh_month(session, date(2030, 1, 1))
-    assert insights.plan(session, *january, today) == insights.Plan([date(2030, 1, 1)], [], [])
+    assert insights.plan(session, *january, today) == insights.Plan(months=[date(2030, 1, 1)])
     rolled = insights.compute(session, *january, today=today)
     assert [f.as_dict() for f in rolled.rooms] == [f.as_dict() for f in live.rooms]
     assert rolled.occupancy == live.occupancy
@@ -168,6 +168,8 @@ RANGES = [
     (date(2030, 2, 20), TODAY),  # to today (read live)
     (date(2030, 2, 1), TODAY + timedelta(days=3)),  # a whole month, then this month, today and later
     (date(2030, 1, 31), date(2030, 1, 31)),  # one day
+    (date(2030, 1, 10), date(2030, 1, 20)),  # inside one month: running sums on the 20th minus the 9th
+    (date(2030, 2, 2), date(2030, 3, 3)),  # from the 2nd: minus the 1st
     (TODAY, TODAY),
 ]
 
@@ -178,6 +180,24 @@ def test_the_rollup_answers_exactly_as_the_reservations_do(session, filters):
     chosen = {"all": {}, "building": {"building": "HQ"}, "floor": {"building": "Annex", "floor": "1"},
               "room": {"room_ids": [hq2.id]}}[filters]
     insights.refresh_rollup(session, TODAY)
+    # Only today and later are read live once the rollup is complete; parts of months from running sums.
+    assert insights.plan(session, date(2029, 12, 17), TODAY + timedelta(days=3), TODAY) == insights.Plan(
+        months=[date(2030, 1, 1), date(2030, 2, 1)],
+        to_date=[(date(2029, 12, 17), date(2029, 12, 31)), (date(2030, 3, 1), TODAY - timedelta(days=1))],
+        live=[(TODAY, TODAY + timedelta(days=3))])
+    _rolled_equals_live(session, chosen)
+
+    # Without running sums (not summed yet), the same days come from the day rows: the same answers.
+    session.execute(sa.delete(UsageToDateMonth))
+    session.commit()
+    assert insights.plan(session, date(2029, 12, 17), TODAY + timedelta(days=3), TODAY) == insights.Plan(
+        months=[date(2030, 1, 1), date(2030, 2, 1)],
+        days=[(date(2029, 12, 17), date(2029, 12, 31)), (date(2030, 3, 1), TODAY - timedelta(days=1))],
+        live=[(TODAY, TODAY + timedelta(days=3))])
+    _rolled_equals_live(session, chosen)
+
+
+def _rolled_equals_live(session, chosen: dict) -> None:
     held = 0.0
     for start, end in RANGES:
         rolled = insights.compute(session, start, end, today=TODAY, **chosen)
@@ -188,11 +208,6 @@ def test_the_rollup_answers_exactly_as_the_reservations_do(session, filters):
         assert live.total.bookings > 0
         held += sum(map(sum, live.occupancy))
     assert held > 0
-    # Only today and later are read live once the rollup is complete.
-    assert insights.plan(session, date(2029, 12, 17), TODAY + timedelta(days=3), TODAY) == insights.Plan(
-        months=[date(2030, 1, 1), date(2030, 2, 1)],
-        days=[(date(2029, 12, 17), date(2029, 12, 31)), (date(2030, 3, 1), TODAY - timedelta(days=1))],
-        live=[(TODAY, TODAY + timedelta(days=3))])
 
 
 def test_a_change_to_the_past_reaches_the_rollup_on_its_next_run(session):
