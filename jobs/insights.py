@@ -12,8 +12,9 @@ log = logging.getLogger(__name__)
 
 
 @job("default", timeout=1800)
-def refresh_insights_rollup() -> list[str]:
-    """Sum the latest whole months again, and any month of the last year not summed yet."""
-    months = insights.refresh_rollup(db.session(), datetime.now(UTC).date())
-    log.info("insights rollup: summed %s", ", ".join(f"{m:%Y-%m}" for m in months) or "nothing")
-    return [m.isoformat() for m in months]
+def refresh_insights_rollup() -> dict[str, int]:
+    """Sum the days not summed yet, the latest and the changed ones, then their whole months."""
+    days, months = insights.refresh_rollup(db.session(), datetime.now(UTC).date())
+    log.info("insights rollup: summed %d days and %s", len(days), ", ".join(f"{m:%Y-%m}" for m in months) or
+             "no month")
+    return {"days": len(days), "months": len(months)}

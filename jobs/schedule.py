@@ -47,11 +47,11 @@ PERIODIC: list[Periodic] = [
     Periodic("release-no-shows", "jobs.checkin:release_no_shows", "SCHEDULER_TICK_SECONDS"),
     # Google drops a small share of pushes: the rolling safety net plans its sweeps each tick (roombridge/sweep.py).
     Periodic("safety-net-sync", "jobs.sync:safety_net_sync", "SAFETY_SYNC_INTERVAL_SECONDS"),
-    # Hourly: the Insights rollup of whole months (roombridge/insights.py); idempotent, so a rerun is harmless.
     # Every tick: the Google call log's buffer in Redis to its table, batch by batch (roombridge/call_log.py).
     Periodic("flush-google-calls", "jobs.call_log:flush_google_calls", "SCHEDULER_TICK_SECONDS"),
     # Every tick: the call log's rows past GOOGLE_CALL_LOG_RETENTION_DAYS, in batches; cheap when none are.
     Periodic("purge-google-calls", "jobs.call_log:purge_google_calls", "SCHEDULER_TICK_SECONDS"),
+    # Hourly: the Insights rollup of days and months (roombridge/insights.py); idempotent, so a rerun is harmless.
     Periodic("insights-rollup", "jobs.insights:refresh_insights_rollup", "INSIGHTS_ROLLUP_INTERVAL_SECONDS"),
 ]
 

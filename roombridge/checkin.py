@@ -19,12 +19,29 @@ Rules, decided on purpose:
   reaches the row first wins and the other finds nothing to do. Two schedulers, two
   workers, or a worker killed after its commit cannot release a reservation twice; one
   killed before its commit released nothing, and the next run does it.
-- A series released on CHECKIN_SERIES_END_AFTER consecutive occurrences is ended: its
-  later occurrences are cancelled. The organiser is warned by mail one no-show before,
-  and told when it happens.
+- A series released on CHECKIN_SERIES_END_AFTER consecutive occurrences is ended. The
+  organiser is warned by mail one no-show before, and told when it happens. A series is
+  known by `series_id` (ours: one id for all its occurrences, however publish writes them
+  to Google; Google's: the recurring event's id), so the rule is the same for both. Ours:
+  the later occurrences are cancelled, and publish removes them from Google. Made in
+  Google: the series is its organiser's, so the room declines each later instance on its
+  own copy (status released, reason `series_ended`; never a no-show in Insights), and an
+  instance the sync mirrors later (beyond its window) is declined as it arrives
+  (`follow_ended_series`). Declining the series as a whole would decline the past
+  instances too, and the mirror would then cancel meetings that took place.
 - Ending early moves the end to now (the booked end kept in `original_end_at`); extending
-  adds 15 or 30 minutes when the room is free. Both only for bookings made here: a booking
-  made in Google is changed in Google.
+  adds 15 or 30 minutes when the room is free. For a booking made here we own the event and
+  Google gets the new end.
+- A booking made in Google belongs to its organiser. With least privilege (the room's
+  calendar shared, `calendar.events`, no delegation) the room holds an attendee's copy, on
+  which Google lets the room change only its own answer (responseStatus, comment): a new
+  end is 403 forbiddenForNonOrganizer, and taking over the organiser's event would need
+  their calendar. So "end early" of a Google booking is the room declining the rest of the
+  meeting on its copy, with a comment saying when it ended: Google sends the decline to the
+  organiser and frees the room in Google; here the end moves to now as for ours, and the
+  sync keeps it so (roombridge/mirror.py). "Extend" is refused for a Google booking: no
+  answer of the room can lengthen someone else's meeting; its organiser extends it in
+  Google (and the room accepts it if free), or books the next slot here.
 """
 
 from __future__ import annotations
@@ -313,14 +330,14 @@ def apply_deadline(session: Session, config: Config, reservation_id: int, now: d
 
 
 def _series_after_release(session: Session, config: Config, reservation: Reservation, now: datetime) -> None:
-    """End a series (made here) released on N consecutive occurrences; warn its organiser one before."""
+    """End a series released on N consecutive occurrences (ours or Google's); warn its organiser one before."""
     limit = config.CHECKIN_SERIES_END_AFTER
-    if not limit or not reservation.series_id or reservation.source == ReservationSource.GOOGLE:
+    if not limit or not reservation.series_id:
         return
     recent = session.scalars(
         sa.select(Reservation.status)
-        .where(Reservation.series_id == reservation.series_id, Reservation.start_at <= reservation.start_at,
-               Reservation.status != ReservationStatus.CANCELLED)
+        .where(Reservation.series_id == reservation.series_id, Reservation.room_id == reservation.room_id,
+               Reservation.start_at <= reservation.start_at, Reservation.status != ReservationStatus.CANCELLED)
         .order_by(Reservation.start_at.desc()).limit(limit)
     ).all()
     in_a_row = 0
@@ -331,17 +348,50 @@ def _series_after_release(session: Session, config: Config, reservation: Reserva
     if in_a_row == limit:
         later = session.scalars(
             sa.select(Reservation)
-            .where(Reservation.series_id == reservation.series_id, Reservation.start_at > now,
-                   Reservation.status.in_(CHECKABLE))
+            .where(Reservation.series_id == reservation.series_id, Reservation.room_id == reservation.room_id,
+                   Reservation.start_at > now, Reservation.status.in_(CHECKABLE))
         ).all()
+        why = f"series ended: nobody checked in {limit} times in a row"
         for occurrence in later:
-            occurrence.status = ReservationStatus.CANCELLED
-            occurrence.status_reason = f"series ended: nobody checked in {limit} times in a row"
-            audit(session, "system", "reservation.series_ended", occurrence, after=reservation.id)
-            announce(session, ReservationChanged(occurrence.id))
+            _end_with_series(session, occurrence, why, now, after=reservation.id)
         announce(session, CheckinNoticeDue(reservation.id, "series_ended"))
     elif in_a_row == limit - 1:
         announce(session, CheckinNoticeDue(reservation.id, "series_warning"))
+
+
+def _end_with_series(session: Session, occurrence: Reservation, why: str, now: datetime, **details) -> None:
+    if occurrence.source == ReservationSource.GOOGLE:
+        # Not ours to cancel: released, so publish declines it on the room's copy and no sync revives it.
+        occurrence.status = ReservationStatus.RELEASED
+        occurrence.release_reason = ReleaseReason.SERIES_ENDED
+        occurrence.released_at = now
+    else:
+        occurrence.status = ReservationStatus.CANCELLED
+    occurrence.status_reason = why
+    audit(session, "system", "reservation.series_ended", occurrence, **details)
+    announce(session, ReservationChanged(occurrence.id))
+
+
+def follow_ended_series(session: Session, reservation: Reservation, now: datetime | None = None) -> bool:
+    """A Google instance just mirrored, of a series this room ended before it started: declined like its siblings.
+
+    For the sync engine, inside its unit of work; True if the instance was ended.
+    """
+    if (reservation.source != ReservationSource.GOOGLE or not reservation.series_id
+            or reservation.status not in CHECKABLE):
+        return False
+    ended = session.execute(
+        sa.select(Reservation.id, Reservation.status_reason)
+        .where(Reservation.series_id == reservation.series_id, Reservation.room_id == reservation.room_id,
+               Reservation.release_reason == ReleaseReason.SERIES_ENDED,
+               Reservation.released_at < reservation.start_at)
+        .order_by(Reservation.released_at).limit(1)
+    ).first()
+    if ended is None:
+        return False
+    _end_with_series(session, reservation, ended.status_reason or "series ended", now or datetime.now(UTC),
+                     like=ended.id)
+    return True
 
 
 def release_no_shows(session: Session, config: Config, now: datetime | None = None) -> dict[str, int]:
@@ -363,12 +413,13 @@ def release_no_shows(session: Session, config: Config, now: datetime | None = No
 # --- end early, extend --------------------------------------------------------------------------
 
 
-def _own_live(session: Session, reservation_id: int, actor: Actor, what: str) -> Reservation:
+def _own_live(session: Session, reservation_id: int, actor: Actor, what: str, *,
+              google_too: bool = False) -> Reservation:
     reservation = _visible(session, reservation_id, actor)
     if actor.display_room_id is None and not can_change(reservation, actor.email or "", actor.is_admin):
         raise NotAllowed(f"Only the organiser or an admin may {what} this meeting.")
-    if reservation.source == ReservationSource.GOOGLE:
-        raise NotAllowed(f"This booking was made in Google Calendar; {what} it there.")
+    if reservation.source == ReservationSource.GOOGLE and not google_too:
+        raise NotAllowed(f"This booking was made in Google Calendar: only its organiser can {what} it, there.")
     if not reservation.is_live:
         raise InvalidBooking({"status": [f"A {reservation.status} reservation cannot be changed."]})
     return reservation
@@ -376,10 +427,11 @@ def _own_live(session: Session, reservation_id: int, actor: Actor, what: str) ->
 
 def end_early(session: Session, config: Config, reservation_id: int, actor: Actor,
               now: datetime | None = None) -> Reservation:
-    """End a meeting under way now: the rest of its slot is free at once; Google follows."""
+    """End a meeting under way now: the rest of its slot is free at once; Google follows (for a booking
+    made in Google, by the room declining the rest of it: see the module's docstring)."""
     now = now or datetime.now(UTC)
     with unit_of_work(session):
-        reservation = _own_live(session, reservation_id, actor, "end")
+        reservation = _own_live(session, reservation_id, actor, "end", google_too=True)
         if not reservation.start_at <= now < reservation.end_at:
             raise InvalidBooking({"end": ["Only a meeting under way can be ended early."]})
         # On the minute, as walk-up bookings start: one made at once right after fits without a clash.
@@ -391,9 +443,10 @@ def end_early(session: Session, config: Config, reservation_id: int, actor: Acto
         reservation.original_end_at = reservation.original_end_at or reservation.end_at
         reservation.end_at = new_end
         reservation.ended_early_at = now
-        reservation.status = ReservationStatus.PENDING
-        reservation.status_reason = None
-        announce(session, ReservationChanged(reservation.id))
+        if reservation.source != ReservationSource.GOOGLE:
+            reservation.status = ReservationStatus.PENDING  # our event gets the new end
+            reservation.status_reason = None
+        announce(session, ReservationChanged(reservation.id))  # ours: patched; Google's: declined by the room
     settle_after(session, [reservation.room_id], actor.name)
     return reservation
 

@@ -1,7 +1,8 @@
 """Utilisation insight: how the rooms were really used over a date range.
 
 The figures, per room and in total, over reservations that START in [start, end] (whole UTC
-days, both ends included) and were not cancelled or in conflict:
+days, both ends included) and were not cancelled or in conflict (nor later instances of a
+Google series the room declined for its no-shows: never held, never a no-show):
 
 - `booked_hours`: the time booked, as booked (a meeting ended early counts its booked end);
 - `checked_in_hours`: the time of meetings someone checked in to, as held (to their end, or
@@ -18,14 +19,24 @@ days, both ends included) and were not cancelled or in conflict:
 Everything is summed in the database. Live, from the reservations: one GROUP BY query for
 the rooms, one for the heatmap (generate_series on PostgreSQL; on SQLite, whose SQL knows no
 time zones, the rows are bucketed here, which suits the small deployments SQLite is for).
-At scale a year is millions of rows, so whole UTC months are summed once into a rollup
-(`room_usage_months` per room; `usage_hour_months` per building, floor, weekday and hour)
-by an hourly job (jobs/insights.py): it sums the two latest whole months again, for late
-edits and syncs, and fills in any month of the last year not summed yet. A range reads the
-rollup for its whole months that have been summed, and the reservations for the rest (its
-ends, the current month, months not summed yet): the same figures either way (tested).
-A room filter reads the heatmap live (the rollup is by building and floor; one room is
-cheap). See benchmarks/insights.py for 10,000 rooms x a year.
+At scale a year is millions of rows, so an hourly job (jobs/insights.py) keeps a rollup:
+each UTC day (`room_usage_days` per room, `usage_hour_days` per building, floor, weekday and
+hour), each whole month summed from its days (`room_usage_months`, `usage_hour_months`), and
+running sums (`room_usage_to_date`: per room and day, the figures from the first of the
+month through that day). It sums every day of the last 13 months once, the latest days
+again on every run (check-ins, releases and syncs land after midnight), and any day whose
+reservations changed since its last run (found by `updated_at`), then the months of the
+days it summed and their running sums.
+
+A range is answered from whole months' rows; the rest of a month before today from two
+running-sum rows per room (its last day minus the day before its first: 30 days cost as
+much as one); and only today (and later days, and any day not summed yet) live. Rooms,
+figures and the total come in ONE query, summed by the database (GROUP BY per room, a
+window over the groups for the total), never per room in Python. The answer equals the
+live one (tested for ragged ranges and every filter). A room filter reads the heatmap live
+(its rollup is by building and floor; one room is cheap). Known limit: the heatmap rollup
+keeps the building and floor a room had when its day was summed. See
+benchmarks/insights.py for 10,000 rooms x a year.
 """
 
 from __future__ import annotations
@@ -40,13 +51,19 @@ from sqlalchemy.orm import Session
 
 from roombridge.models import (
     LIVE_STATUSES,
+    ReleaseReason,
     Reservation,
     ReservationSource,
     ReservationStatus,
     Room,
+    RoomUsageDay,
     RoomUsageMonth,
+    RoomUsageToDate,
+    UsageHourDay,
     UsageHourMonth,
     UsageRollup,
+    UsageRollupDay,
+    UsageToDateMonth,
 )
 from roombridge.unit_of_work import unit_of_work
 
@@ -151,9 +168,12 @@ def _seconds(session: Session, later, earlier):
 
 def _without_jit(session: Session) -> None:
     """PostgreSQL's JIT compiles a query whose estimate looks big (generate_series is guessed at 1,000 rows
-    a call): measured, compiling took seconds for a query that runs in tens of milliseconds."""
+    a call): measured, compiling took seconds for a query that runs in tens of milliseconds. And the
+    per-room sums of 10,000 rooms need a few MB of hash table: with the default work_mem (4 MB) the
+    aggregate spilled to disk in five batches; 64 MB for this transaction keeps it in memory."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(sa.text("SET LOCAL jit = off"))
+        session.execute(sa.text("SET LOCAL work_mem = '64MB'"))
 
 
 def _people():
@@ -171,46 +191,117 @@ def _room_query(building: str | None, floor: str | None, room_ids: Sequence[int]
     return query
 
 
-# --- the figures, live from reservations or from the monthly rollup ------------------------------
+# --- the plan: which days come from which rollup, which are read live ----------------------------
 
 
 def _next_month(month: date) -> date:
     return (month.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
-def _split(start: date, end: date) -> tuple[list[date], list[tuple[date, date]]]:
-    """The whole months inside [start, end], and the ranges of days left over at its ends."""
-    months, rest = [], []
-    day = start
-    while day <= end:
-        month, following = day.replace(day=1), _next_month(day.replace(day=1))
-        last = min(end, following - timedelta(days=1))
-        if day == month and last == following - timedelta(days=1):
-            months.append(month)
+def _month_end(month: date) -> date:
+    return _next_month(month) - timedelta(days=1)
+
+
+def _days(start: date, end: date) -> list[date]:
+    return [start + timedelta(days=n) for n in range((end - start).days + 1)]
+
+
+def _ranges(days: Sequence[date]) -> list[tuple[date, date]]:
+    """Consecutive days as [first, last] ranges."""
+    ranges: list[tuple[date, date]] = []
+    for day in sorted(days):
+        if ranges and ranges[-1][1] + timedelta(days=1) == day:
+            ranges[-1] = (ranges[-1][0], day)
         else:
-            rest.append((day, last))
-        day = following
-    return months, rest
+            ranges.append((day, day))
+    return ranges
 
 
-def _merge(ranges: list[tuple[date, date]]) -> list[tuple[date, date]]:
-    merged: list[tuple[date, date]] = []
-    for first, last in sorted(ranges):
-        if merged and merged[-1][1] + timedelta(days=1) == first:
-            merged[-1] = (merged[-1][0], last)
-        else:
-            merged.append((first, last))
-    return merged
+@dataclass(frozen=True)
+class Plan:
+    """Where each day of a range is read from: whole summed months, running sums, summed days, or the
+    reservations."""
+
+    months: list[date] = field(default_factory=list)  # whole months read from the monthly rollup
+    to_date: list[tuple[date, date]] = field(default_factory=list)  # in one month each: two running-sum rows
+    days: list[tuple[date, date]] = field(default_factory=list)  # day ranges read from the daily rollup
+    live: list[tuple[date, date]] = field(default_factory=list)  # day ranges read from the reservations
 
 
-def _live_where(start: date, end: date, room_ids):
-    lower, upper = _bounds(start, end)
-    return sa.and_(Reservation.start_at >= lower, Reservation.start_at < upper, Reservation.status.in_(COUNTED),
-                   Reservation.room_id.in_(room_ids))
+def plan(session: Session, start: date, end: date, today: date) -> Plan:
+    """Today and later are always read live (they change by the minute); every earlier day from the
+    rollup if it has been summed: a whole month from its month row, the days of a month in between
+    from its running sums (the row of the last day minus the row of the day before the first) if
+    they reach that far, else from the day rows."""
+    past = [d for d in _days(start, end) if d < today]
+    whole = [m for m in {d.replace(day=1) for d in past} if m >= start and _month_end(m) <= end
+             and _month_end(m) < today]
+    months = sorted(rolled_months(session, whole))
+    in_months = {d for m in months for d in _days(m, _month_end(m))}
+    rest = [d for d in past if d not in in_months]
+    summed = rolled_days(session, rest)
+    runs = [(first, last) for span in _ranges([d for d in rest if d in summed]) for first, last in _by_month(*span)]
+    through = to_date_through(session, {first.replace(day=1) for first, _ in runs})
+    return Plan(months=months,
+                to_date=[(first, last) for first, last in runs if through.get(first.replace(day=1), first) >= last],
+                days=[(first, last) for first, last in runs if through.get(first.replace(day=1), first) < last],
+                live=_ranges([d for d in _days(start, end) if d not in in_months and d not in summed]))
 
 
-def _live_figures(session: Session, where) -> dict[int, Figures]:
-    """Per room, summed from the reservations in `where`: ONE GROUP BY query."""
+def _by_month(first: date, last: date) -> list[tuple[date, date]]:
+    """[first, last] cut at month ends."""
+    parts = []
+    while first <= last:
+        parts.append((first, min(last, _month_end(first))))
+        first = _month_end(first) + timedelta(days=1)
+    return parts
+
+
+def to_date_through(session: Session, months: set[date]) -> dict[date, date]:
+    """How far each month's running sums reach."""
+    if not months:
+        return {}
+    return dict(session.execute(sa.select(UsageToDateMonth.month, UsageToDateMonth.through)
+                                .where(UsageToDateMonth.month.in_(sorted(months)))).all())
+
+
+def rolled_months(session: Session, months: Sequence[date]) -> set[date]:
+    if not months:
+        return set()
+    return set(session.scalars(sa.select(UsageRollup.month).where(UsageRollup.month.in_(list(months)))))
+
+
+def rolled_days(session: Session, days: Sequence[date]) -> set[date]:
+    if not days:
+        return set()
+    return set(session.scalars(sa.select(UsageRollupDay.day).where(UsageRollupDay.day >= min(days),
+                                                                    UsageRollupDay.day <= max(days))))
+
+
+def _in_ranges(column, ranges: list[tuple[date, date]]):
+    return sa.or_(*(column.between(first, last) for first, last in ranges))
+
+
+# --- the figures ------------------------------------------------------------------------------------
+
+
+def _live_where(ranges: list[tuple[date, date]], room_ids=None):
+    """Counted reservations starting on the days of `ranges` (whole UTC days), in the rooms `room_ids`."""
+    starts = []
+    for first, last in ranges:
+        lower, upper = _bounds(first, last)
+        starts.append(sa.and_(Reservation.start_at >= lower, Reservation.start_at < upper))
+    where = sa.and_(sa.or_(*starts), Reservation.status.in_(COUNTED),
+                    Reservation.release_reason.is_distinct_from(ReleaseReason.SERIES_ENDED))
+    return where if room_ids is None else sa.and_(where, Reservation.room_id.in_(room_ids))
+
+
+ROLLUP_COLUMNS = ("bookings", "booked_seconds", "checked_in_seconds", "released_seconds", "ended_early_seconds",
+                  "checked_in", "no_shows", "people", *(f"source_{s}" for s in SOURCES))
+
+
+def _live_columns(session: Session) -> list:
+    """The rollup's columns summed over reservations, in ROLLUP_COLUMNS order, per room (group by room_id)."""
     held = _seconds(session, Reservation.end_at, Reservation.start_at)
     booked = _seconds(session, sa.func.coalesce(Reservation.original_end_at, Reservation.end_at), Reservation.start_at)
     given_back = _seconds(session, Reservation.original_end_at, Reservation.end_at)
@@ -219,8 +310,7 @@ def _live_figures(session: Session, where) -> dict[int, Figures]:
     def when(condition, value):
         return sa.func.sum(sa.case((condition, value), else_=0))
 
-    columns = [
-        Reservation.room_id,
+    values = [
         sa.func.count(),
         sa.func.sum(booked),
         when(Reservation.checked_in_at.is_not(None), held),
@@ -231,8 +321,70 @@ def _live_figures(session: Session, where) -> dict[int, Figures]:
         sa.func.sum(_people()),
         *(when(Reservation.source == source, 1) for source in SOURCES),
     ]
-    return {row[0]: _figures_of(row[1:]) for row in
-            session.execute(sa.select(*columns).where(where).group_by(Reservation.room_id))}
+    return [value.label(name) for value, name in zip(values, ROLLUP_COLUMNS, strict=True)]
+
+
+def _live_by_room(session: Session, where):
+    return sa.select(Reservation.room_id, *_live_columns(session)).where(where).group_by(Reservation.room_id)
+
+
+def _parts(session: Session, found: Plan, room_ids) -> list:
+    """SELECTs of (room_id, ROLLUP_COLUMNS...) whose rows, summed per room, are the range's figures."""
+    parts = []
+    # Without a filter every in-scope room is wanted, and the join with the rooms keeps only those:
+    # no IN (...) here then, which would cost a hash join per part.
+    if found.months:
+        parts.append(sa.select(RoomUsageMonth.room_id, *(getattr(RoomUsageMonth, c) for c in ROLLUP_COLUMNS))
+                     .where(RoomUsageMonth.month.in_(found.months),
+                            *([RoomUsageMonth.room_id.in_(room_ids)] if room_ids is not None else [])))
+    if found.days:
+        parts.append(sa.select(RoomUsageDay.room_id, *(getattr(RoomUsageDay, c) for c in ROLLUP_COLUMNS))
+                     .where(_in_ranges(RoomUsageDay.day, found.days),
+                            *([RoomUsageDay.room_id.in_(room_ids)] if room_ids is not None else [])))
+    if found.to_date:
+        # [first, last] of a month: its running sums at `last`, minus those the day before `first`.
+        rooms = [RoomUsageToDate.room_id.in_(room_ids)] if room_ids is not None else []
+        ends = [last for _, last in found.to_date]
+        befores = [first - timedelta(days=1) for first, _ in found.to_date if first.day > 1]
+        parts.append(sa.select(RoomUsageToDate.room_id, *(getattr(RoomUsageToDate, c) for c in ROLLUP_COLUMNS))
+                     .where(RoomUsageToDate.day.in_(ends), *rooms))
+        if befores:
+            parts.append(sa.select(RoomUsageToDate.room_id,
+                                   *((-getattr(RoomUsageToDate, c)).label(c) for c in ROLLUP_COLUMNS))
+                         .where(RoomUsageToDate.day.in_(befores), *rooms))
+    if found.live:
+        parts.append(_live_by_room(session, _live_where(found.live, room_ids)))
+    return parts
+
+
+def _figures(session: Session, found: Plan, room_query, filtered: bool) -> tuple[list[Figures], Figures]:
+    """Every room of `room_query` with its figures, and the total: ONE query, summed in the database
+    (per room by GROUP BY, over all rooms by a window over the groups), read as plain rows."""
+    ids = room_query.with_only_columns(Room.id) if filtered else None
+    parts = _parts(session, found, ids)
+    room_columns = (Room.id, Room.calendar_id, Room.name, Room.building, Room.floor, Room.capacity)
+    if parts:
+        usage = sa.union_all(*parts).subquery("usage") if len(parts) > 1 else parts[0].subquery("usage")
+        sums = [sa.func.coalesce(sa.func.sum(usage.c[c]), 0) for c in ROLLUP_COLUMNS]
+        query = room_query.outerjoin(usage, usage.c.room_id == Room.id)
+    else:
+        sums = [sa.literal(0) for _ in ROLLUP_COLUMNS]
+        query = room_query
+    totals = [sa.func.sum(value).over() for value in sums]
+    query = (query.with_only_columns(*room_columns, *sums, *totals, sa.func.sum(Room.capacity).over())
+             .group_by(*room_columns).order_by(Room.building, Room.floor, Room.name))
+    rooms, total = [], Figures()
+    width = len(ROLLUP_COLUMNS)
+    for row in session.execute(query):
+        room_id, calendar_id, name, building, floor, capacity = row[:6]
+        figures = _figures_of(row[6:6 + width])
+        figures.room_id, figures.calendar_id, figures.name = room_id, calendar_id, name
+        figures.building, figures.floor, figures.capacity = building, floor, capacity
+        rooms.append(figures)
+        if len(rooms) == 1:
+            total = _figures_of(row[6 + width:6 + 2 * width])
+            total.capacity = int(row[-1]) if row[-1] else None
+    return rooms, total
 
 
 def _figures_of(row: Sequence) -> Figures:
@@ -246,62 +398,35 @@ def _figures_of(row: Sequence) -> Figures:
     )
 
 
-ROLLUP_COLUMNS = ("bookings", "booked_seconds", "checked_in_seconds", "released_seconds", "ended_early_seconds",
-                  "checked_in", "no_shows", "people", *(f"source_{s}" for s in SOURCES))
-
-
-def _rolled_figures(session: Session, months: list[date], room_ids) -> dict[int, Figures]:
-    query = (sa.select(RoomUsageMonth.room_id,
-                       *(sa.func.sum(getattr(RoomUsageMonth, c)) for c in ROLLUP_COLUMNS))
-             .where(RoomUsageMonth.month.in_(months), RoomUsageMonth.room_id.in_(room_ids))
-             .group_by(RoomUsageMonth.room_id))
-    return {row[0]: _figures_of(row[1:]) for row in session.execute(query)}
-
-
-def rolled_months(session: Session, months: list[date]) -> set[date]:
-    if not months:
-        return set()
-    return set(session.scalars(sa.select(UsageRollup.month).where(UsageRollup.month.in_(months))))
-
-
 def compute(session: Session, start: date, end: date, *, building: str | None = None, floor: str | None = None,
-            room_ids: Sequence[int] | None = None) -> Insights:
+            room_ids: Sequence[int] | None = None, today: date | None = None, rollup: bool = True) -> Insights:
     """The figures of the in-scope rooms matching the filters, for reservations starting in [start, end].
 
-    Whole months the rollup has summed are read from it; the days around them, and months
-    not rolled up yet, from the reservations themselves. Both give the same figures.
+    Days before today come from the rollup where it has summed them (whole months from the
+    monthly rows, other days from the daily rows); today, later days and days not summed yet
+    from the reservations. `rollup=False` reads everything live: the same figures (tested).
     """
     _without_jit(session)
+    today = today or datetime.now(UTC).date()
+    found = plan(session, start, end, today) if rollup else Plan(live=[(start, end)])
     room_query = _room_query(building, floor, room_ids)
-    rooms = list(session.scalars(room_query.order_by(Room.building, Room.floor, Room.name)))
-    ids = room_query.with_only_columns(Room.id)
-    months, rest = _split(start, end)
-    rolled = sorted(rolled_months(session, months))
-    live = _merge(rest + [(m, _next_month(m) - timedelta(days=1)) for m in months if m not in rolled])
+    rooms, total = _figures(session, found, room_query, bool(building or floor or room_ids is not None))
 
-    parts = [_rolled_figures(session, rolled, ids)] if rolled else []
-    parts += [_live_figures(session, _live_where(first, last, ids)) for first, last in live]
-    figures, total = [], Figures()
-    for room in rooms:
-        one = Figures(room_id=room.id, calendar_id=room.calendar_id, name=room.name, building=room.building,
-                      floor=room.floor, capacity=room.capacity)
-        for part in parts:
-            if room.id in part:
-                one.add(part[room.id])
-        figures.append(one)
-        total.add(one)
-    total.capacity = sum(r.capacity or 0 for r in rooms) or None
-
-    seconds = [[0.0] * 24 for _ in range(7)]
+    seconds = _empty_grid()
     if rooms:
-        if room_ids is not None:  # the rollup is by building and floor, not by room
-            live, rolled = [(start, end)], []
-        for first, last in live:
-            for grid in _held_by_hour(session, _live_where(first, last, ids)).values():
+        ids = room_query.with_only_columns(Room.id)
+        if room_ids is not None:  # the heatmap rollup is by building and floor, not by room: one room is cheap
+            found = Plan(live=[(start, end)])
+        if found.live:
+            for grid in _held_by_hour(session, _live_where(found.live, ids)).values():
                 _add_grid(seconds, grid)
-        if rolled:
-            _add_grid(seconds, _rolled_hours(session, rolled, building, floor))
-    return Insights(start, end, figures, total, _occupancy(start, end, seconds, len(rooms)))
+        if found.months:
+            _add_grid(seconds, _rolled_hours(session, UsageHourMonth.month.in_(found.months), UsageHourMonth,
+                                             building, floor))
+        if found.days or found.to_date:  # the heatmap has no running sums: its day rows are few
+            _add_grid(seconds, _rolled_hours(session, _in_ranges(UsageHourDay.day, found.days + found.to_date),
+                                             UsageHourDay, building, floor))
+    return Insights(start, end, rooms, total, _occupancy(start, end, seconds, len(rooms)))
 
 
 # --- occupancy by weekday x hour ---------------------------------------------------------------
@@ -391,15 +516,15 @@ def _held_by_hour_here(session: Session, where) -> dict[Place, list[list[float]]
     return grids
 
 
-def _rolled_hours(session: Session, months: list[date], building: str | None, floor: str | None):
-    query = sa.select(UsageHourMonth.weekday, UsageHourMonth.hour, sa.func.sum(UsageHourMonth.held_seconds)).where(
-        UsageHourMonth.month.in_(months))
+def _rolled_hours(session: Session, where, table, building: str | None, floor: str | None):
+    """The heatmap's seconds from a rollup table (UsageHourMonth or UsageHourDay) in `where`."""
+    query = sa.select(table.weekday, table.hour, sa.func.sum(table.held_seconds)).where(where)
     if building:
-        query = query.where(UsageHourMonth.building == building)
+        query = query.where(table.building == building)
     if floor:
-        query = query.where(UsageHourMonth.floor == floor)
+        query = query.where(table.floor == floor)
     grid = _empty_grid()
-    for wd, h, total in session.execute(query.group_by(UsageHourMonth.weekday, UsageHourMonth.hour)):
+    for wd, h, total in session.execute(query.group_by(table.weekday, table.hour)):
         grid[wd][h] += float(total or 0)
     return grid
 
@@ -411,50 +536,124 @@ def _zone(name: str | None) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-# --- the monthly rollup -------------------------------------------------------------------------
+# --- the rollup -----------------------------------------------------------------------------------
 
-ROLLUP_MONTHS_BACK = 13  # the rollup job fills in any whole month of the last year not summed yet
-ROLLUP_REFRESH_RECENT = 2  # and sums the latest whole months again, for late changes (edits, syncs)
+ROLLUP_MONTHS_BACK = 13  # the rollup job fills in any day of the last 13 whole months not summed yet
+ROLLUP_SETTLE_DAYS = 2  # and sums the latest days again: check-ins, releases and syncs land after midnight
+# A change is found by its reservation's updated_at; a unit of work that stamped it just before
+# the last run's read and committed after it is still found, within this margin.
+CHANGE_MARGIN = timedelta(minutes=15)
 
 
-def refresh_month(session: Session, month: date) -> int:
-    """Sum one whole month into the rollup, replacing what it held; the number of room rows."""
-    month = month.replace(day=1)
-    last = _next_month(month) - timedelta(days=1)
-    in_scope = _room_query(None, None, None).with_only_columns(Room.id)
+def refresh_day(session: Session, day: date) -> None:
+    """Sum one UTC day (reservations starting on it) into the daily rollup, replacing what it held."""
     with unit_of_work(session):
         _without_jit(session)
-        session.execute(sa.delete(RoomUsageMonth).where(RoomUsageMonth.month == month))
-        session.execute(sa.delete(UsageHourMonth).where(UsageHourMonth.month == month))
-        session.execute(sa.delete(UsageRollup).where(UsageRollup.month == month))
-        where = _live_where(month, last, in_scope)
-        by_room = _live_figures(session, where)
-        session.add_all(RoomUsageMonth(
-            room_id=room_id, month=month, bookings=f.bookings, booked_seconds=f.booked_hours * 3600,
-            checked_in_seconds=f.checked_in_hours * 3600, released_seconds=f.released_hours * 3600,
-            ended_early_seconds=f.ended_early_hours * 3600, checked_in=f.checked_in, no_shows=f.no_shows,
-            people=f.people, **{f"source_{s}": n for s, n in f.sources.items()},
-        ) for room_id, f in by_room.items())
-        session.add_all(UsageHourMonth(month=month, building=building, floor=floor, weekday=wd, hour=h,
-                                       held_seconds=grid[wd][h])
-                        for (building, floor), grid in _held_by_hour(session, where).items()
-                        for wd in range(7) for h in range(24) if grid[wd][h])
+        for table in (RoomUsageDay, UsageHourDay, UsageRollupDay):
+            session.execute(sa.delete(table).where(table.day == day))
+        # Every room's figures (the query that reads them filters by scope), in the database itself.
+        live = _live_by_room(session, _live_where([(day, day)])).subquery()
+        session.execute(sa.insert(RoomUsageDay).from_select(
+            ["room_id", "day", *ROLLUP_COLUMNS],
+            sa.select(live.c.room_id, sa.literal(day, sa.Date), *(live.c[c] for c in ROLLUP_COLUMNS))))
+        in_scope = _room_query(None, None, None).with_only_columns(Room.id)
+        hours = [{"day": day, "building": building, "floor": floor, "weekday": wd, "hour": h,
+                  "held_seconds": grid[wd][h]}
+                 for (building, floor), grid in _held_by_hour(session, _live_where([(day, day)], in_scope)).items()
+                 for wd in range(7) for h in range(24) if grid[wd][h]]
+        if hours:
+            session.execute(sa.insert(UsageHourDay), hours)
+        session.add(UsageRollupDay(day=day))
+
+
+def sum_month(session: Session, month: date) -> None:
+    """Sum a whole month's day rows into its month rows (its days must all be summed)."""
+    month = month.replace(day=1)
+    days = UsageRollupDay.day.between(month, _month_end(month))
+    with unit_of_work(session):
+        for table in (RoomUsageMonth, UsageHourMonth, UsageRollup):
+            session.execute(sa.delete(table).where(table.month == month))
+        session.execute(sa.insert(RoomUsageMonth).from_select(
+            ["room_id", "month", *ROLLUP_COLUMNS],
+            sa.select(RoomUsageDay.room_id, sa.literal(month, sa.Date),
+                      *(sa.func.sum(getattr(RoomUsageDay, c)) for c in ROLLUP_COLUMNS))
+            .where(RoomUsageDay.day.between(month, _month_end(month))).group_by(RoomUsageDay.room_id)))
+        keys = (UsageHourDay.building, UsageHourDay.floor, UsageHourDay.weekday, UsageHourDay.hour)
+        session.execute(sa.insert(UsageHourMonth).from_select(
+            ["month", "building", "floor", "weekday", "hour", "held_seconds"],
+            sa.select(sa.literal(month, sa.Date), *keys, sa.func.sum(UsageHourDay.held_seconds))
+            .where(UsageHourDay.day.between(month, _month_end(month))).group_by(*keys)))
+        summed = session.scalar(sa.select(sa.func.count()).where(days))
+        if summed != (_month_end(month) - month).days + 1:
+            raise ValueError(f"{month:%Y-%m}: only {summed} of its days are summed")
         session.add(UsageRollup(month=month))
-    return len(by_room)
 
 
-def refresh_rollup(session: Session, today: date) -> list[date]:
-    """Sum the latest whole months again, and any whole month of the last year not summed yet."""
-    current = today.replace(day=1)
-    months, month = [], current
+def sum_to_date(session: Session, month: date, through: date) -> None:
+    """A month's running sums, from its day rows, for each day from its first through `through`."""
+    month = month.replace(day=1)
+    with unit_of_work(session):
+        _without_jit(session)
+        session.execute(sa.delete(RoomUsageToDate).where(RoomUsageToDate.day.between(month, _month_end(month))))
+        for day in _days(month, through):
+            # A room booked by `day` this month gets a row; one not booked yet sums to nothing: no row.
+            session.execute(sa.insert(RoomUsageToDate).from_select(
+                ["room_id", "day", *ROLLUP_COLUMNS],
+                sa.select(RoomUsageDay.room_id, sa.literal(day, sa.Date),
+                          *(sa.func.sum(getattr(RoomUsageDay, c)) for c in ROLLUP_COLUMNS))
+                .where(RoomUsageDay.day.between(month, day)).group_by(RoomUsageDay.room_id)))
+        session.execute(sa.delete(UsageToDateMonth).where(UsageToDateMonth.month == month))
+        session.add(UsageToDateMonth(month=month, through=through))
+
+
+def refresh_month(session: Session, month: date) -> None:
+    """Sum every day of a whole month, then the month and its running sums."""
+    for day in _days(month.replace(day=1), _month_end(month)):
+        refresh_day(session, day)
+    sum_month(session, month)
+    sum_to_date(session, month, _month_end(month))
+
+
+def _changed_days(session: Session, since: datetime, first: date, today: date) -> set[date]:
+    """The days (by start) of reservations changed since `since`, in [first, today)."""
+    lower, upper = _bounds(first, today - timedelta(days=1))
+    starts = session.scalars(sa.select(Reservation.start_at).where(
+        Reservation.updated_at >= since, Reservation.start_at >= lower, Reservation.start_at < upper).distinct())
+    return {start_at.astimezone(UTC).date() for start_at in starts}
+
+
+def refresh_rollup(session: Session, today: date) -> tuple[list[date], list[date]]:
+    """Bring the rollup up to date; the days and the months summed.
+
+    Every day of the last ROLLUP_MONTHS_BACK whole months and of this month before today is
+    summed once; the latest days again on every run, and any day whose reservations changed
+    since the previous run (a late sync, an edit of the past); then every whole month one of
+    whose days was summed, from its day rows.
+    """
+    first = today.replace(day=1)
     for _ in range(ROLLUP_MONTHS_BACK):
-        month = (month - timedelta(days=1)).replace(day=1)
-        months.append(month)
-    done = rolled_months(session, months)
-    due = [m for n, m in enumerate(months) if n < ROLLUP_REFRESH_RECENT or m not in done]
-    for month in due:
-        refresh_month(session, month)
-    return due
+        first = (first - timedelta(days=1)).replace(day=1)
+    with unit_of_work(session, write=False):
+        window = _days(first, today - timedelta(days=1))
+        summed = rolled_days(session, window)
+        last_run = session.scalar(sa.select(sa.func.max(UsageRollupDay.refreshed_at)))
+        changed = _changed_days(session, last_run - CHANGE_MARGIN, first, today) if last_run else set()
+        whole = [m for m in {d.replace(day=1) for d in window} if _month_end(m) < today]
+        months_summed = rolled_months(session, whole)
+        to_date_done = to_date_through(session, {d.replace(day=1) for d in window})
+    due = sorted({d for d in window if d not in summed or d >= today - timedelta(days=ROLLUP_SETTLE_DAYS)} | changed)
+    for day in due:
+        refresh_day(session, day)
+    months = sorted({d.replace(day=1) for d in due if d.replace(day=1) in whole} | (set(whole) - months_summed))
+    for month in months:
+        sum_month(session, month)
+    # Running sums, for ranges that are not whole months: every month a summed day changed, and this
+    # month (its days so far); each month of the window once.
+    yesterday = today - timedelta(days=1)
+    running = {d.replace(day=1) for d in due} | ({m.replace(day=1) for m in window} - set(to_date_done))
+    for month in sorted(running):
+        sum_to_date(session, month, min(_month_end(month), yesterday))
+    return due, months
 
 
 def buildings(session: Session) -> list[str]:

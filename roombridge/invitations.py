@@ -449,9 +449,11 @@ _NOTICES = {
     "flagged": ("No check-in: {title}", "Nobody checked in to {title} ({when}) in {room} by {deadline}. The room "
                 "is still booked; please cancel bookings you do not need."),
     "series_warning": ("Your series may end: {title}", "Nobody checked in to {title} in {room} several times in a "
-                       "row (last: {when}). If nobody checks in next time, the rest of the series is cancelled."),
+                       "row (last: {when}). If nobody checks in next time, the room is given up for the rest of "
+                       "the series."),
     "series_ended": ("Series ended: {title}", "Nobody checked in to {title} in {room} {limit} times in a row (last: "
-                     "{when}), so the later occurrences were cancelled and the room released."),
+                     "{when}), so the room is given up for the later occurrences: cancelled if booked here, "
+                     "declined by the room if booked in Google Calendar."),
 }
 
 

@@ -26,7 +26,9 @@ Rules, decided on purpose:
   onto another live reservation, ours becomes a CONFLICT rather than overwriting it. A
   reservation we cancelled ourselves is not revived by a stale copy of its event.
 - A reservation released for a no-show (roombridge/checkin.py) stays released, whatever
-  Google says about its event afterwards (the decline on the room's copy included).
+  Google says about its event afterwards (the decline on the room's copy included). So does
+  a booking made in Google and ended early here: the room declined the rest of it (the only
+  change Google allows on the room's copy), and its end stays the moment it ended.
 """
 
 from __future__ import annotations
@@ -214,6 +216,9 @@ def decide(event: GoogleEvent, current: Reservation | None, clashes: Sequence[Re
         # Released for a no-show: our event is deleted, or the room declines the Google booking.
         # Nothing Google says about it afterwards brings the booking back.
         return Change(Action.NONE, "released here")
+    if current is not None and not own and current.ended_early_at is not None:
+        # Ended early here: the room declined the rest; Google still holds the booked end.
+        return Change(Action.NONE, "ended early here")
     if current is None and event.own_reservation_id is not None:
         # Ours by its private property, but the reservation is gone from this room: never import it.
         return Change(Action.NONE, "our own event without a matching reservation here")

@@ -51,6 +51,8 @@ class ReleaseReason(enum.StrEnum):
     """Why a reservation was released (`Reservation.release_reason`)."""
 
     NO_SHOW = "no_show"  # nobody checked in by the deadline
+    # A later instance of a series made in Google that was released too often: the room declines it.
+    SERIES_ENDED = "series_ended"
 
 
 class RoomHealth(enum.StrEnum):
@@ -140,6 +142,7 @@ class Reservation(TimestampMixin, Base):
         sa.Index("ix_reservations_room_event", "room_id", "google_event_id", unique=True),
         sa.Index("ix_reservations_organiser", "organiser_email"),
         sa.Index("ix_reservations_start", "start_at"),  # the check-in deadline scan, across rooms
+        sa.Index("ix_reservations_updated", "updated_at"),  # the Insights rollup finds the days changed since
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -316,13 +319,9 @@ class ApiToken(Base):
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
-class RoomDisplay(Base):
-    """A room's door display link: a secret token (only its SHA-256 stored) that opens one room's page."""
+class SecretLink:
+    """A screen's secret link: only the token's SHA-256 is stored; revocable; last seen noted coarsely."""
 
-    __tablename__ = "room_displays"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), index=True)
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     prefix: Mapped[str] = mapped_column(sa.String(12))  # shown to admins to tell links apart
     created_by: Mapped[str] = mapped_column(sa.String(254))
@@ -330,7 +329,25 @@ class RoomDisplay(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+
+class RoomDisplay(SecretLink, Base):
+    """A room's door display link: a secret token (only its SHA-256 stored) that opens one room's page."""
+
+    __tablename__ = "room_displays"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), index=True)
+
     room: Mapped[Room] = relationship()
+
+
+class LobbyDisplay(SecretLink, Base):
+    """A lobby screen's link: a secret token (only its SHA-256 stored) that opens one building's overview."""
+
+    __tablename__ = "lobby_displays"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    building: Mapped[str] = mapped_column(sa.String(200), index=True)
 
 
 class CalendarFeed(Base):
@@ -353,13 +370,9 @@ class CalendarFeed(Base):
     room: Mapped[Room | None] = relationship()
 
 
-class RoomUsageMonth(Base):
-    """Insight figures of one room over one whole UTC month, summed by the rollup job (roombridge/insights.py)."""
+class UsageFigures:
+    """The insight figures a rollup row sums (roombridge/insights.py ROLLUP_COLUMNS)."""
 
-    __tablename__ = "room_usage_months"
-
-    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
-    month: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)  # its first day
     bookings: Mapped[int]
     booked_seconds: Mapped[float] = mapped_column(sa.Float)
     checked_in_seconds: Mapped[float] = mapped_column(sa.Float)
@@ -374,18 +387,32 @@ class RoomUsageMonth(Base):
     source_display: Mapped[int]
 
 
-class UsageHourMonth(Base):
+class HeldByHour:
+    """Seconds held in one weekday x hour of room-local time, per building and floor (the heatmap's rollup)."""
+
+    building: Mapped[str | None] = mapped_column(sa.String(200))
+    floor: Mapped[str | None] = mapped_column(sa.String(50))
+    weekday: Mapped[int] = mapped_column(sa.SmallInteger)  # 0 = Monday
+    hour: Mapped[int] = mapped_column(sa.SmallInteger)
+    held_seconds: Mapped[float] = mapped_column(sa.Float)
+
+
+class RoomUsageMonth(UsageFigures, Base):
+    """Insight figures of one room over one whole UTC month, summed by the rollup job (roombridge/insights.py)."""
+
+    __tablename__ = "room_usage_months"
+
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
+    month: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)  # its first day
+
+
+class UsageHourMonth(HeldByHour, Base):
     """Seconds held by bookings in one weekday x hour (room-local) over one UTC month, per building and floor."""
 
     __tablename__ = "usage_hour_months"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     month: Mapped[date] = mapped_column(sa.Date, index=True)
-    building: Mapped[str | None] = mapped_column(sa.String(200))
-    floor: Mapped[str | None] = mapped_column(sa.String(50))
-    weekday: Mapped[int] = mapped_column(sa.SmallInteger)  # 0 = Monday
-    hour: Mapped[int] = mapped_column(sa.SmallInteger)
-    held_seconds: Mapped[float] = mapped_column(sa.Float)
 
 
 class UsageRollup(Base):
@@ -394,6 +421,54 @@ class UsageRollup(Base):
     __tablename__ = "usage_rollups"
 
     month: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RoomUsageDay(UsageFigures, Base):
+    """Insight figures of one room over one UTC day (by start), summed by the rollup job (roombridge/insights.py)."""
+
+    __tablename__ = "room_usage_days"
+
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)
+
+
+class RoomUsageToDate(UsageFigures, Base):
+    """A room's figures from the first of a UTC month through `day` (running sums), for every day from
+    its first booked day of the month on: any range inside a month is then two rows (end minus the day
+    before the start). Summed by the rollup job from the day rows (roombridge/insights.py)."""
+
+    __tablename__ = "room_usage_to_date"
+
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True, index=True)
+
+
+class UsageToDateMonth(Base):
+    """A month whose running sums are complete through `through` (all its day rows summed by then)."""
+
+    __tablename__ = "usage_to_date_months"
+
+    month: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    through: Mapped[date] = mapped_column(sa.Date)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageHourDay(HeldByHour, Base):
+    """Seconds held by bookings starting on one UTC day, by weekday x hour (room-local), per building and floor."""
+
+    __tablename__ = "usage_hour_days"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, index=True)
+
+
+class UsageRollupDay(Base):
+    """A day the rollup has summed (its rows above are complete), and when."""
+
+    __tablename__ = "usage_rollup_days"
+
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
     refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -30,7 +30,7 @@ from roombridge.gcal import (
     own_properties,
     signing_key,
 )
-from roombridge.models import Reservation, ReservationSource, ReservationStatus, audit
+from roombridge.models import ReleaseReason, Reservation, ReservationSource, ReservationStatus, audit
 from roombridge.unit_of_work import InvitationDue, announce, unit_of_work
 
 log = logging.getLogger(__name__)
@@ -112,11 +112,11 @@ def publish_reservation(session: Session, config: Config, gateway: CalendarGatew
             return "gone"
         status = reservation.status
         _ = reservation.room  # loaded now, inside the read
-        if reservation.source == ReservationSource.GOOGLE and status != ReservationStatus.RELEASED:
+        if reservation.source == ReservationSource.GOOGLE and not _room_declines(reservation):
             return "google's own"  # made in Google: the sync engine mirrors it, we never write it
     try:
         if reservation.source == ReservationSource.GOOGLE:
-            return _decline_as_room(session, gateway, reservation)
+            return _decline_as_room(session, gateway, reservation, _decline_comment(reservation))
         if status in (ReservationStatus.CANCELLED, ReservationStatus.RELEASED):
             return _delete(session, config, gateway, reservation)
         if status != ReservationStatus.PENDING:
@@ -151,11 +151,29 @@ def _delete(session: Session, config: Config, gateway: CalendarGateway, reservat
     return "deleted"
 
 
-def _decline_as_room(session: Session, gateway: CalendarGateway, reservation: Reservation) -> str:
-    """A released booking made in Google: the room declines it on its own copy, never deletes it.
+def _room_declines(reservation: Reservation) -> bool:
+    """A booking made in Google that the room must decline: released for a no-show, or ended early here."""
+    return reservation.status == ReservationStatus.RELEASED or (
+        reservation.ended_early_at is not None and reservation.status != ReservationStatus.CANCELLED)
+
+
+def _decline_comment(reservation: Reservation) -> str | None:
+    """The room's note to the organiser with its decline (none for a no-show: the release mail says it)."""
+    if reservation.release_reason == ReleaseReason.SERIES_ENDED:
+        return f"The room declines the rest of this series: {reservation.status_reason}."
+    if reservation.status == ReservationStatus.RELEASED or reservation.ended_early_at is None:
+        return None
+    ended = reservation.ended_early_at.astimezone(reservation.room.zone)
+    return f"Ended early at {ended:%H:%M}: the room is free again."
+
+
+def _decline_as_room(session: Session, gateway: CalendarGateway, reservation: Reservation,
+                     comment: str | None = None) -> str:
+    """A released or ended-early booking made in Google: the room declines it on its own copy, never deletes it.
 
     Only the room's attendee entry changes (Google refuses other changes from an attendee's
     copy, and propagates the answer to the organiser); every other attendee is sent back as is.
+    The comment is the room's answer's note to the organiser.
     """
     if reservation.room_response == "declined":
         return "already declined"
@@ -168,7 +186,8 @@ def _decline_as_room(session: Session, gateway: CalendarGateway, reservation: Re
     room_entry = [a for a in attendees if (a.get("email") or "").lower() == calendar_id.lower() or a.get("self")]
     if not room_entry:
         return "no room attendee to decline"  # written straight on the room calendar: nothing to answer
-    declined = [dict(a, responseStatus="declined") if a in room_entry else a for a in attendees]
+    answer = {"responseStatus": "declined", **({"comment": comment} if comment else {})}
+    declined = [dict(a, **answer) if a in room_entry else a for a in attendees]
     event = gateway.patch_event(calendar_id, reservation.google_event_id, {"attendees": declined},
                                 send_updates="all")
     _record(session, reservation, room_response="declined", google_etag=event.get("etag"),
@@ -288,8 +307,10 @@ def stale_reservation_ids(session: Session, now: datetime, limit: int = 1000) ->
                 sa.and_(ours, Reservation.status.in_([ReservationStatus.CANCELLED, ReservationStatus.RELEASED]),
                         Reservation.google_calendar_id.is_not(None),
                         Reservation.google_delete_failed.is_(False)),
-                # a booking made in Google, released here, that the room has not declined yet
-                sa.and_(~ours, Reservation.status == ReservationStatus.RELEASED,
+                # a booking made in Google, released or ended early here, that the room has not declined yet
+                sa.and_(~ours, sa.or_(Reservation.status == ReservationStatus.RELEASED,
+                                      sa.and_(Reservation.ended_early_at.is_not(None),
+                                              Reservation.status != ReservationStatus.CANCELLED)),
                         Reservation.google_delete_failed.is_(False),
                         sa.func.coalesce(Reservation.room_response, "") != "declined"),
             ),

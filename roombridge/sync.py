@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from roombridge import notifications
 from roombridge.booking import settle_conflicts
 from roombridge.booking.conflicts import _is_overlap_violation as is_overlap_violation
+from roombridge.checkin import follow_ended_series
 from roombridge.config import Config
 from roombridge.db import utcnow
 from roombridge.gcal import (
@@ -392,6 +393,8 @@ def apply_event(session: Session, room_id: int, event: GoogleEvent, report: Sync
         session.flush()
         audit(session, ACTOR, "reservation.imported", reservation, event_id=event.event_id, reason=change.reason,
               status=reservation.status.value)
+        if event.recurring_event_id:  # an instance of a series the room ended: declined like the others
+            follow_ended_series(session, reservation)
     else:
         assert current is not None
         before = {name: _jsonable(getattr(current, name)) for name in change.fields}

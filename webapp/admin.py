@@ -30,13 +30,13 @@ from flask import (
 )
 from redis.exceptions import RedisError
 
-from roombridge import api_tokens, booking, channels, checkin, console, db, displays, rooms, sweep
+from roombridge import api_tokens, booking, channels, checkin, console, db, displays, insights, rooms, sweep
 from roombridge.booking import quotas
 from roombridge.call_budget import KINDS
 from roombridge.config import CALENDAR_EVENTS_SCOPE
 from roombridge.db import utcnow
 from roombridge.gcal import CalendarGateway, GoogleError, call_budget, is_room_calendar
-from roombridge.models import CheckinDeadlineAction, Room
+from roombridge.models import CheckinDeadlineAction, LobbyDisplay, Room
 from roombridge.queue import redis
 from webapp.auth import admin_required, current_user
 
@@ -268,9 +268,17 @@ def create_display(room_id: int):
     """A new door display link: its URL and QR code are shown on this answer only (the token is stored hashed)."""
     found = _room_in_scope(room_id)
     new = displays.create(db.session(), found.calendar_id, actor=_actor())
-    url = displays.display_url(_config(), new.token)
+    return _link_created(displays.display_url(_config(), new.token), new.record.prefix, found.name,
+                         url_for("admin.room", room_id=room_id), found.name,
+                         f"Anyone with it can see this room's bookings today and book, check in or end meetings in "
+                         f"{found.name}.")
+
+
+def _link_created(url: str, prefix: str, place: str, back: str, back_label: str, reach: str):
+    """The one page that shows a new display or lobby link, with its QR code; never shown again."""
     qr = segno.make(url, error="m").svg_data_uri(scale=6, dark="#000", light="#fff")
-    return render_template("admin/display_created.html", room=found, url=url, qr=qr, prefix=new.record.prefix)
+    return render_template("admin/display_created.html", url=url, qr=qr, prefix=prefix, place=place, back=back,
+                           back_label=back_label, reach=reach)
 
 
 @bp.post("/rooms/<id:room_id>/displays/<prefix>/revoke")
@@ -280,6 +288,38 @@ def revoke_display(room_id: int, prefix: str):
     count = displays.revoke(db.session(), found.calendar_id, prefix=prefix, actor=_actor())
     flash(f"Display link {prefix}… revoked." if count else "No such display link.", "success" if count else "error")
     return redirect(url_for("admin.room", room_id=room_id))
+
+
+@bp.get("/lobbies")
+@admin_required
+def lobbies():
+    session = db.session()
+    return render_template("admin/lobbies.html", lobbies=displays.live_lobbies(session),
+                           buildings=insights.buildings(session), now=utcnow())
+
+
+@bp.post("/lobbies")
+@admin_required
+def create_lobby():
+    """A new lobby-screen link: its URL and QR code are shown on this answer only (the token is stored hashed)."""
+    try:
+        new = displays.create_lobby(db.session(), request.form.get("building", ""), actor=_actor())
+    except displays.UnknownBuilding:
+        flash("No room in that building.", "error")
+        return redirect(url_for("admin.lobbies"))
+    return _link_created(displays.lobby_url(_config(), new.token), new.record.prefix,
+                         f"the lobby of {new.record.building}", url_for("admin.lobbies"), "Lobby screens",
+                         "Anyone with it can see which rooms of this building are free or busy, and until when.")
+
+
+@bp.post("/lobbies/<int:lobby_id>/revoke")
+@admin_required
+def revoke_lobby(lobby_id: int):
+    session = db.session()
+    found = session.get(LobbyDisplay, lobby_id)
+    count = found is not None and displays.revoke_lobby(session, found.building, prefix=found.prefix, actor=_actor())
+    flash(f"Lobby link {found.prefix}… revoked." if count else "No such lobby link.", "success" if count else "error")
+    return redirect(url_for("admin.lobbies"))
 
 
 @bp.get("/rooms/<id:room_id>/remove")

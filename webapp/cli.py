@@ -444,6 +444,36 @@ def displays_revoke(room_email: str, prefix: str | None) -> None:
     click.echo(f"revoked {count} display link(s)")
 
 
+lobbies_cli = AppGroup("lobbies", help="Lobby screen links (a building's overview, no sign-in).")
+
+
+@lobbies_cli.command("create")
+@click.argument("building")
+def lobbies_create(building: str) -> None:
+    """Make a lobby-screen link for the building and print its full URL (last line): it is shown this once only."""
+    from roombridge import db, displays
+
+    try:
+        new = displays.create_lobby(db.session(), building, actor="cli")
+    except displays.UnknownBuilding as exc:
+        raise click.BadParameter(str(exc), param_hint="BUILDING") from exc
+    click.echo(f"lobby link {new.record.prefix}... for {new.record.building}; open it on the lobby screen:")
+    click.echo(displays.lobby_url(current_app.config["ROOMBRIDGE"], new.token))
+
+
+@lobbies_cli.command("revoke")
+@click.argument("building")
+@click.option("--prefix", help="Only the link with this prefix (as the admin console shows it).")
+def lobbies_revoke(building: str, prefix: str | None) -> None:
+    """Revoke the building's lobby links: they answer 404 from now on."""
+    from roombridge import db, displays
+
+    count = displays.revoke_lobby(db.session(), building, prefix=prefix, actor="cli")
+    if not count:
+        raise click.ClickException(f"no live lobby link for {building}")
+    click.echo(f"revoked {count} lobby link(s)")
+
+
 def _refusing_unstorable_text(command: click.Command) -> click.Command:
     """`command`, and every command of a group, refuse arguments the database cannot store.
 
@@ -474,6 +504,6 @@ def _refusing_unstorable_text(command: click.Command) -> click.Command:
 
 
 def init_app(app: Flask) -> None:
-    for command in (displays_cli, tokens_cli, db_cli, worker_command, scheduler_command, rooms_cli, channels_cli,
-                    sync_command, google_cli):
+    for command in (displays_cli, lobbies_cli, tokens_cli, db_cli, worker_command, scheduler_command, rooms_cli,
+                    channels_cli, sync_command, google_cli):
         app.cli.add_command(_refusing_unstorable_text(command))

@@ -1,4 +1,7 @@
-"""The room display: one room's door page for a tablet, opened by its secret link, no sign-in.
+"""The room display and the lobby screen, each opened by its secret link, no sign-in.
+
+A room display (`/display/<token>`) shows one room's door page and acts for that room; a
+lobby screen (`/display/lobby/<token>`) shows one building's overview and does nothing else.
 
 Thin: the link is looked up (roombridge/displays.py), the rules run in the core, the page is
 rendered here. Every route takes the link and acts for its room only: a reservation of
@@ -14,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 
-from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
 
 from roombridge import booking, checkin, db, displays
 from roombridge.models import Room
@@ -109,3 +113,36 @@ def end_early(token: str):
     reservation_id = _reservation_id()
     return _act(token, lambda room: checkin.end_early(db.session(), current_app.config["ROOMBRIDGE"], reservation_id,
                                                       checkin.display_actor(room.id)))
+
+
+# --- the lobby screen ---------------------------------------------------------------------------------
+
+
+def lobby_status_response(state: dict) -> Response:
+    """The lobby's state as JSON with an ETag of what it shows (not its clock): polling costs a 304."""
+    without_clock = {k: v for k, v in state.items() if k != "as_of"}
+    tag = hashlib.sha256(json.dumps(without_clock, sort_keys=True).encode()).hexdigest()[:32]
+    response = jsonify(state)
+    response.set_etag(tag)
+    response.headers["Cache-Control"] = "no-cache"
+    return response.make_conditional(request)
+
+
+def _building(token: str) -> str:
+    building = displays.building_of(db.session(), token)
+    if building is None:
+        abort(404)
+    return building
+
+
+@bp.get("/lobby/<token>")
+def lobby(token: str):
+    building = _building(token)
+    state = displays.lobby_board(db.session(), building, datetime.now(UTC))
+    return render_template("lobby.html", state=state, building=building, buildings=[],
+                           status_url=url_for("display.lobby_status", token=token))
+
+
+@bp.get("/lobby/<token>/status.json")
+def lobby_status(token: str):
+    return lobby_status_response(displays.lobby_board(db.session(), _building(token), datetime.now(UTC)))

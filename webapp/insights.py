@@ -4,27 +4,25 @@ Handlers only read the query, call roombridge.insights and render. The CSV carri
 per-room figures as `GET /api/v1/insights` (`Figures.as_dict`), one column per source.
 
 The lobby overview (`/lobby?building=...`) is a signed-in page: it shows only free/busy and
-"until when" (never titles or organisers), so any signed-in employee may open it, and a
-lobby screen signs in like a person. A screen signed in with a person's account is that
-person's session on a public screen, which is why it shows nothing but free/busy; a secret
-per-building link like the room displays' is the better fit for unattended screens (not built).
-Its JS (static/lobby.js) polls `/lobby/status.json` with If-None-Match.
+"until when" (never titles or organisers), so any signed-in employee may open it. An
+unattended lobby screen opens its building's secret link instead (webapp/display.py), so no
+person's session is left on a public screen. Its JS (static/lobby.js) polls the status URL
+with If-None-Match.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, abort, jsonify, render_template, request
+from flask import Blueprint, Response, abort, render_template, request, url_for
 
-from roombridge import db, insights
-from roombridge.models import LIVE_STATUSES, Reservation, Room
+from roombridge import db, displays, insights
+from roombridge.models import Room
 from webapp.auth import admin_required, login_required
+from webapp.display import lobby_status_response
 
 bp = Blueprint("insights", __name__)
 
@@ -107,50 +105,7 @@ def insights_csv():
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-# --- the lobby overview ------------------------------------------------------------------------
-
-
-def _lobby_state(session, building: str | None, now: datetime) -> dict:
-    query = sa.select(Room).where(Room.in_scope.is_(True))
-    if building:
-        query = query.where(Room.building == building)
-    rooms = list(session.scalars(query.order_by(Room.floor, Room.name)))
-    ids = [r.id for r in rooms]
-    # Today's live bookings of these rooms from now on, in one query; "busy until" follows
-    # back-to-back bookings, so a room booked 10-11 and 11-12 is busy until 12.
-    upcoming: dict[int, list[tuple[datetime, datetime]]] = {i: [] for i in ids}
-    if ids:
-        rows = session.execute(
-            sa.select(Reservation.room_id, Reservation.start_at, Reservation.end_at)
-            .where(Reservation.room_id.in_(ids), Reservation.status.in_(LIVE_STATUSES),
-                   Reservation.end_at > now, Reservation.start_at < now + timedelta(hours=24))
-            .order_by(Reservation.start_at)
-        )
-        for room_id, start_at, end_at in rows:
-            upcoming[room_id].append((start_at, end_at))
-    shown = []
-    for room in rooms:
-        busy_until, next_start = None, None
-        for start_at, end_at in upcoming[room.id]:
-            if busy_until is None and start_at > now:
-                next_start = start_at
-                break
-            if busy_until is not None and start_at > busy_until:
-                break
-            busy_until = max(busy_until or end_at, end_at)
-        zone = room.zone
-        shown.append({
-            "id": room.id, "name": room.name, "floor": room.floor or "", "capacity": room.capacity,
-            "busy": busy_until is not None,
-            "until": until.astimezone(zone).strftime("%H:%M") if (until := busy_until or next_start) else None,
-        })
-    return {"building": building or "All buildings", "rooms": shown,
-            "as_of": now.strftime("%H:%M") + " UTC"}
-
-
-def _etag(state: dict) -> str:
-    without_clock = {k: v for k, v in state.items() if k != "as_of"}
-    return hashlib.sha256(json.dumps(without_clock, sort_keys=True).encode()).hexdigest()[:32]
+# --- the lobby overview, signed in (a lobby screen's own secret link: webapp/display.py) ------------
 
 
 @bp.get("/lobby")
@@ -158,18 +113,14 @@ def _etag(state: dict) -> str:
 def lobby():
     building = request.args.get("building") or None
     session = db.session()
-    state = _lobby_state(session, building, datetime.now(UTC))
-    return render_template("lobby.html", state=state, building=building, buildings=insights.buildings(session))
+    state = displays.lobby_board(session, building, datetime.now(UTC))
+    status_url = url_for("insights.lobby_status", building=building) if building else url_for("insights.lobby_status")
+    return render_template("lobby.html", state=state, building=building, buildings=insights.buildings(session),
+                           status_url=status_url)
 
 
 @bp.get("/lobby/status.json")
 @login_required
 def lobby_status():
-    state = _lobby_state(db.session(), request.args.get("building") or None, datetime.now(UTC))
-    tag = _etag(state)
-    if request.if_none_match.contains(tag):
-        return Response(status=304, headers={"ETag": f'"{tag}"', "Cache-Control": "no-cache"})
-    response = jsonify(state)
-    response.headers["ETag"] = f'"{tag}"'
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    return lobby_status_response(displays.lobby_board(db.session(), request.args.get("building") or None,
+                                                      datetime.now(UTC)))

@@ -516,12 +516,14 @@ def reservation(reservation_id: int):
     found = _visible(reservation_id)
     user = current_user()
     now = datetime.now(UTC)
-    may_change = (booking.can_change(found, user.email, user.is_admin)
-                  and found.source != ReservationSource.GOOGLE and found.is_live)
+    organises = booking.can_change(found, user.email, user.is_admin) and found.is_live
+    made_here = found.source != ReservationSource.GOOGLE
+    # A booking made in Google may be ended early (the room declines the rest) but not extended
+    # or edited here: it is its organiser's event (roombridge/checkin.py).
     return render_template("reservation.html", reservation=found, zone=_zone(found.room), status=status_payload(found),
-                           may_change=may_change, may_check_in=checkin.can_check_in(found, _config(), now),
-                           under_way=may_change and found.start_at <= now < found.end_at,
-                           extensions=checkin.EXTENSIONS)
+                           may_change=organises and made_here, may_check_in=checkin.can_check_in(found, _config(), now),
+                           under_way=organises and found.start_at <= now < found.end_at,
+                           extensions=checkin.EXTENSIONS if made_here else ())
 
 
 @bp.get("/reservations/<id:reservation_id>/status.json")
@@ -712,8 +714,12 @@ def check_in_by_link(token: str):
             found = checkin.check_in(db.session(), config, reservation_id, checkin.Actor(mail_link=True))
         except booking.InvalidBooking as exc:
             message = " ".join(m for messages in exc.errors.values() for m in messages)
-    return render_template("check_in_link.html", reservation=found, zone=_zone(found.room), message=message,
-                           may_check_in=checkin.can_check_in(found, config, datetime.now(UTC)))
+    # The link is the credential, not a sign-in: whoever holds it sees a private meeting as "Busy"
+    # unless signed in as someone who may see into it (the one rule, booking.may_see_details).
+    viewer = current_user()
+    title = booking.title_for(found, viewer.email if viewer else None, bool(viewer and viewer.is_admin))
+    return render_template("check_in_link.html", reservation=found, title=title, zone=_zone(found.room),
+                           message=message, may_check_in=checkin.can_check_in(found, config, datetime.now(UTC)))
 
 
 # --- errors and template helpers ------------------------------------------------------------------

@@ -72,3 +72,44 @@ def test_lobby_overview_shows_free_and_busy_and_follows_changes(stack, page):
     page.clock.fast_forward(31_000)  # nothing changed: the poll gets a 304 and keeps what it shows
     expect(borealis).to_contain_text(f"Busy until {borealis_until}")
     expect(page.locator("#connection")).to_have_text("")
+
+
+def test_a_lobby_screen_opens_its_building_by_its_link_without_sign_in(stack, page):
+    from roombridge import displays
+
+    atlas_until = _book_now(stack, "Atlas", 65)
+    with stack.app.app_context():
+        token = displays.create_lobby(db.session(), "HQ", actor="admin@example.com").token
+    page.clock.install()
+    page.goto(f"{stack.url}/display/lobby/{token}")  # no sign-in
+    expect(page.get_by_role("heading", name="HQ: rooms now")).to_be_visible()
+    expect(page.locator(f"[data-room-id='{stack.rooms['Atlas']}']")).to_contain_text(f"Busy until {atlas_until}")
+    expect(page.locator("#lobby-rooms")).not_to_contain_text("Eridanus")  # another building
+    expect(page.get_by_role("navigation", name="Buildings")).to_have_count(0)  # no way to another building
+    assert_accessible(page)
+
+    borealis = page.locator(f"[data-room-id='{stack.rooms['Borealis']}']")
+    borealis_until = _book_now(stack, "Borealis", 35)
+    page.clock.fast_forward(31_000)  # the screen polls its own link's status
+    expect(borealis).to_contain_text(f"Busy until {borealis_until}")
+
+    with stack.app.app_context():
+        displays.revoke_lobby(db.session(), "HQ", actor="admin@example.com")
+    page.clock.fast_forward(31_000)  # revoked: the poll gets 404 and the screen says it lost the server
+    expect(page.locator("#connection")).to_contain_text("Cannot reach the server")
+
+
+def test_an_admin_makes_a_lobby_link_with_its_qr_code(stack, page):
+    sign_in_browser(page, stack, "admin@example.com", next_path="/admin/lobbies")
+    expect(page.get_by_role("heading", name="Lobby screens")).to_be_visible()
+    assert_accessible(page)
+    page.get_by_label("Building").select_option("Annex")
+    page.get_by_role("button", name="Create a lobby link").click()
+    expect(page.get_by_role("img", name="QR code of the display link")).to_be_visible()
+    url = page.get_by_label("Display link").input_value()
+    assert "/display/lobby/lb_" in url
+    assert_accessible(page)
+    page.get_by_role("link", name="Back to Lobby screens").click()
+    expect(page.locator("main")).to_contain_text("Annex: link lb_")
+    page.get_by_role("button", name="Revoke").click()
+    expect(page.locator("main")).to_contain_text("No lobby link yet.")

@@ -105,3 +105,29 @@ def test_the_display_says_when_it_has_lost_the_server_and_recovers(stack, page):
     page.clock.run_for(65_000)
     expect(offline).to_be_hidden()
     expect(page.locator(".state-word")).to_have_text("Busy")
+
+
+def test_a_meeting_booked_in_google_ends_early_at_the_door_by_the_room_declining_the_rest(stack, page):
+    from jobs.sync import sync_room
+    from tests.sync_support import rfc
+
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    made = stack.emulator.state.book("alice@example.com", ATLAS, "Board call", rfc(start),
+                                     rfc(start + timedelta(minutes=30)))
+    with stack.app.app_context():
+        sync_room(stack.rooms["Atlas"])
+        token = displays.create(db.session(), ATLAS, actor="admin@example.com").token
+    page.goto(f"{stack.url}/display/{token}")
+    expect(page.locator(".now .title")).to_contain_text("Board call")
+    assert_accessible(page)
+
+    page.get_by_role("button", name="End early").click()
+    expect(page.locator(".state-word")).to_have_text("Free")
+
+    def room_answer() -> str:
+        copy = stack.emulator.state.person_event("alice@example.com", made["id"])
+        return next(a["responseStatus"] for a in copy["attendees"] if a["email"] == ATLAS)
+
+    wait_until(lambda: room_answer() == "declined", timeout=20, what="the room to decline the rest in Google")
+    assert stack.emulator.state.person_event("alice@example.com", made["id"])["end"] == made["end"]  # theirs
+    assert_accessible(page)

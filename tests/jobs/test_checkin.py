@@ -187,6 +187,137 @@ def test_end_early_and_extend_move_the_end_in_google(emulator, google_app, room_
     assert (ended.status, ended.original_end_at) == (ReservationStatus.CONFIRMED, start + timedelta(minutes=90))
 
 
+def test_end_early_of_a_google_booking_is_the_room_declining_the_rest_and_it_cannot_be_extended(
+        emulator, google_app, room_id):
+    config = google_app.config["ROOMBRIDGE"]
+    start = soon()
+    made = emulator.state.book(ALICE, ROOM, "Standup", rfc(start), rfc(start + timedelta(hours=1)), attendees=[BOB])
+    with google_app.app_context():
+        sync_room(room_id)
+        rid = db.session().scalar(sa.select(Reservation.id).where(Reservation.google_event_id == made["id"]))
+
+    # The room cannot lengthen someone else's meeting: no answer of its copy would.
+    with google_app.app_context(), pytest.raises(booking.NotAllowed, match="only its organiser"):
+        extend(db.session(), config, rid, 15, person(ALICE), now=start + timedelta(minutes=5))
+
+    with google_app.app_context():
+        end_early(db.session(), config, rid, person(ALICE), now=start + timedelta(minutes=20))
+    ended = _reservation(google_app, rid)
+    assert (ended.status, ended.end_at, ended.original_end_at) == (
+        ReservationStatus.CONFIRMED, start + timedelta(minutes=20), start + timedelta(hours=1))
+    run_jobs(google_app)
+
+    # Google: the room declined on its copy (the answer reaches the organiser), with a note; the
+    # event's time is the organiser's and stays; nothing was deleted, nobody else's answer touched.
+    room_copy = next(e for e in emulator.state.raw_events(ROOM) if e["id"] == made["id"])
+    room_entry = next(a for a in room_copy["attendees"] if a["email"] == ROOM)
+    assert room_entry["responseStatus"] == "declined" and room_entry["comment"].startswith("Ended early at ")
+    organisers = emulator.state.person_event(ALICE, made["id"])
+    assert _room_answer(organisers) == "declined"
+    assert {a["email"]: a["responseStatus"] for a in organisers["attendees"]}[BOB] == "needsAction"
+    assert organisers["end"] == made["end"]
+    assert not emulator.state.requests(calendar=ROOM, method="DELETE")
+    assert [r["status"] for r in emulator.state.requests(calendar=ROOM, method="PATCH")] == [200]
+
+    # The syncs that follow see the decline and the booked end, and keep the meeting as it was held.
+    with google_app.app_context():
+        sync_room(room_id)
+        sync_room(room_id, full=True)
+    mirror = _reservation(google_app, rid)
+    assert (mirror.status, mirror.end_at, mirror.room_response) == (
+        ReservationStatus.CONFIRMED, start + timedelta(minutes=20), "declined")
+    assert _count(google_app, "reservation.cancelled_in_google") == 0
+    with google_app.app_context():  # done: the safety net has nothing left to send
+        assert requeue_stale_pending(now=datetime.now(UTC) + timedelta(minutes=10)) == []
+
+
+def _instances(app, room_id: int) -> list[Reservation]:
+    with app.app_context():
+        return list(db.session().scalars(sa.select(Reservation).where(Reservation.room_id == room_id)
+                                         .order_by(Reservation.start_at)))
+
+
+def test_a_google_series_released_three_times_running_is_declined_by_the_room_from_then_on(
+        emulator, make_google_app, smtp_server):
+    app = make_google_app(SMTP_URL=smtp_server.url, SYNC_WINDOW_DAYS_AHEAD=7)
+    room_id = add_room(emulator, app)
+    _require_checkin(app, room_id)
+    start = soon()
+    made = emulator.state.book(ALICE, ROOM, "Daily sync", rfc(start), rfc(start + timedelta(minutes=30)),
+                               attendees=[BOB], recurrence=["RRULE:FREQ=DAILY;COUNT=10"])
+    with app.app_context():
+        sync_room(room_id)
+    mirrored = _instances(app, room_id)
+    assert 4 <= len(mirrored) < 10 and {r.series_id for r in mirrored} == {made["id"]}  # the first week's
+
+    for day in range(3):  # nobody comes, three days running
+        assert _deadline(app, mirrored[day].id, mirrored[day].start_at + timedelta(minutes=15)) == "released"
+    run_jobs(app)
+
+    # The organiser was warned after the second no-show, then told the series ended.
+    subjects = [m["Subject"] for to, m in smtp_server.wait_for(5) if to == [ALICE]]
+    assert subjects.index("Your series may end: Daily sync") < subjects.index("Series ended: Daily sync")
+    later = _instances(app, room_id)[3:]
+    assert [(r.status, r.release_reason) for r in later] == [(ReservationStatus.RELEASED,
+                                                             ReleaseReason.SERIES_ENDED)] * (len(mirrored) - 3)
+    # Google: the room declined each later instance on its own copy, with a note; the organiser's series,
+    # its past instances and everyone else's answers are untouched, nothing deleted.
+    for reservation in later:
+        room_copy = emulator.state.person_event(ROOM, reservation.google_event_id)  # the room's copy of the instance
+        room_entry = next(a for a in room_copy["attendees"] if a["email"] == ROOM)
+        assert room_entry["responseStatus"] == "declined" and "series ended" in room_entry["comment"]
+        organisers = emulator.state.person_event(ALICE, reservation.google_event_id)
+        assert _room_answer(organisers) == "declined"
+        assert {a["email"]: a["responseStatus"] for a in organisers["attendees"]}[BOB] == "needsAction"
+        assert organisers["start"] == room_copy["start"] and organisers["status"] == "confirmed"
+    assert _room_answer(emulator.state.person_event(ALICE, made["id"])) != "declined"
+    assert not emulator.state.requests(calendar=ROOM, method="DELETE")
+
+    # Instances beyond the first window are declined as the sync brings them in, and nothing is revived.
+    wider = make_google_app(SMTP_URL=smtp_server.url, SYNC_WINDOW_DAYS_AHEAD=30)
+    with wider.app_context():
+        sync_room(room_id, full=True)
+    run_jobs(wider)
+    with wider.app_context():
+        sync_room(room_id)
+        sync_room(room_id, full=True)
+    everything = _instances(wider, room_id)
+    assert len(everything) == 10
+    assert [r.release_reason for r in everything] == [ReleaseReason.NO_SHOW] * 3 + [ReleaseReason.SERIES_ENDED] * 7
+    assert all(r.status == ReservationStatus.RELEASED and r.room_response == "declined" for r in everything)
+    assert _count(wider, "reservation.series_ended") == 7
+
+
+def test_our_series_released_three_times_running_leaves_the_room_calendar(emulator, google_app, room_id):
+    start = soon()
+    with google_app.app_context():
+        made = booking.book(db.session(), google_app.config["ROOMBRIDGE"], booking.BookingRequest(
+            room_id=room_id, organiser_email=ALICE, title="Daily sync", start=start,
+            end=start + timedelta(minutes=30), recurrence=booking.Recurrence("daily", count=5),
+            source=ReservationSource.WEB))
+    ids = [r.id for r in made.reservations]
+    run_jobs(google_app)
+    assert len(_room_instances(google_app, start)) == 5
+    for day in range(3):
+        reservation = _reservation(google_app, ids[day])
+        assert _deadline(google_app, ids[day], reservation.start_at + timedelta(minutes=15)) == "released"
+    run_jobs(google_app)
+    assert [_reservation(google_app, i).status for i in ids] == [ReservationStatus.RELEASED] * 3 + [
+        ReservationStatus.CANCELLED] * 2
+    # However publish writes a series (five events, or one recurring event), none of it is left in Google.
+    assert _room_instances(google_app, start) == []
+
+
+def _room_instances(app, start: datetime) -> list[dict]:
+    """The room calendar's live events (single instances) from `start` on, as Google lists them."""
+    from roombridge.gcal import CalendarGateway
+
+    with app.app_context():
+        listing = CalendarGateway.for_app(kind="sync").list_events(ROOM, time_min=start - timedelta(hours=1),
+                                                                   time_max=start + timedelta(days=30))
+        return [e for page in listing.pages() for e in page if e.get("status") != "cancelled"]
+
+
 def _zone():
     from zoneinfo import ZoneInfo
 

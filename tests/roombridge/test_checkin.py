@@ -185,12 +185,26 @@ def test_extend_when_the_room_is_free_and_not_over_the_next_booking(session, con
         extend(session, config, meeting.id, 45, person(ALICE), now=START)
 
 
-def test_a_booking_made_in_google_is_ended_there(session, config, room):
+def test_a_booking_made_in_google_may_be_ended_early_here_but_only_extended_there(session, config, room):
     with unit_of_work(session):
         theirs = make_reservation(session, room, START, status=ReservationStatus.CONFIRMED,
-                                  source=ReservationSource.GOOGLE, google_event_id="ev1")
-    with pytest.raises(booking.NotAllowed):
-        end_early(session, config, theirs.id, person("admin@example.com", True), now=START + timedelta(minutes=5))
+                                  source=ReservationSource.GOOGLE, google_event_id="ev1", organiser_email=ALICE)
+    with pytest.raises(booking.NotAllowed, match="only its organiser can extend it"):
+        extend(session, config, theirs.id, 15, person("admin@example.com", True), now=START + timedelta(minutes=5))
+    with pytest.raises(booking.NotFound):  # not theirs to see, let alone end
+        end_early(session, config, theirs.id, person("mallory@example.com"), now=START + timedelta(minutes=5))
+    ended = end_early(session, config, theirs.id, display_actor(room.id), now=START + timedelta(minutes=5))
+    # Ours would go back to pending for its Google write; this one stays confirmed: the room declines it.
+    assert (ended.status, ended.end_at, ended.ended_early_at) == (
+        ReservationStatus.CONFIRMED, START + timedelta(minutes=5), START + timedelta(minutes=5))
+
+    # Google still says the booked end, and (after the decline) that the room declined: the mirror keeps it.
+    event = read_event({"id": "ev1", "etag": '"9"', "status": "confirmed", "summary": "Planning",
+                        "organizer": {"email": ALICE},
+                        "start": {"dateTime": "2030-01-07T10:00:00Z"}, "end": {"dateTime": "2030-01-07T11:00:00Z"},
+                        "attendees": [{"email": room.calendar_id, "resource": True, "responseStatus": "declined"}]},
+                       room.calendar_id)
+    assert decide(event, ended).action is Action.NONE
 
 
 def test_the_mirror_never_revives_a_released_reservation(session, room):

@@ -121,6 +121,20 @@ def test_the_organiser_ends_early_and_extends_from_the_reservation_page(app, cli
     assert ended.end_at < start + timedelta(minutes=15) and ended.original_end_at == start + timedelta(minutes=75)
 
 
+def test_the_page_of_a_google_booking_offers_end_now_but_no_extend(app, client, rooms):
+    rid = _meeting(app, rooms[1], _now() - timedelta(minutes=5), source=ReservationSource.GOOGLE,
+                   google_event_id="evgoogle1")
+    sign_in(client, ALICE)
+    html = client.get(f"/reservations/{rid}").get_data(as_text=True)
+    assert "End now" in html and "Extend by" not in html and "Cancel reservation" not in html
+    refused = client.post(f"/reservations/{rid}/extend", data={"minutes": "15",
+                                                              "csrf_token": csrf_token(client, f"/reservations/{rid}")})
+    assert _get(app, rid).end_at > _now() and refused.status_code in (302, 403)
+    client.post(f"/reservations/{rid}/end-early", data={"csrf_token": csrf_token(client, f"/reservations/{rid}")})
+    ended = _get(app, rid)
+    assert ended.ended_early_at is not None and ended.status == ReservationStatus.CONFIRMED
+
+
 def test_the_signed_mail_link_checks_in_with_one_click_until_the_deadline(app, client, rooms):
     rid = _meeting(app, rooms[0], _now() - timedelta(minutes=5))
     with app.app_context():
@@ -137,6 +151,19 @@ def test_the_signed_mail_link_checks_in_with_one_click_until_the_deadline(app, c
 
     forged = path[:-3] + ("AAA" if not path.endswith("AAA") else "BBB")
     assert client.get(forged).status_code == 404
+
+
+def test_the_mail_link_of_a_private_meeting_follows_the_one_private_rule(app, client, rooms):
+    rid = _meeting(app, rooms[0], _now() - timedelta(minutes=5), title="Merger talks", private=True)
+    with app.app_context():
+        url = checkin.link_url(app.config["ROOMBRIDGE"], db.session().get(Reservation, rid))
+    path = url.removeprefix(app.config["ROOMBRIDGE"].WEBHOOK_BASE_URL)
+    # Whoever holds the link (it may be forwarded) sees "Busy", in the page and in its title ...
+    text = client.get(path).get_data(as_text=True)
+    assert "Merger talks" not in text and "<dd>Busy</dd>" in text and "Check in now" in text
+    # ... and the organiser, signed in, sees what the meeting is (booking.may_see_details).
+    sign_in(client, ALICE)
+    assert "Merger talks" in client.get(path).get_data(as_text=True)
 
 
 def test_the_invitation_mail_carries_the_link_when_the_room_needs_check_in(app, rooms):
@@ -171,6 +198,7 @@ def test_the_display_shows_its_room_and_polls_with_an_etag(app, client, rooms, d
     assert page.headers["Referrer-Policy"] == "no-referrer" and "<script src=" in text and "<script>" not in text
     state = client.get(display + "/state.json")
     assert state.json["busy"] and state.json["current"]["reservation_id"] == rid
+    assert [m["title"] for m in state.json["next"]] == ["Busy"]  # the door has no viewer: a private one is "Busy"
     again = client.get(display + "/state.json", headers={"If-None-Match": state.headers["ETag"]})
     assert (again.status_code, again.get_data()) == (304, b"")
 

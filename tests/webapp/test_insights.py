@@ -1,4 +1,5 @@
-"""The Insights page, its CSV and the JSON API agree; the lobby overview and its ETag poll."""
+"""The Insights page, its CSV and the JSON API agree; the lobby overview and its ETag poll, signed in
+or through a lobby screen's secret link."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import csv
 import io
 from datetime import UTC, datetime, timedelta
 
-from roombridge import api_tokens, db
-from roombridge.models import ReservationStatus
+from roombridge import api_tokens, db, displays
+from roombridge.models import ReservationStatus, Room
 from roombridge.unit_of_work import unit_of_work
 from tests.factories import make_reservation, make_room
 from tests.roombridge.test_insights import seed_known_week
-from tests.webapp.signin import sign_in
+from tests.support import invoke_ok
+from tests.webapp.signin import csrf_token, sign_in
 
 RANGE = "start=2030-01-07&end=2030-01-13"
 
@@ -60,7 +62,8 @@ def test_the_page_draws_its_charts_and_table_for_admins_only(app, client):
     assert 'data-room-id' in html and "33%" in html  # Atlas's no-show rate in the table
 
 
-def test_lobby_shows_free_and_busy_until_and_answers_304_when_unchanged(app, client):
+def _lobby_rooms(app) -> tuple[int, datetime]:
+    """HQ: a room busy now (with a secret title) and a free one; Annex: one room. The busy room and its end."""
     now = datetime.now(UTC)
     with app.app_context():
         session = db.session()
@@ -70,8 +73,16 @@ def test_lobby_shows_free_and_busy_until_and_answers_304_when_unchanged(app, cli
             make_room(session, name="Elsewhere", building="Annex")
             first = make_reservation(session, busy, now - timedelta(minutes=10), 40, title="Secret plan",
                                      status=ReservationStatus.CONFIRMED)
-            make_reservation(session, busy, first.end_at, 30, status=ReservationStatus.CONFIRMED)
-            until = (first.end_at + timedelta(minutes=30)).strftime("%H:%M")
+            return busy.id, first.end_at
+
+
+def test_lobby_shows_free_and_busy_until_and_answers_304_when_unchanged(app, client):
+    busy_id, first_end = _lobby_rooms(app)
+    with app.app_context():
+        session = db.session()
+        with unit_of_work(session):
+            make_reservation(session, session.get(Room, busy_id), first_end, 30, status=ReservationStatus.CONFIRMED)
+    until = (first_end + timedelta(minutes=30)).strftime("%H:%M")  # back to back: busy until the second ends
     assert client.get("/lobby?building=HQ").status_code == 302  # sign-in first
     sign_in(client)
     html = client.get("/lobby?building=HQ").get_data(as_text=True)
@@ -83,6 +94,62 @@ def test_lobby_shows_free_and_busy_until_and_answers_304_when_unchanged(app, cli
     assert rooms["Free room"]["busy"] is False
     assert client.get("/lobby/status.json?building=HQ",
                       headers={"If-None-Match": status.headers["ETag"]}).status_code == 304
+
+
+def test_a_lobby_link_shows_its_building_without_sign_in_and_nothing_else(app, client, runner):
+    until = _lobby_rooms(app)[1].strftime("%H:%M")
+    url = invoke_ok(runner, ["lobbies", "create", "hq"]).output.strip().splitlines()[-1]
+    path = url.removeprefix(app.config["ROOMBRIDGE"].WEBHOOK_BASE_URL.rstrip("/"))
+    assert path.startswith("/display/lobby/lb_")
+
+    page = client.get(path)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and f"Busy until {until}" in html and "Free room" in html
+    assert "Elsewhere" not in html and "Secret plan" not in html and page.headers["Referrer-Policy"] == "no-referrer"
+    status = client.get(path + "/status.json")
+    assert {r["name"] for r in status.json["rooms"]} == {"Busy room", "Free room"}
+    assert client.get(path + "/status.json", headers={"If-None-Match": status.headers["ETag"]}).status_code == 304
+
+    # Its building only: a query asking for another building is not heard.
+    assert "Elsewhere" not in client.get(path + "?building=Annex").get_data(as_text=True)
+    # No other page: the link is no sign-in, no room display, no API token.
+    token = path.rsplit("/", 1)[1]
+    assert client.get(f"/display/{token}").status_code == 404
+    assert client.get(f"/display/{token}/state.json").status_code == 404
+    assert client.post(f"/display/{token}/book", data={"minutes": "15"}).status_code == 404
+    for other in ("/lobby?building=Annex", "/lobby/status.json", "/admin/", "/reservations"):
+        assert client.get(other).status_code in (302, 401, 403), other
+    assert client.get("/api/v1/rooms", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert client.get("/display/lobby/lb_" + "x" * 43).status_code == 404
+
+    # Revoked: 404 everywhere at once.
+    assert "revoked 1 lobby link" in invoke_ok(runner, ["lobbies", "revoke", "HQ"]).output
+    assert client.get(path).status_code == 404 and client.get(path + "/status.json").status_code == 404
+
+
+def test_an_admin_creates_and_revokes_lobby_links_in_the_console(app, client):
+    _lobby_rooms(app)
+    sign_in(client, "admin@example.com")
+    listing = client.get("/admin/lobbies").get_data(as_text=True)
+    assert "No lobby link yet." in listing and "<option>HQ</option>" in listing
+    created = client.post("/admin/lobbies", data={"building": "HQ", "csrf_token": csrf_token(client, "/admin/lobbies")})
+    html = created.get_data(as_text=True)
+    assert created.status_code == 200 and "data:image/svg+xml" in html
+    path = html.split('id="display-url" type="text" readonly value="', 1)[1].split('"', 1)[0].removeprefix(
+        app.config["ROOMBRIDGE"].WEBHOOK_BASE_URL.rstrip("/"))
+    assert client.get(path).status_code == 200
+    unknown = client.post("/admin/lobbies", data={"building": "Nowhere",
+                                                  "csrf_token": csrf_token(client, "/admin/lobbies")})
+    assert unknown.status_code == 302
+
+    with app.app_context():
+        [lobby] = displays.live_lobbies(db.session())
+    assert lobby.building == "HQ" and lobby.created_by == "admin@example.com"
+    client.post(f"/admin/lobbies/{lobby.id}/revoke", data={"csrf_token": csrf_token(client, "/admin/lobbies")})
+    assert client.get(path).status_code == 404
+    client.post("/signout", data={"csrf_token": csrf_token(client)})
+    sign_in(client, "alice@example.com")  # not an admin
+    assert client.get("/admin/lobbies").status_code == 403
 
 
 def test_the_api_refuses_unknown_and_malformed_parameters(app, client):
