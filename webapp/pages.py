@@ -28,7 +28,7 @@ from flask_wtf.csrf import CSRFError
 from roombridge import api_tokens, booking, checkin, db, people
 from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room
 from webapp.auth import current_user, login_required
-from webapp.forms import REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
+from webapp.forms import MONTHLY_CHOICES, REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
 from webapp.limits import booking_writes
 
 bp = Blueprint("pages", __name__)
@@ -375,8 +375,9 @@ def _date_arg(name: str) -> date | None:
 
 def _render_booking_form(form: BookingForm, rooms: list[Room], status: int = 200,
                          reservation: Reservation | None = None, instead: list[dict] | None = None):
-    return render_template("book.html", form=form, rooms=rooms, repeat_choices=REPEAT_CHOICES, weekdays=WEEKDAYS,
-                           reservation=reservation, instead=instead or []), status
+    return render_template("book.html", form=form, rooms=rooms, repeat_choices=REPEAT_CHOICES,
+                           monthly_choices=MONTHLY_CHOICES, weekdays=WEEKDAYS, reservation=reservation,
+                           instead=instead or []), status
 
 
 def _instead(session, form: BookingForm, room: Room, start: datetime, end: datetime) -> list[dict]:

@@ -20,6 +20,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from roombridge import booking
 from roombridge.booking import MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH, rules
+from roombridge.booking.recurrence import MAX_INTERVAL
 from roombridge.models import Reservation, Room
 
 # Far enough for any booking, near enough that time-zone arithmetic never overflows.
@@ -109,7 +110,13 @@ class StrictSchema(Schema):
 
 
 class RecurrenceSchema(StrictSchema):
-    frequency = fields.String(required=True, validate=validate.OneOf(["daily", "weekly"]))
+    frequency = fields.String(required=True, validate=validate.OneOf(["daily", "weekly", "monthly"]))
+    interval = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_INTERVAL), load_default=1,
+                              metadata={"description": "every N days, weeks or months"})
+    monthly = fields.String(
+        validate=validate.OneOf(["date", "weekday"]), load_default="date",
+        metadata={"description": "monthly only: on the first occurrence's date (the 10th), or on its weekday "
+                                 "(the 2nd Tuesday; a 5th one means the last)"})
     weekdays = fields.List(
         fields.Integer(strict=True, validate=validate.Range(min=0, max=6)),
         load_default=list,

@@ -5,7 +5,8 @@ HTTP. By concern:
 
 - `rules`: the field and time rules (and their field-keyed errors) that the API schemas, the
   forms, the admin's room edits and the commands all share;
-- `recurrence`: daily and weekly series, at the same wall-clock time across DST;
+- `recurrence`: repeat rules (dateutil's rrule: daily, weekly, every N, monthly), at the same
+  wall-clock time across DST;
 - `commands`: book, edit, cancel, retry the Google write (each its own unit of work);
 - `queries`: what an actor may see, lists, the day's timeline, the free-room finder and what it
   may offer (the same time rules as booking, next free, nearest free slots, other rooms that fit);

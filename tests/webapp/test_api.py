@@ -146,7 +146,7 @@ def test_conflict_names_the_clashing_reservation(api):
         ({"title": ""}, "title"),
         ({"description": "x" * 5001}, "description"),
         ({"colour": "blue"}, "colour"),
-        ({"recurrence": {"frequency": "monthly", "count": 2}}, "recurrence"),
+        ({"recurrence": {"frequency": "yearly", "count": 2}}, "recurrence"),
         ({"recurrence": {"frequency": "daily", "count": 2, "until": "2031-01-01"}}, "recurrence"),
         ({"start": "9999-12-31T23:00:00+00:00", "end": "9999-12-31T23:30:00+00:00"}, "start"),
     ],
