@@ -21,13 +21,13 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from urllib.parse import unquote, urlsplit
 
-from icalendar import Calendar, Event, vCalAddress, vText
+from icalendar import Calendar, Event, vCalAddress, vRecur, vText
 from sqlalchemy.orm import Session
 
 from roombridge import checkin
 from roombridge.booking.rules import one_line
 from roombridge.config import Config
-from roombridge.models import Reservation, ReservationStatus
+from roombridge.models import Reservation, ReservationSeries, ReservationStatus
 from roombridge.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,16 @@ def build_invitation(
     recipients: list[str] | None = None,
     now: datetime | None = None,
     checkin_url: str | None = None,
+    rrule: str | None = None,
+    exdates: list[datetime] | None = None,
+    recurrence_id: datetime | None = None,
+    sequence: int | None = None,
 ) -> Invitation:
-    """The iCalendar object and the words around it, for `method` REQUEST or CANCEL."""
+    """The iCalendar object and the words around it, for `method` REQUEST or CANCEL.
+
+    A whole series (`reservation` is then its `ReservationSeries`) carries its RRULE and EXDATEs;
+    one occurrence of it carries the series' UID and its RECURRENCE-ID (its start in the rule).
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     event_id = event_id or reservation.google_event_id
@@ -92,8 +100,14 @@ def build_invitation(
     if reservation.description:
         event.add("description", reservation.description)
     event.add("location", room.name)
+    if rrule:
+        event.add("rrule", vRecur.from_ical(rrule.removeprefix("RRULE:")))
+        for moment in exdates or []:
+            event.add("exdate", moment.astimezone(UTC))
+    if recurrence_id is not None:
+        event.add("recurrence-id", recurrence_id.astimezone(UTC))
     # The row version grows on every change to the reservation, so it serves as SEQUENCE.
-    event.add("sequence", reservation.version)
+    event.add("sequence", reservation.version if sequence is None else sequence)
     event.add("status", "CANCELLED" if method == "CANCEL" else "CONFIRMED")
     organizer = vCalAddress(f"mailto:{room.calendar_id}")
     organizer.params["cn"] = vText(room.name)
@@ -188,12 +202,27 @@ def mail_invitation(session: Session, config: Config, reservation_id: int, metho
         reservation = session.get(Reservation, reservation_id)
         if reservation is None:
             return "gone"
-        if method == "REQUEST" and reservation.status != ReservationStatus.CONFIRMED:
-            return "superseded"  # changed again since; the next publish sends the invitation
-        policy = checkin.CheckinPolicy.for_room(reservation.room, config)
-        link = checkin.link_url(config, reservation) if method == "REQUEST" and policy.required else None
-        invitation = build_invitation(reservation, method, event_id=event_id, recipients=recipients,
-                                      checkin_url=link)
+        series = session.get(ReservationSeries, reservation.series_id) if reservation.series_id else None
+        if series is not None and event_id and "_" not in event_id:
+            # The whole series (our event ids are base32hex: an underscore only joins an instance's start).
+            if method == "REQUEST" and series.write_due:
+                return "superseded"
+            invitation = build_invitation(series, method, event_id=event_id, recipients=recipients,  # type: ignore[arg-type]
+                                          rrule=series.rule, sequence=series.version,
+                                          exdates=[datetime.fromisoformat(t) for t in series.exdates or []])
+        else:
+            if method == "REQUEST" and reservation.status != ReservationStatus.CONFIRMED:
+                return "superseded"  # changed again since; the next publish sends the invitation
+            policy = checkin.CheckinPolicy.for_room(reservation.room, config)
+            link = checkin.link_url(config, reservation) if method == "REQUEST" and policy.required else None
+            occurrence = {}
+            master = (event_id or reservation.google_event_id or "").rpartition("_")[0]
+            if series is not None and master and reservation.occurrence_start_at is not None:
+                # One occurrence of a series: the series' UID, and which occurrence it is.
+                occurrence = {"event_id": master, "recurrence_id": reservation.occurrence_start_at,
+                              "sequence": series.version + reservation.version}
+            invitation = build_invitation(reservation, method, **{"event_id": event_id, **occurrence},
+                                          recipients=recipients, checkin_url=link)
     sent = send(to_email(invitation, config.MAIL_FROM), config.SMTP_URL)
     return f"sent to {len(invitation.recipients)}" if sent else "skipped (no SMTP_URL)"
 

@@ -27,10 +27,12 @@ from roombridge.gcal import (
     EventNotFound,
     PermanentGoogleError,
     event_id_for,
+    instance_id_for,
     own_properties,
+    series_event_id_for,
     signing_key,
 )
-from roombridge.models import Reservation, ReservationSource, ReservationStatus, audit
+from roombridge.models import LIVE_STATUSES, Reservation, ReservationSeries, ReservationSource, ReservationStatus, audit
 from roombridge.unit_of_work import InvitationDue, announce, unit_of_work
 
 log = logging.getLogger(__name__)
@@ -114,9 +116,12 @@ def publish_reservation(session: Session, config: Config, gateway: CalendarGatew
         _ = reservation.room  # loaded now, inside the read
         if reservation.source == ReservationSource.GOOGLE and status != ReservationStatus.RELEASED:
             return "google's own"  # made in Google: the sync engine mirrors it, we never write it
+        series = series_of(session, reservation)
     try:
         if reservation.source == ReservationSource.GOOGLE:
             return _decline_as_room(session, gateway, reservation)
+        if series is not None:
+            return _publish_occurrence(session, config, gateway, reservation_id, series.id)
         if status in (ReservationStatus.CANCELLED, ReservationStatus.RELEASED):
             return _delete(session, config, gateway, reservation)
         if status != ReservationStatus.PENDING:
@@ -150,6 +155,200 @@ def _delete(session: Session, config: Config, gateway: CalendarGateway, reservat
     tell = () if config.delegated_mode else (InvitationDue(reservation.id, "CANCEL", None, event_id),)
     _record(session, reservation, announce_anyway=tell, google_calendar_id=None)
     return "deleted"
+
+
+# --- series: one recurring event ------------------------------------------------------------------
+
+
+def series_of(session: Session, reservation: Reservation) -> ReservationSeries | None:
+    """The recurring event an occurrence is an instance of; None for a single booking, a series
+    booked before series were one event (its occurrences stay separate events), or an occurrence
+    moved to another room (an instance cannot leave its calendar: it becomes an event of its own)."""
+    if not reservation.series_id or reservation.occurrence_start_at is None:
+        return None
+    series = session.get(ReservationSeries, reservation.series_id, populate_existing=True)
+    if series is None or series.room_id != reservation.room_id:
+        return None
+    _ = series.room
+    return series
+
+
+def exdate_lines(series: ReservationSeries, also: list[datetime] = ()) -> list[str]:
+    """EXDATE lines (wall time in the room's zone, as Google writes them) for the left-out occurrences."""
+    zone = series.room.zone
+    moments = sorted({*(datetime.fromisoformat(text) for text in series.exdates or []), *also})
+    return [f"EXDATE;TZID={zone.key}:{moment.astimezone(zone):%Y%m%dT%H%M%S}" for moment in moments]
+
+
+def series_body(series: ReservationSeries, config: Config, anchor_id: int, also_excluded: list[datetime] = ()) -> dict:
+    """The recurring Google event of a series: its rule and exclusions, in the room's zone (Google wants
+    `timeZone` on a recurring event's start and end, and expands the rule in that zone's wall time)."""
+    room = series.room
+    zone = room.zone
+    body: dict = {
+        "summary": series.title,
+        "description": event_description(series, delegated=config.delegated_mode),  # type: ignore[arg-type]
+        "location": room.name,
+        "start": {"dateTime": series.start_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
+        "end": {"dateTime": series.end_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
+        "recurrence": [series.rule, *exdate_lines(series, list(also_excluded))],
+        "extendedProperties": {"private": own_properties(anchor_id, signing_key())},
+    }
+    if config.delegated_mode:
+        body["attendees"] = [{"email": a} for a in [series.organiser_email, *(series.attendees or [])]]
+    return body
+
+
+def follows_series(reservation: Reservation, series: ReservationSeries) -> bool:
+    """Whether the occurrence is its instance as the rule makes it (no exception needed)."""
+    return (
+        reservation.start_at == reservation.occurrence_start_at
+        and reservation.end_at - reservation.start_at == series.duration
+        and (reservation.title, reservation.description or "", list(reservation.attendees or []))
+        == (series.title, series.description or "", list(series.attendees or []))
+    )
+
+
+def _publish_occurrence(session: Session, config: Config, gateway: CalendarGateway, reservation_id: int,
+                        series_id: str) -> str:
+    """One occurrence: the series' event written first if due, then its instance recorded, patched
+    (an exception) or deleted (a cancelled instance). Never a new event."""
+    done = []
+    with unit_of_work(session, write=False):
+        series = session.get(ReservationSeries, series_id, populate_existing=True)
+        write_due = series.write_due
+    if write_due:
+        done.append(_write_series(session, config, gateway, series_id))
+    with unit_of_work(session, write=False):
+        series = session.get(ReservationSeries, series_id, populate_existing=True)
+        reservation = session.get(Reservation, reservation_id, populate_existing=True)
+        _ = series.room
+        master, calendar_id = series.google_event_id, series.google_calendar_id
+        status = reservation.status
+    ended = status in (ReservationStatus.CANCELLED, ReservationStatus.RELEASED)
+    if master is None or calendar_id is None:
+        if ended and reservation.google_calendar_id is not None:
+            _record(session, reservation, google_calendar_id=None)  # gone with the whole event
+        return " and ".join(done) or "nothing in Google"
+    instance = instance_id_for(master, reservation.occurrence_start_at)
+    send_updates = _send_updates(config)
+    if ended:
+        # A cancelled instance: Google keeps it as a cancelled exception of the series.
+        existed = gateway.delete_event(calendar_id, instance, send_updates=send_updates)
+        tell = () if config.delegated_mode or not existed else (
+            InvitationDue(reservation.id, "CANCEL", None, instance),)
+        _record(session, reservation, announce_anyway=tell, google_calendar_id=None)
+        return " and ".join([*done, "instance cancelled" if existed else "nothing in Google"])
+    if status != ReservationStatus.PENDING:
+        return " and ".join([*done, f"nothing to do ({status})"])
+    tell_people = reservation.invitation_due
+    marks = {"google_etag": series.google_etag, "google_updated_at": series.google_updated_at}
+    if reservation.instance_exception or not follows_series(reservation, series):
+        # An exception: Google stores the patched instance as an event of its own with the instance's id.
+        zone = series.room.zone
+        body = {
+            "summary": reservation.title,
+            "description": event_description(reservation, delegated=config.delegated_mode),
+            "start": {"dateTime": reservation.start_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
+            "end": {"dateTime": reservation.end_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
+        }
+        if config.delegated_mode:
+            body["attendees"] = event_body(reservation, config)["attendees"]
+        event = gateway.patch_event(calendar_id, instance, body, send_updates=send_updates if tell_people else "none")
+        marks = {"google_etag": event.get("etag"), "google_updated_at": _parse_rfc3339(event.get("updated"))}
+        marks["instance_exception"] = True
+        done.append("instance patched")
+    else:
+        done.append("instance recorded")
+    _record(
+        session,
+        reservation,
+        announce_if_whole=() if config.delegated_mode or not tell_people else (
+            InvitationDue(reservation.id, "REQUEST", None, instance),),
+        google_event_id=instance,
+        google_calendar_id=calendar_id,
+        google_recurring_event_id=master,
+        status=ReservationStatus.CONFIRMED,
+        status_reason=None,
+        invitation_due=False,
+        **marks,
+    )
+    return " and ".join(done)
+
+
+def _write_series(session: Session, config: Config, gateway: CalendarGateway, series_id: str) -> str:
+    """Make the series' recurring event match the series row: insert, patch, move or delete it."""
+    with unit_of_work(session, write=False):
+        series = session.get(ReservationSeries, series_id, populate_existing=True)
+        _ = series.room
+        occurrences = list(session.scalars(sa.select(Reservation).where(Reservation.series_id == series_id)
+                                           .order_by(Reservation.id)))
+        anchor_id = occurrences[0].id if occurrences else 0
+        live = [r for r in occurrences if r.status in LIVE_STATUSES or r.status == ReservationStatus.CONFLICT]
+        # Occurrences cancelled while not an instance of the event as it stands (before it was made, or
+        # before the rule's times moved) are left out of it, so that they do not come back as instances.
+        gone = [r.occurrence_start_at for r in occurrences
+                if r not in live and r.occurrence_start_at is not None and r.google_event_id is None]
+        version = series.version
+    calendar_id = series.room.calendar_id
+    send_updates = _send_updates(config)
+    tell_people = series.invitation_due
+    done = []
+    old_calendar, old_event = series.google_calendar_id, series.google_event_id
+    if old_calendar and (not live or old_calendar != calendar_id):
+        gateway.delete_event(old_calendar, old_event, send_updates=send_updates)
+        tell = () if config.delegated_mode or not live and not any(r.google_calendar_id for r in occurrences) else (
+            InvitationDue(anchor_id, "CANCEL", None, old_event),)
+        _record_series(session, series_id, version, tell=tell, google_calendar_id=None,
+                       google_revision=series.google_revision + (1 if live else 0), **({} if live else {
+                           "write_due": False, "invitation_due": False}))
+        done.append("series deleted" if not live else "series moved")
+        if not live:
+            return done[0]
+        with unit_of_work(session, write=False):
+            series = session.get(ReservationSeries, series_id, populate_existing=True)
+            _ = series.room
+            version = series.version
+    if not live:
+        _record_series(session, series_id, version, write_due=False, invitation_due=False)
+        return "nothing in Google"
+    body = series_body(series, config, anchor_id, gone)
+    revision = series.google_revision
+    if series.google_calendar_id is None:
+        for _attempt in range(3):
+            try:
+                event = gateway.insert_event(calendar_id, series_event_id_for(series_id, revision), body,
+                                             send_updates=send_updates)
+                break
+            except EventIdTaken:
+                revision += 1
+        else:
+            raise PermanentGoogleError("no free event id after three revisions", reason="duplicate")
+        done.append("series inserted")
+        tell_people = True
+    else:
+        event = gateway.patch_event(calendar_id, series.google_event_id, body,
+                                    send_updates=send_updates if tell_people else "none")
+        done.append("series patched")
+    tell = () if config.delegated_mode or not tell_people else (
+        InvitationDue(anchor_id, "REQUEST", None, event["id"]),)
+    _record_series(session, series_id, version, tell=tell, google_event_id=event["id"],
+                   google_calendar_id=calendar_id, google_revision=revision, google_etag=event.get("etag"),
+                   google_updated_at=_parse_rfc3339(event.get("updated")), write_due=False, invitation_due=False)
+    return " and ".join(done)
+
+
+def _record_series(session: Session, series_id: str, version: int, *, tell=(), **changes) -> None:
+    """Store what Google now holds of a series. If the series changed since it was read (an edit
+    announced another publish), only where its event lives is kept, and it stays due."""
+    with unit_of_work(session):
+        series = session.get(ReservationSeries, series_id, populate_existing=True)
+        if series.version != version:
+            changes = {k: v for k, v in changes.items() if k in GOOGLE_FACTS}
+        for name, value in changes.items():
+            setattr(series, name, value)
+        for event in tell:
+            announce(session, event)
 
 
 def _decline_as_room(session: Session, gateway: CalendarGateway, reservation: Reservation) -> str:
@@ -244,7 +443,8 @@ def _insert(gateway: CalendarGateway, calendar_id: str, reservation_id: int, rev
     raise PermanentGoogleError("no free event id after three revisions", reason="duplicate")
 
 
-GOOGLE_FACTS = ("google_event_id", "google_calendar_id", "google_revision", "google_etag", "google_updated_at")
+GOOGLE_FACTS = ("google_event_id", "google_calendar_id", "google_revision", "google_etag", "google_updated_at",
+                "google_recurring_event_id", "instance_exception")
 
 
 def _record(session: Session, reservation: Reservation, *, announce_if_whole=(), announce_anyway=(),

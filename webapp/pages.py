@@ -568,7 +568,7 @@ def edit(reservation_id: int):
         result = booking.edit(
             session, _config(), reservation_id, actor_email=user.email, actor_is_admin=user.is_admin,
             room_id=room.id, title=form.values["title"], start=when[0], end=when[1],
-            attendees=form.attendee_list(), description=form.values["description"],
+            attendees=form.attendee_list(), description=form.values["description"], scope=_scope(),
         )
     except booking.InvalidBooking as exc:
         form.add_domain_errors(exc.errors)
@@ -585,6 +585,12 @@ def edit(reservation_id: int):
     return redirect(url_for("pages.reservation", reservation_id=reservation_id))
 
 
+def _scope() -> str:
+    """Which occurrences of a series the form's change covers; anything unknown means this one only."""
+    scope = request.form.get("scope", "this")
+    return scope if scope in booking.SCOPES else "this"
+
+
 @bp.get("/reservations/<id:reservation_id>/cancel")
 @login_required
 def cancel_confirm(reservation_id: int):
@@ -599,7 +605,8 @@ def cancel(reservation_id: int):
     _changeable(reservation_id)
     user = current_user()
     try:
-        booking.cancel(db.session(), _config(), reservation_id, actor_email=user.email, actor_is_admin=user.is_admin)
+        booking.cancel(db.session(), _config(), reservation_id, actor_email=user.email, actor_is_admin=user.is_admin,
+                       scope=_scope())
     except booking.NotAllowed as exc:
         flash(str(exc), "error")
         return redirect(url_for("pages.reservation", reservation_id=reservation_id))

@@ -174,6 +174,16 @@ class ReservationPatchSchema(SpanSchema):
     attendees = fields.List(Email())
 
 
+class ScopeQuerySchema(StrictSchema):
+    """PATCH and DELETE of a reservation: which occurrences of its series the change covers."""
+
+    scope = fields.String(
+        validate=validate.OneOf(["this", "following", "all"]), load_default="this",
+        metadata={"description": "an occurrence of a series: `this` one (an exception of its Google instance), "
+                                 "this and the `following` ones (the series is ended before it and a new one "
+                                 "starts there), or `all` (not yet over, for a cancel); a single booking: itself"})
+
+
 class ReservationQuerySchema(StrictSchema):
     # Query strings are text: "7" is the room 7 here, unlike in a JSON body.
     room = fields.Integer(validate=validate.Range(min=1, max=MAX_ID))

@@ -15,7 +15,7 @@ HTTP. By concern:
 Callers read `booking.book(...)`: the public names are re-exported here.
 """
 
-from roombridge.booking.commands import BookingRequest, BookingResult, book, cancel, edit, retry_write
+from roombridge.booking.commands import SCOPES, BookingRequest, BookingResult, book, cancel, edit, retry_write
 from roombridge.booking.conflicts import Clash, Conflict, find_clashes, settle_conflicts
 from roombridge.booking.queries import (
     PRIVATE_TITLE,
@@ -51,7 +51,7 @@ from roombridge.booking.rules import (
 
 __all__ = [
     "Assessment", "assess", "refusals", "rooms_that_fit", "PRIVATE_TITLE", "may_see_details", "title_for",
-    "FREQUENCIES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
+    "FREQUENCIES", "SCOPES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
     "BookingResult", "Busy", "Clash", "Conflict", "InvalidBooking", "NotAllowed", "NotFound", "Policy", "Recurrence",
     "book", "can_change", "can_see", "cancel", "clean_attendees", "day_timeline", "edit", "expand", "find_clashes",
     "find_free_rooms", "get", "is_admin", "list_reservations", "normalise_email", "organised_or_attended_by",

@@ -94,6 +94,18 @@ def with_until(line: str, last_start: datetime) -> str:
     return f"{head}:{';'.join(kept)}"
 
 
+def shift_until(line: str, delta: timedelta) -> str:
+    """An RRULE line whose UNTIL (if any) moves later by `delta`, so a series moved later keeps its last occurrence."""
+    head, _, body = line.partition(":")
+    parts = []
+    for part in body.split(";"):
+        if part.startswith("UNTIL=") and delta > timedelta(0):
+            until = datetime.strptime(part[6:], "%Y%m%dT%H%M%SZ") + delta
+            part = f"UNTIL={until:%Y%m%dT%H%M%SZ}"
+        parts.append(part)
+    return f"{head}:{';'.join(parts)}"
+
+
 def occurrences_of(line: str, first_start: datetime, zone: ZoneInfo, limit: int) -> list[datetime]:
     """The UTC starts an RRULE line gives from `first_start`, at its wall-clock time in `zone` (at most `limit`)."""
     local = first_start.astimezone(zone).replace(tzinfo=None)

@@ -309,6 +309,36 @@ def test_a_weekly_series_and_skipping_clashes(api):
     assert len({r["series_id"] for r in made.json["reservations"]}) == 1
 
 
+def test_scope_edits_and_cancels_one_following_or_all_occurrences(api):
+    start, end = slot(days=2)
+    made = api.book(recurrence={"frequency": "weekly", "count": 4}, start=start, end=end).json
+    ids = [r["id"] for r in made["reservations"]]
+
+    one = api.call("PATCH", f"/reservations/{ids[1]}", json={"title": "Only this"})
+    assert one.status_code == 200 and one.json["title"] == "Only this"
+    assert [api.call("GET", f"/reservations/{i}").json["title"] for i in ids] == [
+        "Planning", "Only this", "Planning", "Planning"]
+
+    following = api.call("PATCH", f"/reservations/{ids[2]}?scope=following", json={"title": "From here"})
+    assert following.status_code == 200, following.json
+    answers = [api.call("GET", f"/reservations/{i}").json for i in ids]
+    assert [a["title"] for a in answers] == ["Planning", "Only this", "From here", "From here"]
+    assert answers[2]["series_id"] == answers[3]["series_id"] != answers[0]["series_id"]
+
+    everything = api.call("PATCH", f"/reservations/{ids[0]}?scope=all", json={"title": "Everything"})
+    assert everything.status_code == 200
+    assert [api.call("GET", f"/reservations/{i}").json["title"] for i in ids[:2]] == ["Everything"] * 2
+
+    assert api.call("PATCH", f"/reservations/{ids[0]}?scope=some", json={"title": "x"}).status_code == 422
+    assert api.call("DELETE", f"/reservations/{ids[0]}?scope=never").status_code == 422
+    cancelled = api.call("DELETE", f"/reservations/{ids[2]}?scope=all")
+    assert cancelled.status_code == 200 and cancelled.json["status"] == "cancelled"
+    assert [api.call("GET", f"/reservations/{i}").json["status"] for i in ids] == [
+        "pending", "pending", "cancelled", "cancelled"]
+    assert api.call("DELETE", f"/reservations/{ids[0]}").json["status"] == "cancelled"
+    assert api.call("GET", f"/reservations/{ids[1]}").json["status"] == "pending"
+
+
 def test_rooms_and_availability(api):
     with api.app.app_context():
         session = db.session()
