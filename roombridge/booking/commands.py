@@ -151,8 +151,8 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
               start=reservation.start_at.isoformat(), end=reservation.end_at.isoformat(),
               source=str(request.source), series_id=series_id)
         announce(session, ReservationChanged(reservation.id))
-    # Last, once the booking is sure to be made: each occurrence invites everyone.
-    take_invitations(config, organiser, len(reservations) * len({organiser, *attendees}))
+    # Last, once the booking is sure to be made: everyone is invited once (a series is one invitation).
+    take_invitations(config, organiser, len({organiser, *attendees}))
     warnings = capacity_warning(room, organiser, attendees)
     if skipped:
         warnings.append(f"{len(skipped)} clashing occurrence(s) were left out.")

@@ -211,3 +211,29 @@ def test_all_occurrences_edit_patches_the_event_and_all_cancel_deletes_it(google
     assert live_events(emulator, ROOM) == []
     assert [r.status for r in occurrences(app, ids=ids)] == [ReservationStatus.CANCELLED] * 3
     assert all(r.google_calendar_id is None for r in occurrences(app, ids=ids))
+
+
+def test_delegated_mode_lets_google_invite_to_the_series_and_its_exceptions(make_app, emulator, service_account_file):
+    from roombridge.queue import queue
+    from tests.factories import make_room
+    from tests.support import SERVICE_ACCOUNT
+
+    emulator.state.set_delegation(SERVICE_ACCOUNT, True)
+    emulator.state.add_user("booker@example.com")
+    emulator.state.add_calendar(ROOM, "Orion", kind="room", time_zone="Europe/London")
+    emulator.state.share(ROOM, "booker@example.com", "writer")
+    app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file, GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
+                   GOOGLE_DELEGATED_USER="booker@example.com")
+    with app.app_context():
+        room_id = make_room(db.session(), calendar_id=ROOM).id
+        db.session().commit()
+    ids, _, event = written_series(app, emulator, room_id, 3)
+    assert {a["email"] for a in event["attendees"]} == {ALICE, "bob@example.com"}
+    [insert] = emulator.state.requests(calendar=ROOM, method="POST")
+    assert insert["send_updates"] == "all"
+    second = occurrences(app, ids=ids)[1]
+    edit_as_alice(app, second.id, start=second.start_at + timedelta(hours=1), end=second.end_at + timedelta(hours=1))
+    [patch] = emulator.state.requests(calendar=ROOM, method="PATCH")
+    assert patch["send_updates"] == "all"
+    with app.app_context():
+        assert queue("default").count == 0  # Google invites; we send no mail
