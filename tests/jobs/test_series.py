@@ -17,7 +17,14 @@ from roombridge.gcal import CalendarGateway, instance_id_for
 from roombridge.models import Reservation, ReservationSeries, ReservationStatus, Room
 from roombridge.sync import sync_room_now
 from tests.factories import make_reservation
-from tests.jobs.test_reservations import ROOM, book, calendar_of, google, live_events, slot  # noqa: F401
+from tests.jobs.test_reservations import (  # noqa: F401 (fixtures)
+    ROOM,
+    calendar_of,
+    delegated,
+    google,
+    live_events,
+    slot,
+)
 from tests.support import run_jobs
 
 ALICE = "alice@example.com"
@@ -213,20 +220,10 @@ def test_all_occurrences_edit_patches_the_event_and_all_cancel_deletes_it(google
     assert all(r.google_calendar_id is None for r in occurrences(app, ids=ids))
 
 
-def test_delegated_mode_lets_google_invite_to_the_series_and_its_exceptions(make_app, emulator, service_account_file):
+def test_delegated_mode_lets_google_invite_to_the_series_and_its_exceptions(delegated, emulator):  # noqa: F811
     from roombridge.queue import queue
-    from tests.factories import make_room
-    from tests.support import SERVICE_ACCOUNT
 
-    emulator.state.set_delegation(SERVICE_ACCOUNT, True)
-    emulator.state.add_user("booker@example.com")
-    emulator.state.add_calendar(ROOM, "Orion", kind="room", time_zone="Europe/London")
-    emulator.state.share(ROOM, "booker@example.com", "writer")
-    app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file, GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
-                   GOOGLE_DELEGATED_USER="booker@example.com")
-    with app.app_context():
-        room_id = make_room(db.session(), calendar_id=ROOM).id
-        db.session().commit()
+    app, room_id = delegated
     ids, _, event = written_series(app, emulator, room_id, 3)
     assert {a["email"] for a in event["attendees"]} == {ALICE, "bob@example.com"}
     [insert] = emulator.state.requests(calendar=ROOM, method="POST")
