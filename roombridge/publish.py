@@ -296,7 +296,13 @@ def _write_series(session: Session, config: Config, gateway: CalendarGateway, se
     done = []
     old_calendar, old_event = series.google_calendar_id, series.google_event_id
     if old_calendar and (not live or old_calendar != calendar_id):
-        gateway.delete_event(old_calendar, old_event, send_updates=send_updates)
+        try:
+            gateway.delete_event(old_calendar, old_event, send_updates=send_updates)
+        except PermanentGoogleError as error:
+            if live:  # moved: the new room's event is what matters; the old one is the sync's to see
+                log.warning("series %s: could not delete the event on %s: %s", series_id, old_calendar, error)
+            else:
+                raise
         tell = () if config.delegated_mode or not live and not any(r.google_calendar_id for r in occurrences) else (
             InvitationDue(anchor_id, "CANCEL", None, old_event),)
         _record_series(session, series_id, version, tell=tell, google_calendar_id=None,
@@ -315,21 +321,20 @@ def _write_series(session: Session, config: Config, gateway: CalendarGateway, se
     body = series_body(series, config, anchor_id, gone)
     revision = series.google_revision
     if series.google_calendar_id is None:
-        for _attempt in range(3):
-            try:
-                event = gateway.insert_event(calendar_id, series_event_id_for(series_id, revision), body,
-                                             send_updates=send_updates)
-                break
-            except EventIdTaken:
-                revision += 1
-        else:
-            raise PermanentGoogleError("no free event id after three revisions", reason="duplicate")
+        event, revision = _insert(gateway, calendar_id, series_id, revision, body, send_updates, series_event_id_for)
         done.append("series inserted")
         tell_people = True
     else:
-        event = gateway.patch_event(calendar_id, series.google_event_id, body,
-                                    send_updates=send_updates if tell_people else "none")
-        done.append("series patched")
+        try:
+            event = gateway.patch_event(calendar_id, series.google_event_id, body,
+                                        send_updates=send_updates if tell_people else "none")
+            done.append("series patched")
+        except EventNotFound:
+            # Deleted in Google behind our back; the id cannot be used again.
+            event, revision = _insert(gateway, calendar_id, series_id, revision + 1, body, send_updates,
+                                      series_event_id_for)
+            done.append("series re-inserted")
+            tell_people = True
     tell = () if config.delegated_mode or not tell_people else (
         InvitationDue(anchor_id, "REQUEST", None, event["id"]),)
     _record_series(session, series_id, version, tell=tell, google_event_id=event["id"],
@@ -431,11 +436,13 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
     return " and ".join(done)
 
 
-def _insert(gateway: CalendarGateway, calendar_id: str, reservation_id: int, revision: int, body: dict,
-            send_updates: str) -> tuple[dict, int]:
+def _insert(gateway: CalendarGateway, calendar_id: str, reservation_id: int | str, revision: int, body: dict,
+            send_updates: str, event_id=event_id_for) -> tuple[dict, int]:
+    """Insert under the deterministic id of (`reservation_id` or a series' id, revision); a taken id
+    (deleted, or someone else's) moves on to the next revision."""
     for _ in range(3):
         try:
-            event = gateway.insert_event(calendar_id, event_id_for(reservation_id, revision), body,
+            event = gateway.insert_event(calendar_id, event_id(reservation_id, revision), body,
                                          send_updates=send_updates)
             return event, revision
         except EventIdTaken:

@@ -124,7 +124,8 @@ def test_an_occurrence_edit_is_an_instance_exception_and_its_cancel_a_cancelled_
         google, emulator, smtp_server):  # noqa: F811
     app, (room_id, _) = google
     ids, _, event = written_series(app, emulator, room_id, 3)
-    smtp_server.wait_for(1)
+    [(_, invitation)] = smtp_server.wait_for(1)
+    [series_vevent] = calendar_of(invitation).walk("VEVENT")
     second = occurrences(app, ids=ids)[1]
     edit_as_alice(app, second.id, start=second.start_at + timedelta(hours=2), end=second.end_at + timedelta(hours=2),
                   title="Moved once")
@@ -139,6 +140,7 @@ def test_an_occurrence_edit_is_an_instance_exception_and_its_cancel_a_cancelled_
     assert str(vevent["UID"]) == f"{event['id']}@google.com"
     assert vevent.decoded("RECURRENCE-ID") == second.start_at.astimezone(UTC)
     assert vevent.decoded("DTSTART") == (second.start_at + timedelta(hours=2)).astimezone(UTC)
+    assert int(vevent["SEQUENCE"]) > int(series_vevent["SEQUENCE"])  # supersedes the series' own
     assert "RRULE" not in vevent
 
     third = occurrences(app, ids=ids)[2]
@@ -234,3 +236,28 @@ def test_delegated_mode_lets_google_invite_to_the_series_and_its_exceptions(dele
     assert patch["send_updates"] == "all"
     with app.app_context():
         assert queue("default").count == 0  # Google invites; we send no mail
+
+
+def test_a_monthly_series_on_the_second_tuesday_is_expanded_as_google_does(google, emulator):  # noqa: F811
+    app, (room_id, _) = google
+    start, end = slot(days=3)
+    duration = end - start
+    day = start.date().replace(day=1)
+    while True:  # the next 2nd Tuesday at least three days ahead
+        second_tuesday = day + timedelta(days=(1 - day.weekday()) % 7 + 7)
+        if second_tuesday >= start.date():
+            break
+        day = (day + timedelta(days=32)).replace(day=1)
+    start = start.replace(year=second_tuesday.year, month=second_tuesday.month, day=second_tuesday.day)
+    with app.app_context():
+        result = booking.book(db.session(), app.config["ROOMBRIDGE"], booking.BookingRequest(
+            room_id=room_id, organiser_email=ALICE, title="Monthly", start=start, end=start + duration,
+            recurrence=booking.Recurrence("monthly", monthly="weekday", count=3)))
+        ids = [r.id for r in result.reservations]
+    run_jobs(app, queues=("write",))
+    [event] = live_events(emulator, ROOM)
+    assert event["recurrence"] == ["RRULE:FREQ=MONTHLY;BYDAY=2TU;COUNT=3"]
+    found = occurrences(app, ids=ids)
+    assert all(r.start_at.astimezone(start.tzinfo).weekday() == 1 and 8 <= r.start_at.astimezone(start.tzinfo).day
+               <= 14 for r in found)
+    assert [r.google_event_id for r in found] == [i["id"] for i in instances(app, event["id"])]
