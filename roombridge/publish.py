@@ -284,11 +284,12 @@ def _write_series(session: Session, config: Config, gateway: CalendarGateway, se
         occurrences = list(session.scalars(sa.select(Reservation).where(Reservation.series_id == series_id)
                                            .order_by(Reservation.id)))
         anchor_id = occurrences[0].id if occurrences else 0
-        live = [r for r in occurrences if r.status in LIVE_STATUSES or r.status == ReservationStatus.CONFLICT]
-        # Occurrences cancelled while not an instance of the event as it stands (before it was made, or
-        # before the rule's times moved) are left out of it, so that they do not come back as instances.
-        gone = [r.occurrence_start_at for r in occurrences
-                if r not in live and r.occurrence_start_at is not None and r.google_event_id is None]
+        live = [r for r in occurrences if r.room_id == series.room_id
+                and (r.status in LIVE_STATUSES or r.status == ReservationStatus.CONFLICT)]
+        # Every other occurrence (cancelled, released, or moved alone to another room, where it is an
+        # event of its own) is left out of the rule, so that no new version of it (the rule's times
+        # moved, or the event made anew) brings its instance back.
+        gone = [r.occurrence_start_at for r in occurrences if r not in live and r.occurrence_start_at is not None]
         version = series.version
     calendar_id = series.room.calendar_id
     send_updates = _send_updates(config)

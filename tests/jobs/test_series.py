@@ -18,6 +18,7 @@ from roombridge.models import Reservation, ReservationSeries, ReservationStatus,
 from roombridge.sync import sync_room_now
 from tests.factories import make_reservation
 from tests.jobs.test_reservations import (  # noqa: F401 (fixtures)
+    OTHER_ROOM,
     ROOM,
     calendar_of,
     delegated,
@@ -261,3 +262,25 @@ def test_a_monthly_series_on_the_second_tuesday_is_expanded_as_google_does(googl
     assert all(r.start_at.astimezone(start.tzinfo).weekday() == 1 and 8 <= r.start_at.astimezone(start.tzinfo).day
                <= 14 for r in found)
     assert [r.google_event_id for r in found] == [i["id"] for i in instances(app, event["id"])]
+
+
+def test_one_occurrence_moved_to_another_room_becomes_an_event_of_its_own_there(google, emulator, smtp_server):  # noqa: F811
+    app, (room_id, other_room_id) = google
+    ids, _, event = written_series(app, emulator, room_id, 3)
+    smtp_server.wait_for(1)
+    second = occurrences(app, ids=ids)[1]
+    edit_as_alice(app, second.id, room_id=other_room_id)
+
+    [moved] = live_events(emulator, OTHER_ROOM)
+    assert "recurrence" not in moved and "recurringEventId" not in moved
+    listed = {i["id"]: i for i in instances(app, event["id"])}
+    assert listed.get(second.google_event_id, {"status": "cancelled"})["status"] == "cancelled"
+    assert [e["id"] for e in live_events(emulator, ROOM) if e.get("recurrence")] == [event["id"]]
+    assert occurrences(app, ids=[second.id])[0].google_event_id == moved["id"]
+    [*_, (_, cancel), (_, request)] = smtp_server.wait_for(3)
+    [cancelled] = calendar_of(cancel).walk("VEVENT")
+    assert (str(cancelled["UID"]), cancelled.decoded("RECURRENCE-ID")) == (
+        f"{event['id']}@google.com", second.start_at.astimezone(UTC))
+    [invited] = calendar_of(request).walk("VEVENT")
+    assert str(invited["UID"]) == f"{moved['id']}@google.com" and "RECURRENCE-ID" not in invited
+    assert str(invited["ORGANIZER"]) == f"mailto:{OTHER_ROOM}"
