@@ -345,16 +345,19 @@ def _write_series(session: Session, config: Config, gateway: CalendarGateway, se
 
 
 def _record_series(session: Session, series_id: str, version: int, *, tell=(), **changes) -> None:
-    """Store what Google now holds of a series. If the series changed since it was read (an edit
-    announced another publish), only where its event lives is kept, and it stays due."""
+    """Store what Google now holds of a series. If the series changed since it was read (an edit, or
+    another occurrence's job that wrote it at the same time), only where its event lives is kept and
+    nobody is told: the other write tells them. A CANCEL (the event is gone) is told anyway."""
     with unit_of_work(session):
         series = session.get(ReservationSeries, series_id, populate_existing=True)
-        if series.version != version:
+        whole = series.version == version
+        if not whole:
             changes = {k: v for k, v in changes.items() if k in GOOGLE_FACTS}
         for name, value in changes.items():
             setattr(series, name, value)
         for event in tell:
-            announce(session, event)
+            if whole or event.method == "CANCEL":
+                announce(session, event)
 
 
 def _decline_as_room(session: Session, gateway: CalendarGateway, reservation: Reservation) -> str:

@@ -90,6 +90,8 @@ def test_a_series_is_one_recurring_event_with_exdates_and_one_invitation(google,
     ids = book_series(app, room_id, start, end, skip_conflicts=True)
     assert len(ids) == 3
     run_jobs(app, queues=("write", "default"))
+    # Three occurrences, one Calendar call: the insert of the recurring event (the others only record).
+    assert [r["method"] for r in emulator.state.requests(calendar=ROOM)] == ["POST"]
 
     [event] = live_events(emulator, ROOM)
     rule = f"FREQ=WEEKLY;BYDAY={['MO', 'TU', 'WE', 'TH', 'FR', 'SA', 'SU'][start.weekday()]};COUNT=4"
