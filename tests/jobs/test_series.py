@@ -286,3 +286,29 @@ def test_one_occurrence_moved_to_another_room_becomes_an_event_of_its_own_there(
     [invited] = calendar_of(request).walk("VEVENT")
     assert str(invited["UID"]) == f"{moved['id']}@google.com" and "RECURRENCE-ID" not in invited
     assert str(invited["ORGANIZER"]) == f"mailto:{OTHER_ROOM}"
+
+
+def test_an_instance_of_our_series_moved_or_deleted_in_google_is_applied_to_that_occurrence(
+        google, emulator, smtp_server):  # noqa: F811
+    app, (room_id, _) = google
+    ids, _, event = written_series(app, emulator, room_id, 3)
+    smtp_server.wait_for(1)
+    first, second, _third = occurrences(app, ids=ids)
+    later = second.start_at + timedelta(hours=3)
+    emulator.state.admin_patch_event(ROOM, second.google_event_id, {
+        "start": later.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "end": (later + (second.end_at - second.start_at)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    emulator.state.admin_delete_event(ROOM, first.google_event_id)
+    sync(app, room_id)
+    run_jobs(app, queues=("default",))
+
+    found = occurrences(app, ids=ids)
+    assert [r.status for r in found] == [ReservationStatus.CANCELLED, ReservationStatus.CONFIRMED,
+                                         ReservationStatus.CONFIRMED]
+    assert found[1].start_at == later and found[1].occurrence_start_at == second.start_at
+    with app.app_context():  # nothing imported: both are ours
+        assert db.session().scalar(sa.select(sa.func.count()).select_from(Reservation)) == 3
+    notices = [calendar_of(message).walk("VEVENT")[0] for _, message in smtp_server.wait_for(3)[1:]]
+    assert sorted(v.decoded("RECURRENCE-ID") for v in notices) == [first.start_at.astimezone(UTC),
+                                                                     second.start_at.astimezone(UTC)]
+    assert {str(v["UID"]) for v in notices} == {f"{event['id']}@google.com"}
