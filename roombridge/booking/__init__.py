@@ -7,7 +7,8 @@ HTTP. By concern:
   forms, the admin's room edits and the commands all share;
 - `recurrence`: repeat rules (dateutil's rrule: daily, weekly, every N, monthly), at the same
   wall-clock time across DST;
-- `commands`: book, edit, cancel, retry the Google write (each its own unit of work);
+- `commands`: book, edit, cancel (for a series occurrence: this, following or all of them),
+  retry the Google write (each its own unit of work);
 - `queries`: what an actor may see, lists, the day's timeline, the free-room finder and what it
   may offer (the same time rules as booking, next free, nearest free slots, other rooms that fit);
 - `conflicts`: clash queries, the database's last word on a race, conflicts settling.

@@ -403,6 +403,9 @@ def _edit_series_once(session: Session, config: Config, reservation_id: int, sco
     """An edit of this and the following, or of all, occurrences of a series."""
     changes = dict(changes)  # a retried unit starts again from the same request
     reservation = _changeable(session, reservation_id, actor_email, actor_is_admin)
+    if not reservation.series_id:  # a single booking: the scope is itself
+        return _edit_once(session, config, reservation_id, actor_email=actor_email, actor_is_admin=actor_is_admin,
+                          now=now, freed=freed, **changes)
     if reservation.source == ReservationSource.GOOGLE:
         raise NotAllowed("This booking was made in Google Calendar; change it there.")
     if not reservation.is_live:

@@ -337,6 +337,15 @@ def test_scope_edits_and_cancels_one_following_or_all_occurrences(api):
         "pending", "pending", "cancelled", "cancelled"]
     assert api.call("DELETE", f"/reservations/{ids[0]}").json["status"] == "cancelled"
     assert api.call("GET", f"/reservations/{ids[1]}").json["status"] == "pending"
+    # A single booking: every scope is itself, and it may move to another day.
+    single = api.book(start=slot(days=4)[0], end=slot(days=4)[1]).json
+    moved = api.call("PATCH", f"/reservations/{single['id']}?scope=all",
+                     json={"start": slot(days=6)[0], "end": slot(days=6)[1]})
+    assert moved.status_code == 200 and moved.json["start_local"] == slot(days=6)[0]
+    # A series moves within its days ("all" to another day is refused, saying why).
+    refused = api.call("PATCH", f"/reservations/{ids[1]}?scope=all",
+                       json={"start": slot(days=5)[0], "end": slot(days=5)[1]})
+    assert refused.status_code == 422 and "within its days" in refused.json["errors"]["start"][0]
 
 
 def test_rooms_and_availability(api):
