@@ -26,7 +26,8 @@ from flask import (
 from flask_wtf.csrf import CSRFError
 
 from roombridge import api_tokens, booking, checkin, db, people
-from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room
+from roombridge.booking.recurrence import describe as describe_rule
+from roombridge.models import Reservation, ReservationSeries, ReservationSource, ReservationStatus, Room
 from webapp.auth import current_user, login_required
 from webapp.forms import MONTHLY_CHOICES, REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
 from webapp.limits import booking_writes
@@ -519,7 +520,10 @@ def reservation(reservation_id: int):
     now = datetime.now(UTC)
     may_change = (booking.can_change(found, user.email, user.is_admin)
                   and found.source != ReservationSource.GOOGLE and found.is_live)
+    series = db.session().get(ReservationSeries, found.series_id) if found.series_id else None
+    repeats = describe_rule(series.rule, _zone(series.room)) if series is not None else None
     return render_template("reservation.html", reservation=found, zone=_zone(found.room), status=status_payload(found),
+                           repeats=repeats,
                            may_change=may_change, may_check_in=checkin.can_check_in(found, _config(), now),
                            under_way=may_change and found.start_at <= now < found.end_at,
                            extensions=checkin.EXTENSIONS)

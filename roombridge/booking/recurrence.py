@@ -106,6 +106,33 @@ def shift_until(line: str, delta: timedelta) -> str:
     return f"{head}:{';'.join(parts)}"
 
 
+_DAY_NAMES = dict(zip(_DAY_CODES, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+                       strict=True))
+_ORDINALS = {"1": "first", "2": "second", "3": "third", "4": "fourth", "-1": "last"}
+
+
+def describe(line: str, zone: ZoneInfo) -> str:
+    """An RRULE line in words, e.g. "Every 2 weeks on Monday and Thursday, until Fri 30 Jan 2026"."""
+    parts = dict(part.split("=", 1) for part in line.partition(":")[2].split(";") if "=" in part)
+    unit = {"DAILY": "day", "WEEKLY": "week", "MONTHLY": "month"}.get(parts.get("FREQ", ""), "time")
+    interval = int(parts.get("INTERVAL", "1"))
+    words = f"Every {interval} {unit}s" if interval > 1 else f"Every {unit}"
+    days = []
+    for code in filter(None, parts.get("BYDAY", "").split(",")):
+        ordinal, name = code[:-2], _DAY_NAMES.get(code[-2:], code[-2:])
+        days.append(f"the {_ORDINALS.get(ordinal, ordinal)} {name}" if ordinal else name)
+    if days:
+        words += " on " + (", ".join(days[:-1]) + " and " + days[-1] if len(days) > 1 else days[0])
+    if "BYMONTHDAY" in parts:
+        words += f" on day {parts['BYMONTHDAY']}"
+    if "COUNT" in parts:
+        words += f", {parts['COUNT']} times"
+    elif "UNTIL" in parts:
+        until = datetime.strptime(parts["UNTIL"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).astimezone(zone)
+        words += f", until {until:%a %d %b %Y}"
+    return words
+
+
 def occurrences_of(line: str, first_start: datetime, zone: ZoneInfo, limit: int) -> list[datetime]:
     """The UTC starts an RRULE line gives from `first_start`, at its wall-clock time in `zone` (at most `limit`)."""
     local = first_start.astimezone(zone).replace(tzinfo=None)

@@ -37,6 +37,9 @@ def test_edit_one_occurrence_then_all_occurrences_of_a_series(stack, page):
     page.get_by_label("Number of occurrences").fill("3")
     page.get_by_role("button", name="Book", exact=True).click()
     expect(page.get_by_role("heading", name="Stand-up")).to_be_visible()
+    expect(page.locator("#repeats")).to_contain_text("Every week on")
+    expect(page.locator("#repeats")).to_contain_text("3 times")
+    assert_accessible(page)
     wait_until(lambda: [s for _, _, s in _occurrences(stack)] == ["confirmed"] * 3, timeout=20)
     [series] = _events(stack)
     assert series["recurrence"][0].startswith("RRULE:FREQ=WEEKLY") and "COUNT=3" in series["recurrence"][0]

@@ -439,3 +439,7 @@ def test_repeat_rule_limits_and_its_rrule_line(session, config):
                       start, LONDON) == "RRULE:FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,WE;UNTIL=20300630T225959Z"
     assert rrule_line(booking.Recurrence("monthly", monthly="weekday", count=3), at(date(2030, 1, 29), 10),
                       LONDON) == "RRULE:FREQ=MONTHLY;BYDAY=-1TU;COUNT=3"
+    from roombridge.booking.recurrence import describe
+    assert describe("RRULE:FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,WE;UNTIL=20300630T225959Z", LONDON) == (
+        "Every 2 weeks on Monday and Wednesday, until Sun 30 Jun 2030")
+    assert describe("RRULE:FREQ=MONTHLY;BYDAY=2TU;COUNT=3", LONDON) == "Every month on the second Tuesday, 3 times"

@@ -208,6 +208,7 @@ def test_edit_and_cancel_forms_offer_the_scope_for_a_series_occurrence(client, a
     ids = [r.id for r in _book_series(client, app, rooms, "weekly")]
     single = _add(app, rooms["cygnus"], at(14), at(15), source=ReservationSource.WEB)
     assert 'name="scope"' not in client.get(f"/reservations/{single}/edit").get_data(as_text=True)
+    assert "Every week on" in client.get(f"/reservations/{ids[1]}").get_data(as_text=True)
     edit_page = client.get(f"/reservations/{ids[1]}/edit").get_data(as_text=True)
     assert 'value="following"' in edit_page and 'value="all"' in edit_page
     assert 'name="scope"' in client.get(f"/reservations/{ids[1]}/cancel").get_data(as_text=True)
