@@ -459,10 +459,18 @@ def _edit_series_once(session: Session, config: Config, reservation_id: int, sco
                             now=now, freed=freed, as_part_of_series=series is not None, **fields)
         results.append(result)
     if series is not None:
+        before = list(series.attendees or [])
         for name in ("title", "description", "attendees"):
             if changes[name] is not _UNSET:  # as the rules cleaned it on the occurrence
                 setattr(series, name, list(reservation.attendees or []) if name == "attendees"
                         else getattr(reservation, name))
+        removed = [a for a in before if a not in (series.attendees or [])]
+        if series.invitation_due and not actor_is_admin:
+            # One update of the whole series to everyone, and one CANCEL to each person dropped.
+            take_invitations(config, series.organiser_email,
+                             len({series.organiser_email, *(series.attendees or [])}) + len(removed))
+        if removed and series.google_event_id:
+            announce(session, InvitationDue(reservation.id, "CANCEL", tuple(removed), series.google_event_id))
         session.flush()
         for target in targets:
             if target.status == ReservationStatus.PENDING:

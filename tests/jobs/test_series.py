@@ -201,9 +201,17 @@ def test_this_and_following_ends_the_series_and_starts_a_new_recurring_event(goo
 def test_all_occurrences_edit_patches_the_event_and_all_cancel_deletes_it(google, emulator, smtp_server):  # noqa: F811
     app, (room_id, _) = google
     ids, start, event = written_series(app, emulator, room_id, 3)
+    smtp_server.wait_for(1)
     second = occurrences(app, ids=ids)[1]
     edit_as_alice(app, second.id, title="Renamed", start=second.start_at + timedelta(minutes=30),
-                  end=second.end_at + timedelta(minutes=30), scope="all")
+                  end=second.end_at + timedelta(minutes=30), attendees=["carol@example.com"], scope="all")
+    # One CANCEL of the whole series to Bob (dropped), one updated REQUEST of it to the rest.
+    mails = smtp_server.wait_for(3)[1:]
+    by_method = {str(calendar_of(m)["METHOD"]): (sorted(r), calendar_of(m).walk("VEVENT")[0]) for r, m in mails}
+    assert by_method["CANCEL"][0] == ["bob@example.com"]
+    assert by_method["REQUEST"][0] == [ALICE, "carol@example.com"]
+    assert {str(v["UID"]) for _, v in by_method.values()} == {f"{event['id']}@google.com"}
+    assert "RRULE" in by_method["REQUEST"][1] and "RECURRENCE-ID" not in by_method["REQUEST"][1]
     [patched] = live_events(emulator, ROOM)
     assert patched["id"] == event["id"] and patched["summary"] == "Renamed"
     assert datetime.fromisoformat(patched["start"]["dateTime"]) == start + timedelta(minutes=30)
