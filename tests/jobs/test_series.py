@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from icalendar import Calendar, vRecur
 
-from roombridge import booking, db
+from roombridge import booking, db, invitations
 from roombridge.gcal import CalendarGateway, instance_id_for
-from roombridge.models import Reservation, ReservationSeries, ReservationStatus, Room
+from roombridge.models import Reservation, ReservationSeries, ReservationStatus, Room, SentInvitation
 from roombridge.sync import sync_room_now
 from tests.factories import make_reservation
 from tests.jobs.test_reservations import (  # noqa: F401 (fixtures)
@@ -324,3 +324,56 @@ def test_an_instance_of_our_series_moved_or_deleted_in_google_is_applied_to_that
     assert sorted(v.decoded("RECURRENCE-ID") for v in notices) == [first.start_at.astimezone(UTC),
                                                                      second.start_at.astimezone(UTC)]
     assert {str(v["UID"]) for v in notices} == {f"{event['id']}@google.com"}
+
+
+def sent_records(app) -> dict[tuple[str, str], tuple[str, int, str | None]]:
+    with app.app_context():
+        return {(r.uid, r.recurrence_id): (r.method, r.sequence, r.rrule)
+                for r in db.session().scalars(sa.select(SentInvitation))}
+
+
+def test_series_mails_are_what_people_were_sent_made_current(google, emulator, smtp_server):  # noqa: F811
+    """The series and each occurrence are kept per UID and RECURRENCE-ID (sent_invitations): a new title
+    sends nothing, a mail job run again sends nothing twice, an occurrence's update supersedes the
+    series' and an occurrence changed back to the series' values is told so."""
+    app, (room_id, _) = google
+    ids, _, event = written_series(app, emulator, room_id, 3)
+    uid = f"{event['id']}@google.com"
+    assert sent_records(app) == {(uid, ""): ("REQUEST", 0, event["recurrence"][0])}
+    first, second, _third = occurrences(app, ids=ids)
+
+    edit_as_alice(app, second.id, title="Renamed", scope="all")
+    edit_as_alice(app, first.id, title="Only this one")
+    assert [e["summary"] for e in live_events(emulator, ROOM) if e.get("recurrence")] == ["Renamed"]
+    assert len(smtp_server.messages) == 1  # titles alone: no update, for the series or an occurrence
+    for reservation_id in ids:  # every occurrence's mail job again: nothing new to send
+        with app.app_context():
+            assert invitations.mail_invitations(db.session(), app.config["ROOMBRIDGE"], reservation_id) == (
+                "nothing to send")
+
+    later = second.start_at + timedelta(hours=1)
+    edit_as_alice(app, second.id, start=later, end=later + (second.end_at - second.start_at))
+    rid = second.start_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    assert sent_records(app)[(uid, rid)] == ("REQUEST", 1, None)
+    edit_as_alice(app, second.id, start=second.start_at, end=second.end_at)  # back where the rule has it
+    [*_, back] = smtp_server.invitations(3)
+    assert (back.method, back.uid, back.start, back.sequence) == ("REQUEST", uid, second.start_at, 2)
+    assert back.event.decoded("RECURRENCE-ID") == second.start_at.astimezone(UTC)
+    assert len(smtp_server.messages) == 3
+
+
+def test_all_occurrences_moved_to_another_room_cancel_the_old_series_and_invite_to_the_new(
+        google, emulator, smtp_server):  # noqa: F811
+    app, (room_id, other_room_id) = google
+    ids, _, event = written_series(app, emulator, room_id, 3)
+    smtp_server.wait_for(1)
+    edit_as_alice(app, ids[1], room_id=other_room_id, scope="all")
+    [moved] = live_events(emulator, OTHER_ROOM)
+    assert live_events(emulator, ROOM) == [] and moved["recurrence"][0] == event["recurrence"][0]
+    [_, cancel, request] = smtp_server.invitations(3)
+    assert (cancel.method, cancel.uid, cancel.organiser) == ("CANCEL", f"{event['id']}@google.com", ROOM)
+    assert "RRULE" in cancel.event and "RECURRENCE-ID" not in cancel.event
+    assert (request.method, request.uid, request.organiser) == ("REQUEST", f"{moved['id']}@google.com", OTHER_ROOM)
+    assert sorted(request.recipients) == [ALICE, "bob@example.com"] and "RRULE" in request.event
+    run_jobs(app, queues=("write", "default"))
+    assert len(smtp_server.messages) == 3  # the occurrences' own jobs find nothing more to send
