@@ -20,6 +20,11 @@ makes their calendars match the reservation as stored now (`due_mails`):
   and UID, never the reservation's new ones;
 - nothing for a UID that never had a REQUEST, and nothing while a Google write is pending.
 
+A series booked here is one recurring event, so one UID (`series_due_mails`): the whole
+series is kept as above (its REQUEST carries the RRULE and EXDATEs), and each occurrence
+apart under the same UID and its RECURRENCE-ID: an update when it alone differs from the
+series for people, a CANCEL when it alone is cancelled or moved to another room.
+
 SEQUENCE counts per UID and grows with every mail about it, as RFC 5546 requires for an
 update to supersede. In a room that needs a check-in, the REQUEST carries the signed
 one-click check-in link (roombridge/checkin.py). The organiser's check-in notices
