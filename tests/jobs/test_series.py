@@ -367,13 +367,23 @@ def test_all_occurrences_moved_to_another_room_cancel_the_old_series_and_invite_
     app, (room_id, other_room_id) = google
     ids, _, event = written_series(app, emulator, room_id, 3)
     smtp_server.wait_for(1)
+    third = occurrences(app, ids=ids)[2]
+    with app.app_context():
+        booking.cancel(db.session(), app.config["ROOMBRIDGE"], third.id, actor_email=ALICE, actor_is_admin=False)
+    run_jobs(app, queues=("write", "default"))
     edit_as_alice(app, ids[1], room_id=other_room_id, scope="all")
-    [moved] = live_events(emulator, OTHER_ROOM)
-    assert live_events(emulator, ROOM) == [] and moved["recurrence"][0] == event["recurrence"][0]
-    [_, cancel, request] = smtp_server.invitations(3)
+    [moved] = [e for e in live_events(emulator, OTHER_ROOM) if e.get("recurrence")]
+    assert [e for e in live_events(emulator, ROOM) if e.get("recurrence")] == []
+    assert moved["recurrence"][0] == event["recurrence"][0]
+    [_, gone, cancel, request, gone_again] = smtp_server.invitations(5)
+    assert (gone.method, gone.uid, gone.event.decoded("RECURRENCE-ID")) == (
+        "CANCEL", f"{event['id']}@google.com", third.start_at.astimezone(UTC))
     assert (cancel.method, cancel.uid, cancel.organiser) == ("CANCEL", f"{event['id']}@google.com", ROOM)
     assert "RRULE" in cancel.event and "RECURRENCE-ID" not in cancel.event
     assert (request.method, request.uid, request.organiser) == ("REQUEST", f"{moved['id']}@google.com", OTHER_ROOM)
     assert sorted(request.recipients) == [ALICE, "bob@example.com"] and "RRULE" in request.event
+    # The new event's people are told the occurrence cancelled alone is not part of it either.
+    assert (gone_again.method, gone_again.uid, gone_again.event.decoded("RECURRENCE-ID")) == (
+        "CANCEL", f"{moved['id']}@google.com", third.start_at.astimezone(UTC))
     run_jobs(app, queues=("write", "default"))
-    assert len(smtp_server.messages) == 3  # the occurrences' own jobs find nothing more to send
+    assert len(smtp_server.messages) == 5  # the occurrences' own jobs find nothing more to send
