@@ -78,7 +78,9 @@ def send_invitations(reservation_id: int, *_queued_before_0011) -> str:
     event id; the reservation and what was sent now say all of that.)
     """
     config: Config = current_app.config["ROOMBRIDGE"]
-    lock = RedisLock(redis(), f"roombridge:mail:lock:{reservation_id}", MAIL_LOCK_TTL_SECONDS)
+    # The occurrences of a series share one lock: the job of any of them mails the series too.
+    name = invitations.mail_lock_name(db.session(), reservation_id)
+    lock = RedisLock(redis(), f"roombridge:mail:lock:{name}", MAIL_LOCK_TTL_SECONDS)
     if not lock.acquire(wait_seconds=MAIL_LOCK_WAIT_SECONDS):
         raise MailBusy(f"reservation {reservation_id} is being mailed by another worker")
     try:

@@ -129,6 +129,17 @@ def event_id_for(reservation_id: int, revision: int = 0) -> str:
     return base64.b32hexencode(raw).decode().rstrip("=").lower()
 
 
+def series_event_id_for(series_id: str, revision: int = 0) -> str:
+    """The deterministic Google event id of a series booked here (one recurring event), as `event_id_for`."""
+    raw = f"roombridge-series:{series_id}:{revision}".encode()
+    return base64.b32hexencode(raw).decode().rstrip("=").lower()
+
+
+def instance_id_for(event_id: str, original_start: datetime) -> str:
+    """Google's id of a recurring event's instance: `<eventId>_<its original start, UTC, YYYYMMDDTHHMMSSZ>`."""
+    return f"{event_id}_{original_start.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+
 def reservation_signature(reservation_id: int, key: str) -> str:
     """What SIGNATURE_PROPERTY holds for our reservation: HMAC-SHA256 of its id under `key` (SECRET_KEY)."""
     return hmac.new(key.encode("utf-8", "surrogatepass"), f"reservation:{reservation_id}".encode(),

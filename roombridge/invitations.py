@@ -20,6 +20,11 @@ makes their calendars match the reservation as stored now (`due_mails`):
   and UID, never the reservation's new ones;
 - nothing for a UID that never had a REQUEST, and nothing while a Google write is pending.
 
+A series booked here is one recurring event, so one UID (`series_due_mails`): the whole
+series is kept as above (its REQUEST carries the RRULE and EXDATEs), and each occurrence
+apart under the same UID and its RECURRENCE-ID: an update when it alone differs from the
+series for people, a CANCEL when it alone is cancelled or moved to another room.
+
 SEQUENCE counts per UID and grows with every mail about it, as RFC 5546 requires for an
 update to supersede. In a room that needs a check-in, the REQUEST carries the signed
 one-click check-in link (roombridge/checkin.py). The organiser's check-in notices
@@ -31,7 +36,7 @@ from __future__ import annotations
 import email.policy
 import logging
 import smtplib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
@@ -43,9 +48,10 @@ from icalendar import Calendar, Event, vCalAddress, vRecur, vText
 from sqlalchemy.orm import Session
 
 from roombridge import checkin
+from roombridge.booking.recurrence import occurrences_of
 from roombridge.booking.rules import one_line
 from roombridge.config import Config
-from roombridge.models import Reservation, ReservationSource, ReservationStatus, SentInvitation
+from roombridge.models import Reservation, ReservationSeries, ReservationSource, ReservationStatus, SentInvitation
 from roombridge.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -342,12 +348,14 @@ class Mail:
 
 @dataclass(frozen=True)
 class Step:
-    """The mails about one UID, and what people hold for it once they are sent."""
+    """The mails about one UID (and occurrence), and what people hold for it once they are sent."""
 
     mails: tuple[Mail, ...]
     method: str
     meeting: Meeting
     sequence: int
+    # Whose check-in link a REQUEST carries (a room that needs check-ins): one booking or occurrence.
+    checkin_for: int | None = None
 
 
 def held_key(reservation: Reservation) -> tuple[str, str] | None:
@@ -359,67 +367,191 @@ def held_key(reservation: Reservation) -> tuple[str, str] | None:
     return ical_uid(reservation.google_event_id), ""
 
 
-def due_mails(reservation: Reservation, sent: list[SentInvitation]) -> list[Step]:
-    """What people must be sent so their calendars match the reservation, given what they were sent."""
+def _cancel_held(record: SentInvitation) -> Step:
+    """People hold an event (or occurrence) the reservation no longer has: cancel it as they know it."""
+    old = meeting_sent(record)
+    sequence = record.sequence + 1
+    return Step((Mail("CANCEL", old, sequence, old.attendees),), "CANCEL", old, sequence)
+
+
+def _updates(last: Meeting | None, current: Meeting, sequence: int) -> tuple[Mail, ...]:
+    """The mails that make people's `last` (None: they hold nothing) into `current`, at `sequence`.
+
+    Nothing when only its title or description changed (`Meeting.changed_for_people` says why);
+    attendees who were removed get a CANCEL that lists them, everyone else the REQUEST.
+    """
+    if last is None:
+        return (Mail("REQUEST", current, sequence, current.attendees),)
+    if not last.changed_for_people(current):
+        return ()
+    removed = tuple(a for a in last.attendees if a not in current.attendees)
+    cancel = (Mail("CANCEL", last, sequence, removed),) if removed else ()
+    return (*cancel, Mail("REQUEST", current, sequence, current.attendees))
+
+
+def due_mails(reservation: Reservation, sent: list[SentInvitation], *, instance: bool = False) -> list[Step]:
+    """What people must be sent so their calendars match the reservation, given what they were sent.
+
+    `instance`: the reservation is an instance of a series booked here (`ReservationSeries.holds`);
+    its event is the series', which `series_due_mails` keeps, so it holds no event of its own.
+    """
     if reservation.source == ReservationSource.GOOGLE:
         return []  # made in Google: Google invited its people
-    held = held_key(reservation)
-    steps = []
-    for record in sent:
-        if record.method == "REQUEST" and (record.uid, record.recurrence_id) != held:
-            # People hold an event the reservation no longer has: cancel it as they know it.
-            old = meeting_sent(record)
-            sequence = record.sequence + 1
-            steps.append(Step((Mail("CANCEL", old, sequence, old.attendees),), "CANCEL", old, sequence))
+    held = None if instance else held_key(reservation)
+    steps = [_cancel_held(record) for record in sent
+             if record.method == "REQUEST" and (record.uid, record.recurrence_id) != held]
     if held is None or reservation.status != ReservationStatus.CONFIRMED:
         return steps  # pending: the Google write announces again once it is done; failed: Google kept the old
     current = meeting_of(reservation)
     record = next((r for r in sent if (r.uid, r.recurrence_id) == held), None)
     if record is None or record.method != "REQUEST":
-        sequence = record.sequence + 1 if record else 0
-        return [*steps, Step((Mail("REQUEST", current, sequence, current.attendees),), "REQUEST", current,
-                                sequence)]
-    last = meeting_sent(record)
-    if not last.changed_for_people(current):
-        return steps  # a new title or description alone: no mail (Meeting.changed_for_people says why)
-    sequence = record.sequence + 1
-    removed = tuple(a for a in last.attendees if a not in current.attendees)
-    mails = (Mail("CANCEL", last, sequence, removed),) if removed else ()
-    return [*steps, Step((*mails, Mail("REQUEST", current, sequence, current.attendees)), "REQUEST", current,
-                                sequence)]
+        last, sequence = None, record.sequence + 1 if record else 0
+    else:
+        last, sequence = meeting_sent(record), record.sequence + 1
+    mails = _updates(last, current, sequence)
+    return [*steps, Step(mails, "REQUEST", current, sequence, reservation.id)] if mails else steps
+
+
+def series_meeting(series: ReservationSeries) -> Meeting:
+    """A series booked here as its recurring event stands: the rule, the dates it leaves out, the "all" values."""
+    room = series.room
+    people = [series.organiser_email]
+    people += [a for a in series.attendees or [] if a not in people]
+    return Meeting(
+        uid=ical_uid(series.google_event_id or ""), organiser=room.calendar_id, organiser_name=room.name,
+        location=room.name, summary=series.title, description=series.description or "", start_at=series.start_at,
+        end_at=series.end_at, time_zone=room.time_zone or "UTC", booker=series.organiser_email,
+        attendees=tuple(people), rrule=series.rule,
+        exdates=tuple(datetime.fromisoformat(moment) for moment in series.exdates or ()),
+    )
+
+
+def series_due_mails(series: ReservationSeries, occurrences: list[Reservation],
+                     sent: list[SentInvitation]) -> list[Step]:
+    """What people must be sent so their calendars match a series booked here, given what they were sent.
+
+    One REQUEST of the whole series (RRULE, EXDATE) under its recurring event's UID, kept as a
+    single event's (`_updates`: an all/following edit that drops attendees CANCELs the series
+    for them; a new title alone sends nothing). Each occurrence is filed under the same UID with
+    its RECURRENCE-ID: one that differs from the series for people (its time, or who is invited)
+    gets a REQUEST of its own; one cancelled, released or moved alone to another room while the
+    rule still has it gets a CANCEL. The SEQUENCE of an occurrence's mail is above the series'
+    last, so it supersedes it. A series UID people hold that the series no longer has (moved to
+    another room, deleted) is cancelled as they know it; its occurrences go with it.
+    `sent`: the series' records (filed under its first reservation, `mail_invitations`).
+    """
+    held = (ical_uid(series.google_event_id), "") if series.google_event_id and series.google_calendar_id else None
+    steps = [_cancel_held(record) for record in sent
+             if record.method == "REQUEST" and not record.recurrence_id and (record.uid, "") != held]
+    if held is None or series.write_due:
+        return steps  # gone, or its Google write pending: that write announces again once it is done
+    records = {(record.uid, record.recurrence_id): record for record in sent}
+    current = series_meeting(series)
+    record = records.get(held)
+    if record is None or record.method != "REQUEST":
+        last, sequence = None, record.sequence + 1 if record else 0
+    else:
+        last, sequence = meeting_sent(record), record.sequence + 1
+    mails = _updates(last, current, sequence)
+    if mails:
+        steps.append(Step(mails, "REQUEST", current, sequence))
+        master, master_sequence = current, sequence
+    else:
+        master, master_sequence = last, record.sequence
+    in_rule = set(occurrences_of(series.rule, series.start_at, series.room.zone, MAX_RULE_OCCURRENCES))
+    in_rule -= set(master.exdates)
+    duration = master.end_at - master.start_at
+    for occurrence in sorted(occurrences, key=lambda r: r.occurrence_start_at or r.start_at):
+        start = occurrence.occurrence_start_at
+        if start is None or occurrence.source == ReservationSource.GOOGLE:
+            continue
+        record = records.get((master.uid, recurrence_key(start)))
+        # What people hold of it: its own last mail, or the series' occurrence at that start.
+        held_occurrence = (meeting_sent(record) if record is not None and record.method == "REQUEST" else
+                           replace(master, start_at=start, end_at=start + duration, rrule=None, exdates=(),
+                                   recurrence_id=start))
+        sequence = max(record.sequence if record is not None else -1, master_sequence) + 1
+        if not series.holds(occurrence) or occurrence.status in (ReservationStatus.CANCELLED,
+                                                                   ReservationStatus.RELEASED):
+            if start in in_rule and (record is None or record.method == "REQUEST"):
+                steps.append(Step((Mail("CANCEL", held_occurrence, sequence, held_occurrence.attendees),),
+                                  "CANCEL", held_occurrence, sequence))
+            continue
+        if occurrence.status != ReservationStatus.CONFIRMED:
+            continue  # its Google write pending (announces again when done), failed or in conflict
+        now = replace(meeting_of(occurrence, series.google_event_id), recurrence_id=start)
+        mails = _updates(held_occurrence, now, sequence)
+        if mails:
+            steps.append(Step(mails, "REQUEST", now, sequence, occurrence.id))
+    return steps
+
+
+# How far the mail job expands a series' rule to tell its occurrences (COUNT or UNTIL ends every rule here).
+MAX_RULE_OCCURRENCES = 5000
+
+
+def mail_lock_name(session: Session, reservation_id: int) -> str:
+    """What the mail job locks: the reservation, or its series (one record of the series for all occurrences)."""
+    with unit_of_work(session, write=False):
+        series_id = session.scalar(sa.select(Reservation.series_id).where(Reservation.id == reservation_id))
+        if series_id and session.get(ReservationSeries, series_id) is not None:
+            return f"series:{series_id}"
+    return str(reservation_id)
 
 
 def mail_invitations(session: Session, config: Config, reservation_id: int, now: datetime | None = None) -> str:
     """Mail people what makes their calendars match the reservation as stored now; returns what was done.
 
+    For an occurrence of a series booked here, the series too (`series_due_mails`): its records
+    are filed under its first reservation, whichever occurrence's change brought the job.
     Reads in a read unit of work, mails with none open, and records each UID's mails once
     they were handed to SMTP, in a short write unit. SMTP errors propagate for the mail job
     to retry: UIDs done before are recorded and not mailed again; a mail of the UID that
     failed may go again, with the same SEQUENCE, which clients file as the same update. The
-    caller makes sure only one runs per reservation at a time (jobs/reservations.py).
+    caller makes sure only one runs per reservation (or series) at a time (`mail_lock_name`,
+    jobs/reservations.py).
     """
     sender = sender_address(config)
     with unit_of_work(session, write=False):
         reservation = session.get(Reservation, reservation_id, populate_existing=True)
         if reservation is None:
             return "gone"
+        series = (session.get(ReservationSeries, reservation.series_id, populate_existing=True)
+                  if reservation.series_id else None)
         sent = list(session.scalars(sa.select(SentInvitation).where(SentInvitation.reservation_id == reservation_id)
                                     .order_by(SentInvitation.sent_at)))
-        steps = due_mails(reservation, sent)
-        inviting = any(mail.method == "REQUEST" for step in steps for mail in step.mails)
-        required = inviting and checkin.CheckinPolicy.for_room(reservation.room, config).required
-        link = checkin.link_url(config, reservation) if required else None
+        own = [r for r in sent if r.rrule is None and not r.recurrence_id]
+        instance = series is not None and series.holds(reservation)
+        steps = [(reservation_id, step) for step in due_mails(reservation, own, instance=instance)]
+        people: dict[int, Reservation] = {reservation.id: reservation}
+        if series is not None:
+            occurrences = list(session.scalars(sa.select(Reservation).where(Reservation.series_id == series.id)
+                                               .order_by(Reservation.id).execution_options(populate_existing=True)))
+            first = occurrences[0].id
+            series_sent = session.scalars(sa.select(SentInvitation).where(
+                SentInvitation.reservation_id == first,
+                sa.or_(SentInvitation.rrule.is_not(None), SentInvitation.recurrence_id != "")))
+            # The series' CANCELs first: an occurrence moved to another room is cancelled before its own invitation.
+            steps = [(first, step) for step in series_due_mails(series, occurrences, list(series_sent))] + steps
+            people.update((r.id, r) for r in occurrences)
+        links = {}
+        for _, step in steps:
+            holder = people.get(step.checkin_for) if step.checkin_for is not None else None
+            if (holder is not None and any(mail.method == "REQUEST" for mail in step.mails)
+                    and checkin.CheckinPolicy.for_room(holder.room, config).required):
+                links[holder.id] = checkin.link_url(config, holder)
     if not steps:
         return "nothing to send"
     done = []
-    for step in steps:
+    for owner, step in steps:
         for mail in step.mails:
+            link = links.get(step.checkin_for) if mail.method == "REQUEST" else None
             invitation = compose(mail.meeting, mail.method, mail.sequence, recipients=mail.recipients,
-                                 sent_by=sender, checkin_url=link if mail.method == "REQUEST" else None, now=now)
+                                 sent_by=sender, checkin_url=link, now=now)
             if not send(to_email(invitation, config.MAIL_FROM), config.SMTP_URL):
                 return "skipped (no SMTP_URL)"  # nothing recorded: nobody holds what was not sent
             done.append(f"{mail.method} {mail.sequence} to {len(mail.recipients)}")
-        _remember(session, reservation_id, step)
+        _remember(session, owner, step)
     return ", ".join(done)
 
 

@@ -15,7 +15,9 @@ Rules, decided on purpose:
 - `cancelled` cancels the mirror. A cancelled event we never mirrored changes nothing.
 - All-day events cover whole days in the room's time zone (`all_day=True`).
 - Recurring series arrive as instances (singleEvents=true): one reservation per instance,
-  `series_id` and `google_recurring_event_id` carrying the series' event id.
+  `series_id` and `google_recurring_event_id` carrying the series' event id. An instance of a
+  series booked here is its occurrence's, found by the instance id stored on it (the instances
+  all carry the series' private property, so it never says which occurrence one is).
 - A Google booking that overlaps a live reservation is kept with status CONFLICT and
   `conflict_with_id`, for admins; it never overwrites the reservation it clashes with.
 - Our own events (found by the event id we stored, or by the private extended properties

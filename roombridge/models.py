@@ -163,8 +163,15 @@ class Reservation(TimestampMixin, Base):
     # Cancelled here, and Google refused to delete its event for good: no periodic retry.
     google_delete_failed: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     source: Mapped[ReservationSource] = mapped_column(_enum(ReservationSource, "reservation_source"))
-    # Recurring bookings made here share a series id; instances from Google carry the series' event id.
+    # Recurring bookings made here share a series id (a `ReservationSeries` row since series became one
+    # recurring event; older series have none and stay separate events); instances from Google carry
+    # the series' event id.
     series_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    # A series occurrence's start in the series' rule (UTC), however the occurrence was moved since:
+    # Google's instance id (`<eventId>_<YYYYMMDDTHHMMSSZ>`) and the iMIP RECURRENCE-ID are made of it.
+    occurrence_start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Its instance was patched in Google (an exception): later changes patch it again, never only record it.
+    instance_exception: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # The Google side. The event id is deterministic for our own reservations (see gcal);
     # the revision grows when an event must be re-created, since Google never reuses a deleted id.
     google_event_id: Mapped[str | None] = mapped_column(sa.String(1024))
@@ -238,6 +245,54 @@ class SentInvitation(Base):
     rrule: Mapped[str | None] = mapped_column(sa.String(500))  # a series: its rule, and the dates it leaves out
     exdates: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # UTC instants, ISO 8601
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReservationSeries(TimestampMixin, Base):
+    """A series booked here: ONE recurring event on the room's Google calendar (roombridge/publish.py).
+
+    Its occurrences are reservations sharing its id as `series_id`; each maps to one instance of the
+    event. The fields here are the event's own (the "all occurrences" values): an occurrence that
+    differs from them is an exception of its instance. `rule` is the RRULE line, `start_at`/`end_at`
+    the first occurrence of the rule, `exdates` the occurrences left out (clashes at booking time).
+    """
+
+    __tablename__ = "reservation_series"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    room_id: Mapped[int] = mapped_column(sa.ForeignKey("rooms.id"), index=True)
+    organiser_email: Mapped[str] = mapped_column(sa.String(254))
+    title: Mapped[str] = mapped_column(sa.String(200))
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    attendees: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    rule: Mapped[str] = mapped_column(sa.String(500))
+    exdates: Mapped[list[str]] = mapped_column(sa.JSON, default=list)  # UTC instants, ISO 8601
+    google_event_id: Mapped[str | None] = mapped_column(sa.String(1024))
+    google_revision: Mapped[int] = mapped_column(default=0)
+    google_calendar_id: Mapped[str | None] = mapped_column(sa.String(254))
+    google_etag: Mapped[str | None] = mapped_column(sa.String(128))
+    google_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The recurring event must be written (inserted, patched, moved or deleted) by the next publish
+    # of any occurrence; and the people told of the whole series (room mode: one invitation).
+    write_due: Mapped[bool] = mapped_column(default=True)
+    invitation_due: Mapped[bool] = mapped_column(default=True)
+    version: Mapped[int] = mapped_column(default=1)
+
+    room: Mapped[Room] = relationship()
+
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def duration(self):
+        return self.end_at - self.start_at
+
+    def holds(self, reservation: Reservation) -> bool:
+        """Whether the reservation is an instance of this series' event: one of its occurrences, in its room
+        (an occurrence moved alone to another room is an event of its own there: an instance cannot leave
+        its calendar)."""
+        return (reservation.series_id == self.id and reservation.occurrence_start_at is not None
+                and reservation.room_id == self.room_id)
 
 
 class WatchChannel(Base):

@@ -27,10 +27,20 @@ from roombridge.gcal import (
     EventNotFound,
     PermanentGoogleError,
     event_id_for,
+    instance_id_for,
     own_properties,
+    series_event_id_for,
     signing_key,
 )
-from roombridge.models import ReleaseReason, Reservation, ReservationSource, ReservationStatus, audit
+from roombridge.models import (
+    LIVE_STATUSES,
+    ReleaseReason,
+    Reservation,
+    ReservationSeries,
+    ReservationSource,
+    ReservationStatus,
+    audit,
+)
 from roombridge.unit_of_work import InvitationDue, announce, unit_of_work
 
 log = logging.getLogger(__name__)
@@ -114,9 +124,12 @@ def publish_reservation(session: Session, config: Config, gateway: CalendarGatew
         _ = reservation.room  # loaded now, inside the read
         if reservation.source == ReservationSource.GOOGLE and not _room_declines(reservation):
             return "google's own"  # made in Google: the sync engine mirrors it, we never write it
+        series = series_of(session, reservation)
     try:
         if reservation.source == ReservationSource.GOOGLE:
             return _decline_as_room(session, gateway, reservation, _decline_comment(reservation))
+        if series is not None:
+            return _publish_occurrence(session, config, gateway, reservation_id, series.id)
         if status in (ReservationStatus.CANCELLED, ReservationStatus.RELEASED):
             return _delete(session, config, gateway, reservation)
         if status != ReservationStatus.PENDING:
@@ -149,6 +162,198 @@ def _delete(session: Session, config: Config, gateway: CalendarGateway, reservat
     gateway.delete_event(reservation.google_calendar_id, event_id, send_updates=_send_updates(config))
     _record(session, reservation, announce_anyway=_tell_people(config, reservation), google_calendar_id=None)
     return "deleted"
+
+
+# --- series: one recurring event ------------------------------------------------------------------
+
+
+def series_of(session: Session, reservation: Reservation) -> ReservationSeries | None:
+    """The recurring event an occurrence is an instance of; None for a single booking, a series
+    booked before series were one event (its occurrences stay separate events), or an occurrence
+    moved to another room (an instance cannot leave its calendar: it becomes an event of its own)."""
+    if not reservation.series_id or reservation.occurrence_start_at is None:
+        return None
+    series = session.get(ReservationSeries, reservation.series_id, populate_existing=True)
+    if series is None or not series.holds(reservation):
+        return None
+    _ = series.room
+    return series
+
+
+def exdate_lines(series: ReservationSeries, also: list[datetime] = ()) -> list[str]:
+    """EXDATE lines (wall time in the room's zone, as Google writes them) for the left-out occurrences."""
+    zone = series.room.zone
+    moments = sorted({*(datetime.fromisoformat(text) for text in series.exdates or []), *also})
+    return [f"EXDATE;TZID={zone.key}:{moment.astimezone(zone):%Y%m%dT%H%M%S}" for moment in moments]
+
+
+def series_body(series: ReservationSeries, config: Config, anchor_id: int, also_excluded: list[datetime] = ()) -> dict:
+    """The recurring Google event of a series: its rule and exclusions, in the room's zone (Google wants
+    `timeZone` on a recurring event's start and end, and expands the rule in that zone's wall time)."""
+    room = series.room
+    zone = room.zone
+    body: dict = {
+        "summary": series.title,
+        "description": event_description(series, delegated=config.delegated_mode),  # type: ignore[arg-type]
+        "location": room.name,
+        "start": {"dateTime": series.start_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
+        "end": {"dateTime": series.end_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
+        "recurrence": [series.rule, *exdate_lines(series, list(also_excluded))],
+        "extendedProperties": {"private": own_properties(anchor_id, signing_key())},
+    }
+    if config.delegated_mode:
+        body["attendees"] = [{"email": a} for a in [series.organiser_email, *(series.attendees or [])]]
+    return body
+
+
+def follows_series(reservation: Reservation, series: ReservationSeries) -> bool:
+    """Whether the occurrence is its instance as the rule makes it (no exception needed)."""
+    return (
+        reservation.start_at == reservation.occurrence_start_at
+        and reservation.end_at - reservation.start_at == series.duration
+        and (reservation.title, reservation.description or "", list(reservation.attendees or []))
+        == (series.title, series.description or "", list(series.attendees or []))
+    )
+
+
+def _publish_occurrence(session: Session, config: Config, gateway: CalendarGateway, reservation_id: int,
+                        series_id: str) -> str:
+    """One occurrence: the series' event written first if due, then its instance recorded, patched
+    (an exception) or deleted (a cancelled instance). Never a new event."""
+    done = []
+    with unit_of_work(session, write=False):
+        series = session.get(ReservationSeries, series_id, populate_existing=True)
+        write_due = series.write_due
+    if write_due:
+        done.append(_write_series(session, config, gateway, series_id))
+    with unit_of_work(session, write=False):
+        series = session.get(ReservationSeries, series_id, populate_existing=True)
+        reservation = session.get(Reservation, reservation_id, populate_existing=True)
+        _ = series.room
+        master, calendar_id = series.google_event_id, series.google_calendar_id
+        status = reservation.status
+    ended = status in (ReservationStatus.CANCELLED, ReservationStatus.RELEASED)
+    if master is None or calendar_id is None:
+        if ended and reservation.google_calendar_id is not None:
+            _record(session, reservation, google_calendar_id=None)  # gone with the whole event
+        return " and ".join(done) or "nothing in Google"
+    instance = instance_id_for(master, reservation.occurrence_start_at)
+    send_updates = _send_updates(config)
+    if ended:
+        # A cancelled instance: Google keeps it as a cancelled exception of the series.
+        existed = gateway.delete_event(calendar_id, instance, send_updates=send_updates)
+        _record(session, reservation, announce_anyway=_tell_people(config, reservation), google_calendar_id=None)
+        return " and ".join([*done, "instance cancelled" if existed else "nothing in Google"])
+    if status != ReservationStatus.PENDING:
+        return " and ".join([*done, f"nothing to do ({status})"])
+    tell_people = reservation.invitation_due
+    marks = {"google_etag": series.google_etag, "google_updated_at": series.google_updated_at}
+    if reservation.instance_exception or not follows_series(reservation, series):
+        # An exception: Google stores the patched instance as an event of its own with the instance's id.
+        zone = series.room.zone
+        body = {
+            "summary": reservation.title,
+            "description": event_description(reservation, delegated=config.delegated_mode),
+            "start": {"dateTime": reservation.start_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
+            "end": {"dateTime": reservation.end_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
+        }
+        if config.delegated_mode:
+            body["attendees"] = event_body(reservation, config)["attendees"]
+        event = gateway.patch_event(calendar_id, instance, body, send_updates=send_updates if tell_people else "none")
+        marks = {"google_etag": event.get("etag"), "google_updated_at": _parse_rfc3339(event.get("updated"))}
+        marks["instance_exception"] = True
+        done.append("instance patched")
+    else:
+        done.append("instance recorded")
+    _record(
+        session,
+        reservation,
+        announce_if_whole=_tell_people(config, reservation),
+        google_event_id=instance,
+        google_calendar_id=calendar_id,
+        google_recurring_event_id=master,
+        status=ReservationStatus.CONFIRMED,
+        status_reason=None,
+        invitation_due=False,
+        **marks,
+    )
+    return " and ".join(done)
+
+
+def _write_series(session: Session, config: Config, gateway: CalendarGateway, series_id: str) -> str:
+    """Make the series' recurring event match the series row: insert, patch, move or delete it."""
+    with unit_of_work(session, write=False):
+        series = session.get(ReservationSeries, series_id, populate_existing=True)
+        _ = series.room
+        occurrences = list(session.scalars(sa.select(Reservation).where(Reservation.series_id == series_id)
+                                           .order_by(Reservation.id)))
+        anchor_id = occurrences[0].id if occurrences else 0
+        live = [r for r in occurrences if r.room_id == series.room_id
+                and (r.status in LIVE_STATUSES or r.status == ReservationStatus.CONFLICT)]
+        # Every other occurrence (cancelled, released, or moved alone to another room, where it is an
+        # event of its own) is left out of the rule, so that no new version of it (the rule's times
+        # moved, or the event made anew) brings its instance back.
+        gone = [r.occurrence_start_at for r in occurrences if r not in live and r.occurrence_start_at is not None]
+        version = series.version
+    calendar_id = series.room.calendar_id
+    send_updates = _send_updates(config)
+    tell_people = series.invitation_due
+    done = []
+    old_calendar, old_event = series.google_calendar_id, series.google_event_id
+    if old_calendar and (not live or old_calendar != calendar_id):
+        try:
+            gateway.delete_event(old_calendar, old_event, send_updates=send_updates)
+        except PermanentGoogleError as error:
+            if live:  # moved: the new room's event is what matters; the old one is the sync's to see
+                log.warning("series %s: could not delete the event on %s: %s", series_id, old_calendar, error)
+            else:
+                raise
+        # People are sent the old event's CANCEL even if the insert below fails.
+        _record_series(session, series_id, version, tell=_tell_series(config, anchor_id), tell_anyway=True,
+                       google_calendar_id=None,
+                       google_revision=series.google_revision + (1 if live else 0), **({} if live else {
+                           "write_due": False, "invitation_due": False}))
+        done.append("series deleted" if not live else "series moved")
+        if not live:
+            return done[0]
+        with unit_of_work(session, write=False):
+            series = session.get(ReservationSeries, series_id, populate_existing=True)
+            _ = series.room
+            version = series.version
+    if not live:
+        _record_series(session, series_id, version, write_due=False, invitation_due=False)
+        return "nothing in Google"
+    body = series_body(series, config, anchor_id, gone)
+    event, revision, what = _put(gateway, calendar_id, series_id, series.google_revision, body, send_updates,
+                                 existing=series.google_event_id if series.google_calendar_id else None,
+                                 tell=tell_people, event_id=series_event_id_for)
+    done.append(f"series {what}")
+    _record_series(session, series_id, version, tell=_tell_series(config, anchor_id), google_event_id=event["id"],
+                   google_calendar_id=calendar_id, google_revision=revision, google_etag=event.get("etag"),
+                   google_updated_at=_parse_rfc3339(event.get("updated")), write_due=False, invitation_due=False)
+    return " and ".join(done)
+
+
+def _tell_series(config: Config, anchor_id: int) -> tuple[InvitationDue, ...]:
+    """Room mode: the mail job of any occurrence mails the series too (roombridge/invitations.py)."""
+    return () if config.delegated_mode or not anchor_id else (InvitationDue(anchor_id),)
+
+
+def _record_series(session: Session, series_id: str, version: int, *, tell=(), tell_anyway: bool = False,
+                   **changes) -> None:
+    """Store what Google now holds of a series. If the series changed since it was read (an edit, or
+    another occurrence's job that wrote it at the same time), only where its event lives is kept and
+    nobody is told: the other write tells them. An event deleted (`tell_anyway`) is told anyway."""
+    with unit_of_work(session):
+        series = session.get(ReservationSeries, series_id, populate_existing=True)
+        whole = series.version == version
+        if not whole:
+            changes = {k: v for k, v in changes.items() if k in GOOGLE_FACTS}
+        for name, value in changes.items():
+            setattr(series, name, value)
+        for event in tell:
+            if whole or tell_anyway:
+                announce(session, event)
 
 
 def _room_declines(reservation: Reservation) -> bool:
@@ -217,19 +422,10 @@ def _write(session: Session, config: Config, gateway: CalendarGateway, reservati
         done.append("moved")
 
     body = event_body(reservation, config)
-    revision = reservation.google_revision
-    if reservation.google_calendar_id is None:
-        event, revision = _insert(gateway, calendar_id, reservation.id, revision, body, send_updates)
-        done.append("inserted")
-    else:
-        try:
-            event = gateway.patch_event(calendar_id, reservation.google_event_id, body,
-                                        send_updates=send_updates if tell_people else "none")
-            done.append("patched")
-        except EventNotFound:
-            # Deleted in Google behind our back; the id cannot be used again.
-            event, revision = _insert(gateway, calendar_id, reservation.id, revision + 1, body, send_updates)
-            done.append("re-inserted")
+    event, revision, what = _put(gateway, calendar_id, reservation.id, reservation.google_revision, body,
+                                 send_updates, existing=reservation.google_event_id if reservation.google_calendar_id
+                                 else None, tell=tell_people)
+    done.append(what)
 
     _record(
         session,
@@ -253,11 +449,29 @@ def _tell_people(config: Config, reservation: Reservation) -> tuple[InvitationDu
     return () if config.delegated_mode else (InvitationDue(reservation.id),)
 
 
-def _insert(gateway: CalendarGateway, calendar_id: str, reservation_id: int, revision: int, body: dict,
-            send_updates: str) -> tuple[dict, int]:
+def _put(gateway: CalendarGateway, calendar_id: str, owner: int | str, revision: int, body: dict, send_updates: str,
+         *, existing: str | None, tell: bool, event_id=event_id_for) -> tuple[dict, int, str]:
+    """Insert the event (`existing`: None) or patch it (sending updates only if people are to be `tell`ed);
+    returns it, its revision and what was done."""
+    if existing is None:
+        event, revision = _insert(gateway, calendar_id, owner, revision, body, send_updates, event_id)
+        return event, revision, "inserted"
+    try:
+        return (gateway.patch_event(calendar_id, existing, body, send_updates=send_updates if tell else "none"),
+                revision, "patched")
+    except EventNotFound:
+        # Deleted in Google behind our back; the id cannot be used again.
+        event, revision = _insert(gateway, calendar_id, owner, revision + 1, body, send_updates, event_id)
+        return event, revision, "re-inserted"
+
+
+def _insert(gateway: CalendarGateway, calendar_id: str, reservation_id: int | str, revision: int, body: dict,
+            send_updates: str, event_id=event_id_for) -> tuple[dict, int]:
+    """Insert under the deterministic id of (`reservation_id` or a series' id, revision); a taken id
+    (deleted, or someone else's) moves on to the next revision."""
     for _ in range(3):
         try:
-            event = gateway.insert_event(calendar_id, event_id_for(reservation_id, revision), body,
+            event = gateway.insert_event(calendar_id, event_id(reservation_id, revision), body,
                                          send_updates=send_updates)
             return event, revision
         except EventIdTaken:
@@ -265,7 +479,8 @@ def _insert(gateway: CalendarGateway, calendar_id: str, reservation_id: int, rev
     raise PermanentGoogleError("no free event id after three revisions", reason="duplicate")
 
 
-GOOGLE_FACTS = ("google_event_id", "google_calendar_id", "google_revision", "google_etag", "google_updated_at")
+GOOGLE_FACTS = ("google_event_id", "google_calendar_id", "google_revision", "google_etag", "google_updated_at",
+                "google_recurring_event_id", "instance_exception")
 
 
 def _record(session: Session, reservation: Reservation, *, announce_if_whole=(), announce_anyway=(),

@@ -300,7 +300,9 @@ def find_mirror(session: Session, room_id: int, event: GoogleEvent) -> Reservati
     found = session.scalar(
         sa.select(Reservation).where(Reservation.room_id == room_id, Reservation.google_event_id == event.event_id)
     )
-    if found is not None or event.own_reservation_id is None:
+    if found is not None or event.own_reservation_id is None or event.recurring_event_id:
+        # An instance of our series carries the series' property (its first reservation's id), not
+        # its own: only the instance id stored on an occurrence says which one it is.
         return found
     reservation = session.get(Reservation, event.own_reservation_id)
     if (

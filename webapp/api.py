@@ -276,15 +276,17 @@ def get_reservation(reservation_id: int):
 def edit_reservation(reservation_id: int):
     # Look first, so a caller who may not see it learns nothing from a 422 about the body.
     booking.get(db.session(), reservation_id, **_actor())
+    scope = _load(schemas.ScopeQuerySchema(), request.args.to_dict())["scope"]
     changes = _load(schemas.ReservationPatchSchema(), _json_body())
-    result = booking.edit(db.session(), _config(), reservation_id, **_actor(), **changes)
+    result = booking.edit(db.session(), _config(), reservation_id, **_actor(), **changes, scope=scope)
     return jsonify(_reservation_json(result.reservations[0], result.warnings))
 
 
 @bp.delete("/reservations/<id:reservation_id>")
 @booking_writes
 def cancel_reservation(reservation_id: int):
-    reservation = booking.cancel(db.session(), _config(), reservation_id, **_actor())
+    scope = _load(schemas.ScopeQuerySchema(), request.args.to_dict())["scope"]
+    reservation = booking.cancel(db.session(), _config(), reservation_id, **_actor(), scope=scope)
     return jsonify(_reservation_json(reservation))
 
 

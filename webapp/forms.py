@@ -17,7 +17,9 @@ from roombridge import booking
 from roombridge.booking import rules
 from roombridge.models import Reservation, Room
 
-REPEAT_CHOICES = (("none", "Does not repeat"), ("daily", "Every day"), ("weekly", "Every week"))
+REPEAT_CHOICES = (("none", "Does not repeat"), ("daily", "Every day"), ("weekly", "Every week"),
+                  ("monthly", "Every month"))
+MONTHLY_CHOICES = (("date", "On the same date"), ("weekday", "On the same weekday (e.g. the 2nd Tuesday)"))
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 # booking's error keys -> the form field each message is shown beside.
@@ -34,7 +36,7 @@ DOMAIN_FIELDS = {
 }
 
 BOOKING_FIELDS = ("room_id", "title", "date", "start", "end", "attendees", "description",
-                  "repeat", "repeat_count", "repeat_until")
+                  "repeat", "repeat_count", "repeat_until", "repeat_interval", "repeat_monthly")
 
 
 @dataclass
@@ -130,7 +132,7 @@ class BookingForm:
         repeat = self.values["repeat"]
         if repeat == "none":
             return None
-        if repeat not in ("daily", "weekly"):
+        if repeat not in ("daily", "weekly", "monthly"):
             self.add_error("repeat", "Choose how the booking repeats.")
             return None
         count = until = None
@@ -145,13 +147,21 @@ class BookingForm:
                 self.add_error("repeat_until", "Enter the last date as YYYY-MM-DD.")
         if count is None and until is None and "repeat_count" not in self.errors and "repeat_until" not in self.errors:
             self.add_error("repeat_count", "Give a number of occurrences or a last date.")
+        interval = 1
+        if self.values["repeat_interval"]:
+            try:
+                interval = int(self.values["repeat_interval"])
+            except ValueError:
+                self.add_error("repeat_interval", "Enter a whole number.")
+        monthly = self.values["repeat_monthly"] or "date"
         weekdays = []
         for value in self.weekdays:
             if value.isdigit() and 0 <= int(value) <= 6:
                 weekdays.append(int(value))
-        if self.errors.get("repeat_count") or self.errors.get("repeat_until"):
+        if self.errors.get("repeat_count") or self.errors.get("repeat_until") or self.errors.get("repeat_interval"):
             return None
-        return booking.Recurrence(frequency=repeat, weekdays=weekdays, count=count, until=until)
+        return booking.Recurrence(frequency=repeat, weekdays=weekdays, count=count, until=until,
+                                  interval=interval, monthly=monthly)
 
 
 # Dates a person could mean; beyond them, day arithmetic would leave the calendar.

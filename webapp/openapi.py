@@ -214,7 +214,8 @@ OPERATIONS: dict[str, dict] = {
         "responses": {"200": _answer(ReservationListSchema, "the reservations"), **UNAUTHORIZED, **INVALID_QUERY,
                       **FAILED}}},
     "api.create_reservation": {"post": {
-        "summary": "Book a room (once, or a daily/weekly series)",
+        "summary": "Book a room (once, or a series: daily, weekly on several days, monthly on a date or a weekday, "
+                   "every N; ONE recurring event in Google)",
         "requestBody": {"required": True, "content": {"application/json": {"schema": schemas.ReservationCreateSchema}}},
         "responses": {
             "201": _answer({"oneOf": [ReservationSchema, SeriesSchema]},
@@ -229,7 +230,10 @@ OPERATIONS: dict[str, dict] = {
         "summary": "One reservation (a cancelled one stays readable, with status cancelled)",
         "responses": {"200": ONE, **UNAUTHORIZED, **NOT_SEEN, **FAILED}}},
     "api.edit_reservation": {"patch": {
-        "summary": "Change time, room, title, description or attendees (organiser or admin)",
+        "summary": "Change time, room, title, description or attendees (organiser or admin); for an occurrence "
+                   "of a series, of this one, this and the following, or all (`scope`; a time change moves each "
+                   "by the same wall-clock shift, within its day)",
+        "parameters": [{"in": "query", "schema": schemas.ScopeQuerySchema}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": schemas.ReservationPatchSchema}}},
         "responses": {
             "200": ONE, **BODY, **UNAUTHORIZED, **FORBIDDEN, **NOT_SEEN,
@@ -238,8 +242,10 @@ OPERATIONS: dict[str, dict] = {
             "422": _error("invalid: " + RULES),
             **LIMITED, **FAILED}}},
     "api.cancel_reservation": {"delete": {
-        "summary": "Cancel (organiser or admin); cancelling twice answers the cancelled reservation again",
-        "responses": {"200": ONE, **UNAUTHORIZED, **FORBIDDEN, **NOT_SEEN, **LIMITED, **FAILED}}},
+        "summary": "Cancel (organiser or admin); cancelling twice answers the cancelled reservation again. For an "
+                   "occurrence of a series, `scope` says which occurrences go",
+        "parameters": [{"in": "query", "schema": schemas.ScopeQuerySchema}],
+        "responses": {"200": ONE, **UNAUTHORIZED, **FORBIDDEN, **NOT_SEEN, **INVALID_QUERY, **LIMITED, **FAILED}}},
     "api.retry_reservation": {"post": {
         "summary": "Retry the Google write of a failed (or pending) reservation",
         "responses": {"202": ONE, **UNAUTHORIZED, **FORBIDDEN, **NOT_SEEN,

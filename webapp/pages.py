@@ -26,9 +26,10 @@ from flask import (
 from flask_wtf.csrf import CSRFError
 
 from roombridge import api_tokens, booking, checkin, db, people
-from roombridge.models import Reservation, ReservationSource, ReservationStatus, Room
+from roombridge.booking.recurrence import describe as describe_rule
+from roombridge.models import Reservation, ReservationSeries, ReservationSource, ReservationStatus, Room
 from webapp.auth import current_user, login_required
-from webapp.forms import REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
+from webapp.forms import MONTHLY_CHOICES, REPEAT_CHOICES, WEEKDAYS, BookingForm, FinderQuery
 from webapp.limits import booking_writes
 
 bp = Blueprint("pages", __name__)
@@ -375,8 +376,9 @@ def _date_arg(name: str) -> date | None:
 
 def _render_booking_form(form: BookingForm, rooms: list[Room], status: int = 200,
                          reservation: Reservation | None = None, instead: list[dict] | None = None):
-    return render_template("book.html", form=form, rooms=rooms, repeat_choices=REPEAT_CHOICES, weekdays=WEEKDAYS,
-                           reservation=reservation, instead=instead or []), status
+    return render_template("book.html", form=form, rooms=rooms, repeat_choices=REPEAT_CHOICES,
+                           monthly_choices=MONTHLY_CHOICES, weekdays=WEEKDAYS, reservation=reservation,
+                           instead=instead or []), status
 
 
 def _instead(session, form: BookingForm, room: Room, start: datetime, end: datetime) -> list[dict]:
@@ -518,9 +520,12 @@ def reservation(reservation_id: int):
     now = datetime.now(UTC)
     organises = booking.can_change(found, user.email, user.is_admin) and found.is_live
     made_here = found.source != ReservationSource.GOOGLE
+    series = db.session().get(ReservationSeries, found.series_id) if found.series_id else None
+    repeats = describe_rule(series.rule, _zone(series.room)) if series is not None else None
     # A booking made in Google may be ended early (the room declines the rest) but not extended
     # or edited here: it is its organiser's event (roombridge/checkin.py).
     return render_template("reservation.html", reservation=found, zone=_zone(found.room), status=status_payload(found),
+                           repeats=repeats,
                            may_change=organises and made_here, may_check_in=checkin.can_check_in(found, _config(), now),
                            under_way=organises and found.start_at <= now < found.end_at,
                            extensions=checkin.EXTENSIONS if made_here else ())
@@ -569,7 +574,7 @@ def edit(reservation_id: int):
         result = booking.edit(
             session, _config(), reservation_id, actor_email=user.email, actor_is_admin=user.is_admin,
             room_id=room.id, title=form.values["title"], start=when[0], end=when[1],
-            attendees=form.attendee_list(), description=form.values["description"],
+            attendees=form.attendee_list(), description=form.values["description"], scope=_scope(),
         )
     except booking.InvalidBooking as exc:
         form.add_domain_errors(exc.errors)
@@ -586,6 +591,12 @@ def edit(reservation_id: int):
     return redirect(url_for("pages.reservation", reservation_id=reservation_id))
 
 
+def _scope() -> str:
+    """Which occurrences of a series the form's change covers; anything unknown means this one only."""
+    scope = request.form.get("scope", "this")
+    return scope if scope in booking.SCOPES else "this"
+
+
 @bp.get("/reservations/<id:reservation_id>/cancel")
 @login_required
 def cancel_confirm(reservation_id: int):
@@ -600,7 +611,8 @@ def cancel(reservation_id: int):
     _changeable(reservation_id)
     user = current_user()
     try:
-        booking.cancel(db.session(), _config(), reservation_id, actor_email=user.email, actor_is_admin=user.is_admin)
+        booking.cancel(db.session(), _config(), reservation_id, actor_email=user.email, actor_is_admin=user.is_admin,
+                       scope=_scope())
     except booking.NotAllowed as exc:
         flash(str(exc), "error")
         return redirect(url_for("pages.reservation", reservation_id=reservation_id))

@@ -20,6 +20,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from roombridge import booking
 from roombridge.booking import MAX_DESCRIPTION_LENGTH, MAX_TITLE_LENGTH, rules
+from roombridge.booking.recurrence import MAX_INTERVAL
 from roombridge.models import Reservation, Room
 
 # Far enough for any booking, near enough that time-zone arithmetic never overflows.
@@ -109,7 +110,13 @@ class StrictSchema(Schema):
 
 
 class RecurrenceSchema(StrictSchema):
-    frequency = fields.String(required=True, validate=validate.OneOf(["daily", "weekly"]))
+    frequency = fields.String(required=True, validate=validate.OneOf(["daily", "weekly", "monthly"]))
+    interval = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_INTERVAL), load_default=1,
+                              metadata={"description": "every N days, weeks or months"})
+    monthly = fields.String(
+        validate=validate.OneOf(["date", "weekday"]), load_default="date",
+        metadata={"description": "monthly only: on the first occurrence's date (the 10th), or on its weekday "
+                                 "(the 2nd Tuesday; a 5th one means the last)"})
     weekdays = fields.List(
         fields.Integer(strict=True, validate=validate.Range(min=0, max=6)),
         load_default=list,
@@ -165,6 +172,16 @@ class ReservationPatchSchema(SpanSchema):
     start = Instant()
     end = Instant()
     attendees = fields.List(Email())
+
+
+class ScopeQuerySchema(StrictSchema):
+    """PATCH and DELETE of a reservation: which occurrences of its series the change covers."""
+
+    scope = fields.String(
+        validate=validate.OneOf(["this", "following", "all"]), load_default="this",
+        metadata={"description": "an occurrence of a series: `this` one (an exception of its Google instance), "
+                                 "this and the `following` ones (the series is ended before it and a new one "
+                                 "starts there), or `all` (not yet over, for a cancel); a single booking: itself"})
 
 
 class ReservationQuerySchema(StrictSchema):

@@ -5,8 +5,10 @@ HTTP. By concern:
 
 - `rules`: the field and time rules (and their field-keyed errors) that the API schemas, the
   forms, the admin's room edits and the commands all share;
-- `recurrence`: daily and weekly series, at the same wall-clock time across DST;
-- `commands`: book, edit, cancel, retry the Google write (each its own unit of work);
+- `recurrence`: repeat rules (dateutil's rrule: daily, weekly, every N, monthly), at the same
+  wall-clock time across DST;
+- `commands`: book, edit, cancel (for a series occurrence: this, following or all of them),
+  retry the Google write (each its own unit of work);
 - `queries`: what an actor may see, lists, the day's timeline, the free-room finder and what it
   may offer (the same time rules as booking, next free, nearest free slots, other rooms that fit);
 - `conflicts`: clash queries, the database's last word on a race, conflicts settling.
@@ -14,7 +16,7 @@ HTTP. By concern:
 Callers read `booking.book(...)`: the public names are re-exported here.
 """
 
-from roombridge.booking.commands import BookingRequest, BookingResult, book, cancel, edit, retry_write
+from roombridge.booking.commands import SCOPES, BookingRequest, BookingResult, book, cancel, edit, retry_write
 from roombridge.booking.conflicts import Clash, Conflict, find_clashes, settle_conflicts
 from roombridge.booking.queries import (
     PRIVATE_TITLE,
@@ -50,7 +52,7 @@ from roombridge.booking.rules import (
 
 __all__ = [
     "Assessment", "assess", "refusals", "rooms_that_fit", "PRIVATE_TITLE", "may_see_details", "title_for",
-    "FREQUENCIES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
+    "FREQUENCIES", "SCOPES", "MAX_DESCRIPTION_LENGTH", "MAX_TITLE_LENGTH", "BookingError", "BookingRequest",
     "BookingResult", "Busy", "Clash", "Conflict", "InvalidBooking", "NotAllowed", "NotFound", "Policy", "Recurrence",
     "book", "can_change", "can_see", "cancel", "clean_attendees", "day_timeline", "edit", "expand", "find_clashes",
     "find_free_rooms", "get", "is_admin", "list_reservations", "normalise_email", "organised_or_attended_by",

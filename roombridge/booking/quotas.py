@@ -8,7 +8,7 @@ The booking commands check these inside their unit of work; admins are exempt.
   Sunday in the room's zone);
 - MAX_OCCURRENCES: occurrences of one series (`recurrence.expand`);
 - INVITATIONS_PER_HOUR: invitation and update mails a person's bookings cause, one per
-  recipient and occurrence, in a sliding hour kept in Redis (the `limits` library, the one
+  recipient and invitation (a series is one), in a sliding hour kept in Redis (the `limits` library, the one
   Flask-Limiter runs on). If Redis does not answer, the mail is allowed: a booking is not
   refused because a counter is out of reach.
 

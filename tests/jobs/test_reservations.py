@@ -129,7 +129,9 @@ def test_a_move_to_another_room_deletes_there_and_inserts_here(google, emulator)
     assert (reservation.status, reservation.google_calendar_id) == (ReservationStatus.CONFIRMED, OTHER_ROOM)
 
 
-def test_delegated_mode_puts_booker_and_attendees_on_the_event(make_app, emulator, service_account_file):
+@pytest.fixture
+def delegated(make_app, emulator, service_account_file):
+    """App in delegated mode (acting as booker@example.com) on the emulator, with one room: (app, room id)."""
     emulator.state.set_delegation(SERVICE_ACCOUNT, True)
     emulator.state.add_user("booker@example.com")
     emulator.state.add_calendar(ROOM, "Orion", kind="room")
@@ -139,6 +141,11 @@ def test_delegated_mode_puts_booker_and_attendees_on_the_event(make_app, emulato
     with app.app_context():
         room_id = make_room(db.session(), calendar_id=ROOM).id
         db.session().commit()
+    return app, room_id
+
+
+def test_delegated_mode_puts_booker_and_attendees_on_the_event(delegated, emulator):
+    app, room_id = delegated
     rid = book(app, room_id, *slot(), attendees=["bob@example.com"])
     run_jobs(app, queues=("write",))
     assert load(app, rid).status == ReservationStatus.CONFIRMED
@@ -436,16 +443,8 @@ def test_a_new_title_or_description_sends_no_mail_a_new_time_does(google, emulat
     assert load(app, rid).invitation_due is False
 
 
-def test_delegated_mode_patches_a_new_title_without_sending_updates(make_app, emulator, service_account_file):
-    emulator.state.set_delegation(SERVICE_ACCOUNT, True)
-    emulator.state.add_user("booker@example.com")
-    emulator.state.add_calendar(ROOM, "Orion", kind="room")
-    emulator.state.share(ROOM, "booker@example.com", "writer")
-    app = make_app(GOOGLE_SERVICE_ACCOUNT_FILE=service_account_file, GOOGLE_CALENDAR_API_URL=emulator.calendar_api_url,
-                   GOOGLE_DELEGATED_USER="booker@example.com")
-    with app.app_context():
-        room_id = make_room(db.session(), calendar_id=ROOM).id
-        db.session().commit()
+def test_delegated_mode_patches_a_new_title_without_sending_updates(delegated, emulator):
+    app, room_id = delegated
     start, end = slot()
     rid = book(app, room_id, start, end, attendees=["bob@example.com"])
     run_jobs(app, queues=("write",))

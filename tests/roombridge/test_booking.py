@@ -400,3 +400,46 @@ def test_racing_bookings_get_one_reservation_and_conflicts_never_an_error(app):
     booked = [value for kind, value in outcomes if kind == "booked"]
     assert len(booked) == 1, outcomes
     assert sorted(kind for kind, _ in outcomes) == ["booked"] + ["conflict"] * 11, outcomes
+
+
+def test_every_other_week_on_two_days_and_monthly_on_a_date_or_a_weekday(session, config):
+    room = make_room(session)
+    start = at(date(2030, 1, 7), 10)  # a Monday
+    fortnightly = book(session, config, request(room, start, start + timedelta(hours=1), recurrence=booking.Recurrence(
+        "weekly", weekdays=[0, 3], count=4, interval=2)))
+    assert [r.start_at.date() for r in fortnightly.reservations] == [
+        date(2030, 1, 7), date(2030, 1, 10), date(2030, 1, 21), date(2030, 1, 24)]
+
+    second_tuesday = at(date(2030, 1, 8), 14)  # the 2nd Tuesday of January 2030
+    by_weekday = book(session, config, request(room, second_tuesday, second_tuesday + timedelta(hours=1),
+                                               recurrence=booking.Recurrence("monthly", monthly="weekday",
+                                                                             until=date(2030, 4, 30))))
+    assert [r.start_at.astimezone(LONDON).date() for r in by_weekday.reservations] == [
+        date(2030, 1, 8), date(2030, 2, 12), date(2030, 3, 12), date(2030, 4, 9)]
+    # Across the change to BST the meeting stays at 14:00 London time.
+    assert {r.start_at.astimezone(LONDON).hour for r in by_weekday.reservations} == {14}
+
+    by_date = book(session, config, request(room, at(date(2030, 1, 31), 16), at(date(2030, 1, 31), 17),
+                                            recurrence=booking.Recurrence("monthly", count=3)))
+    # As RFC 5545 (and Google) say: a month without a 31st has no occurrence.
+    assert [r.start_at.date() for r in by_date.reservations] == [date(2030, 1, 31), date(2030, 3, 31),
+                                                                  date(2030, 5, 31)]
+
+
+def test_repeat_rule_limits_and_its_rrule_line(session, config):
+    room = make_room(session)
+    start = at(date(2030, 1, 7), 10)
+    for wrong in (booking.Recurrence("yearly", count=2), booking.Recurrence("weekly", count=2, interval=0),
+                  booking.Recurrence("monthly", count=2, monthly="sometimes")):
+        with pytest.raises(booking.InvalidBooking) as caught:
+            book(session, config, request(room, start, start + timedelta(hours=1), recurrence=wrong))
+        assert caught.value.errors["recurrence"]
+    from roombridge.booking.recurrence import rrule_line
+    assert rrule_line(booking.Recurrence("weekly", weekdays=[2, 0], interval=2, until=date(2030, 6, 30)),
+                      start, LONDON) == "RRULE:FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,WE;UNTIL=20300630T225959Z"
+    assert rrule_line(booking.Recurrence("monthly", monthly="weekday", count=3), at(date(2030, 1, 29), 10),
+                      LONDON) == "RRULE:FREQ=MONTHLY;BYDAY=-1TU;COUNT=3"
+    from roombridge.booking.recurrence import describe
+    assert describe("RRULE:FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,WE;UNTIL=20300630T225959Z", LONDON) == (
+        "Every 2 weeks on Monday and Wednesday, until Sun 30 Jun 2030")
+    assert describe("RRULE:FREQ=MONTHLY;BYDAY=2TU;COUNT=3", LONDON) == "Every month on the second Tuesday, 3 times"

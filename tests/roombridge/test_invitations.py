@@ -265,6 +265,18 @@ def test_without_smtp_url_nothing_is_recorded_as_sent(make_app, smtp_server):
         assert session.query(SentInvitation).count() == 0
 
 
+def reservation_at_0007(session, room, start: datetime, **fields) -> int:
+    """A reservation row as revision 0007 stored it: the model's columns added since (0010's) left out."""
+    import sqlalchemy as sa
+
+    existing = {column["name"] for column in sa.inspect(session.connection()).get_columns("reservations")}
+    then = sa.Table("reservations", sa.MetaData(),
+                    *(column._copy() for column in Reservation.__table__.c if column.name in existing))
+    values = {"room_id": room.id, "organiser_email": "alice@example.com", "title": "Planning", "start_at": start,
+              "end_at": start + timedelta(hours=1), "source": "api", "status": ReservationStatus.PENDING, **fields}
+    return session.execute(sa.insert(then).values(**values)).inserted_primary_key[0]
+
+
 def test_bookings_invited_before_0011_are_still_cancelled_after_it(mail_app, smtp_server):
     """The migration records what people hold of each booking Google had, so a later cancel still tells them."""
     from roombridge import migrate
@@ -273,11 +285,12 @@ def test_bookings_invited_before_0011_are_still_cancelled_after_it(mail_app, smt
     with mail_app.app_context():
         session = db.session()
         room = make_room(session, calendar_id=ORION, name="Orion", time_zone="Europe/Paris")
-        held = make_reservation(session, room, datetime(2030, 7, 1, 8, 0, tzinfo=UTC), attendees=["bob@example.com"],
-                                google_event_id="old1", google_calendar_id=ORION, status=ReservationStatus.CONFIRMED)
-        never_written = make_reservation(session, room, datetime(2030, 7, 2, 8, 0, tzinfo=UTC))
+        held_id = reservation_at_0007(session, room, datetime(2030, 7, 1, 8, 0, tzinfo=UTC),
+                                      attendees=["bob@example.com"], google_event_id="old1", google_calendar_id=ORION,
+                                      status=ReservationStatus.CONFIRMED)
+        never_written_id = reservation_at_0007(session, room, datetime(2030, 7, 2, 8, 0, tzinfo=UTC))
         session.commit()
-        held_id, never_written_id, version = held.id, never_written.id, held.version
+        version = 1
     migrate.upgrade(mail_app)
     with mail_app.app_context():
         session = db.session()

@@ -168,14 +168,16 @@ def test_occurrences_of_a_series_are_capped(limited):
 
 def test_invitation_mails_an_hour_are_counted_per_person_in_redis(limited):
     app, room_id, _ = limited(INVITATIONS_PER_HOUR=10)
-    # Four occurrences for the booker and one attendee: eight mails.
+    # A series is one invitation: four occurrences for the booker and one attendee are two mails;
+    # then one booking for the booker and five attendees: six more, eight in all.
     book(app, room_id, at(MONDAY, 10), at(MONDAY, 11), attendees=["bob@example.com"],
          recurrence=booking.Recurrence(frequency="daily", count=4))
+    book(app, room_id, at(MONDAY, 9), at(MONDAY, 10), attendees=[f"p{n}@example.com" for n in range(5)])
     with pytest.raises(quotas.RateLimited) as refused:
         book(app, room_id, at(MONDAY, 12), at(MONDAY, 13), attendees=["bob@example.com", "carol@example.com"])
     assert 0 < refused.value.retry_after <= 3600
     assert "more than your 10 an hour" in str(refused.value)
-    assert stored_count() == 4  # the refused booking rolled back
+    assert stored_count() == 5  # the refused booking rolled back
     # A new title tells nobody, so it costs no mail; another person has an hour of their own.
     first = db.session().scalars(sa.select(Reservation.id).order_by(Reservation.id)).first()
     booking.edit(db.session(), app.config["ROOMBRIDGE"], first, actor_email="alice@example.com",

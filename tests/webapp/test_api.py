@@ -146,7 +146,7 @@ def test_conflict_names_the_clashing_reservation(api):
         ({"title": ""}, "title"),
         ({"description": "x" * 5001}, "description"),
         ({"colour": "blue"}, "colour"),
-        ({"recurrence": {"frequency": "monthly", "count": 2}}, "recurrence"),
+        ({"recurrence": {"frequency": "yearly", "count": 2}}, "recurrence"),
         ({"recurrence": {"frequency": "daily", "count": 2, "until": "2031-01-01"}}, "recurrence"),
         ({"start": "9999-12-31T23:00:00+00:00", "end": "9999-12-31T23:30:00+00:00"}, "start"),
     ],
@@ -307,6 +307,45 @@ def test_a_weekly_series_and_skipping_clashes(api):
     assert made.status_code == 201, made.json
     assert len(made.json["reservations"]) == 2 and len(made.json["skipped"]) == 1
     assert len({r["series_id"] for r in made.json["reservations"]}) == 1
+
+
+def test_scope_edits_and_cancels_one_following_or_all_occurrences(api):
+    start, end = slot(days=2)
+    made = api.book(recurrence={"frequency": "weekly", "count": 4}, start=start, end=end).json
+    ids = [r["id"] for r in made["reservations"]]
+
+    one = api.call("PATCH", f"/reservations/{ids[1]}", json={"title": "Only this"})
+    assert one.status_code == 200 and one.json["title"] == "Only this"
+    assert [api.call("GET", f"/reservations/{i}").json["title"] for i in ids] == [
+        "Planning", "Only this", "Planning", "Planning"]
+
+    following = api.call("PATCH", f"/reservations/{ids[2]}?scope=following", json={"title": "From here"})
+    assert following.status_code == 200, following.json
+    answers = [api.call("GET", f"/reservations/{i}").json for i in ids]
+    assert [a["title"] for a in answers] == ["Planning", "Only this", "From here", "From here"]
+    assert answers[2]["series_id"] == answers[3]["series_id"] != answers[0]["series_id"]
+
+    everything = api.call("PATCH", f"/reservations/{ids[0]}?scope=all", json={"title": "Everything"})
+    assert everything.status_code == 200
+    assert [api.call("GET", f"/reservations/{i}").json["title"] for i in ids[:2]] == ["Everything"] * 2
+
+    assert api.call("PATCH", f"/reservations/{ids[0]}?scope=some", json={"title": "x"}).status_code == 422
+    assert api.call("DELETE", f"/reservations/{ids[0]}?scope=never").status_code == 422
+    cancelled = api.call("DELETE", f"/reservations/{ids[2]}?scope=all")
+    assert cancelled.status_code == 200 and cancelled.json["status"] == "cancelled"
+    assert [api.call("GET", f"/reservations/{i}").json["status"] for i in ids] == [
+        "pending", "pending", "cancelled", "cancelled"]
+    assert api.call("DELETE", f"/reservations/{ids[0]}").json["status"] == "cancelled"
+    assert api.call("GET", f"/reservations/{ids[1]}").json["status"] == "pending"
+    # A single booking: every scope is itself, and it may move to another day.
+    single = api.book(start=slot(days=4)[0], end=slot(days=4)[1]).json
+    moved = api.call("PATCH", f"/reservations/{single['id']}?scope=all",
+                     json={"start": slot(days=6)[0], "end": slot(days=6)[1]})
+    assert moved.status_code == 200 and moved.json["start_local"] == slot(days=6)[0]
+    # A series moves within its days ("all" to another day is refused, saying why).
+    refused = api.call("PATCH", f"/reservations/{ids[1]}?scope=all",
+                       json={"start": slot(days=5)[0], "end": slot(days=5)[1]})
+    assert refused.status_code == 422 and "within its days" in refused.json["errors"]["start"][0]
 
 
 def test_rooms_and_availability(api):

@@ -131,13 +131,18 @@ def test_a_clash_is_shown_by_the_start_field(client, app, rooms):
     assert "10:30–11:30" in _error_of(response.get_data(as_text=True), "start")
 
 
-def test_repeat_options_book_a_series(client, app, rooms):
+def _book_series(client, app, rooms, repeat: str) -> list[Reservation]:
+    """Book three occurrences from the booking form; the stored reservations, soonest first."""
     sign_in(client)
-    response = client.post("/book", data={**_book_form(rooms["atlas"], repeat="daily", repeat_count="3"),
+    response = client.post("/book", data={**_book_form(rooms["atlas"], repeat=repeat, repeat_count="3"),
                                           "csrf_token": csrf_token(client, "/book")})
     assert response.status_code == 302
     with app.app_context():
-        starts = db.session().scalars(sa.select(Reservation.start_at).order_by(Reservation.start_at)).all()
+        return db.session().scalars(sa.select(Reservation).order_by(Reservation.start_at)).all()
+
+
+def test_repeat_options_book_a_series(client, app, rooms):
+    starts = [r.start_at for r in _book_series(client, app, rooms, "daily")]
     assert starts == [at(10, day=DAY + timedelta(days=n)) for n in range(3)]
 
 
@@ -197,6 +202,29 @@ def test_edit_and_cancel_own_reservation(client, app, rooms):
         stored = db.session().get(Reservation, mine)
         assert stored.title == "Planning, longer" and stored.end_at == at(16)
         assert stored.status == ReservationStatus.CANCELLED
+
+
+def test_edit_and_cancel_forms_offer_the_scope_for_a_series_occurrence(client, app, rooms):
+    ids = [r.id for r in _book_series(client, app, rooms, "weekly")]
+    single = _add(app, rooms["cygnus"], at(14), at(15), source=ReservationSource.WEB)
+    assert 'name="scope"' not in client.get(f"/reservations/{single}/edit").get_data(as_text=True)
+    assert "Every week on" in client.get(f"/reservations/{ids[1]}").get_data(as_text=True)
+    edit_page = client.get(f"/reservations/{ids[1]}/edit").get_data(as_text=True)
+    assert 'value="following"' in edit_page and 'value="all"' in edit_page
+    assert 'name="scope"' in client.get(f"/reservations/{ids[1]}/cancel").get_data(as_text=True)
+
+    response = client.post(f"/reservations/{ids[1]}/edit", data={
+        **_book_form(rooms["atlas"], title="Renamed from here"), "date": (DAY + timedelta(weeks=1)).isoformat(),
+        "scope": "following", "csrf_token": csrf_token(client, "/")})
+    assert response.status_code == 302
+    response = client.post(f"/reservations/{ids[2]}/cancel", data={"scope": "this",
+                                                                  "csrf_token": csrf_token(client, "/")})
+    assert response.status_code == 302
+    with app.app_context():
+        found = [db.session().get(Reservation, i) for i in ids]
+        assert [r.title for r in found] == ["Design review", "Renamed from here", "Renamed from here"]
+        assert [r.status for r in found] == [ReservationStatus.PENDING, ReservationStatus.PENDING,
+                                             ReservationStatus.CANCELLED]
 
 
 def test_my_reservations_lists_upcoming_past_and_google_ones(client, app, rooms):
