@@ -21,7 +21,8 @@ makes their calendars match the reservation as stored now (`due_mails`):
 - nothing for a UID that never had a REQUEST, and nothing while a Google write is pending.
 
 A series booked here is one recurring event, so one UID (`series_due_mails`): the whole
-series is kept as above (its REQUEST carries the RRULE and EXDATEs), and each occurrence
+series is kept as above (its REQUEST carries the RRULE and, as Google's event, an EXDATE for
+every occurrence left out: `ReservationSeries.left_out`), and each occurrence
 apart under the same UID and its RECURRENCE-ID: an update when it alone differs from the
 series for people, a CANCEL when it alone is cancelled or moved to another room.
 
@@ -412,8 +413,9 @@ def due_mails(reservation: Reservation, sent: list[SentInvitation], *, instance:
     return [*steps, Step(mails, "REQUEST", current, sequence, reservation.id)] if mails else steps
 
 
-def series_meeting(series: ReservationSeries) -> Meeting:
-    """A series booked here as its recurring event stands: the rule, the dates it leaves out, the "all" values."""
+def series_meeting(series: ReservationSeries, occurrences: list[Reservation]) -> Meeting:
+    """A series booked here as its recurring event stands: the rule, the dates it leaves out (as Google's
+    event does: `ReservationSeries.left_out`), the "all" values."""
     room = series.room
     people = [series.organiser_email]
     people += [a for a in series.attendees or [] if a not in people]
@@ -422,7 +424,7 @@ def series_meeting(series: ReservationSeries) -> Meeting:
         location=room.name, summary=series.title, description=series.description or "", start_at=series.start_at,
         end_at=series.end_at, time_zone=room.time_zone or "UTC", booker=series.organiser_email,
         attendees=tuple(people), rrule=series.rule,
-        exdates=tuple(datetime.fromisoformat(moment) for moment in series.exdates or ()),
+        exdates=tuple(series.left_out(occurrences)),
     )
 
 
@@ -446,13 +448,16 @@ def series_due_mails(series: ReservationSeries, occurrences: list[Reservation],
     if held is None or series.write_due:
         return steps  # gone, or its Google write pending: that write announces again once it is done
     records = {(record.uid, record.recurrence_id): record for record in sent}
-    current = series_meeting(series)
+    current = series_meeting(series, occurrences)
     record = records.get(held)
     if record is None or record.method != "REQUEST":
         last, sequence = None, record.sequence + 1 if record else 0
     else:
         last, sequence = meeting_sent(record), record.sequence + 1
-    mails = _updates(last, current, sequence)
+    # An occurrence newly left out of the rule gets its own RECURRENCE-ID CANCEL (below): no reason
+    # alone to send the whole series again; the next REQUEST of it lists it with the other EXDATEs.
+    seen = replace(last, exdates=current.exdates) if last and set(last.exdates) <= set(current.exdates) else last
+    mails = _updates(seen, current, sequence)
     if mails:
         steps.append(Step(mails, "REQUEST", current, sequence))
         master, master_sequence = current, sequence

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -293,6 +294,19 @@ class ReservationSeries(TimestampMixin, Base):
         its calendar)."""
         return (reservation.series_id == self.id and reservation.occurrence_start_at is not None
                 and reservation.room_id == self.room_id)
+
+    def keeps(self, reservation: Reservation) -> bool:
+        """Whether the recurring event still has the occurrence as an instance: held, and not cancelled or released."""
+        return self.holds(reservation) and reservation.status not in (ReservationStatus.CANCELLED,
+                                                                      ReservationStatus.RELEASED)
+
+    def left_out(self, occurrences: Iterable[Reservation]) -> list[datetime]:
+        """The starts the recurring event's rule leaves out (its EXDATEs), soonest first: the clashes skipped
+        at booking time, and every occurrence cancelled, released or moved alone to another room (an event
+        of its own there). One set for Google's event and for the invitation people hold, so that neither
+        brings back an instance when the event is written anew (the rule's times moved, another room)."""
+        gone = {r.occurrence_start_at for r in occurrences if r.occurrence_start_at is not None and not self.keeps(r)}
+        return sorted({*(datetime.fromisoformat(text) for text in self.exdates or []), *gone})
 
 
 class WatchChannel(Base):

@@ -33,7 +33,6 @@ from roombridge.gcal import (
     signing_key,
 )
 from roombridge.models import (
-    LIVE_STATUSES,
     ReleaseReason,
     Reservation,
     ReservationSeries,
@@ -180,14 +179,15 @@ def series_of(session: Session, reservation: Reservation) -> ReservationSeries |
     return series
 
 
-def exdate_lines(series: ReservationSeries, also: list[datetime] = ()) -> list[str]:
-    """EXDATE lines (wall time in the room's zone, as Google writes them) for the left-out occurrences."""
+def exdate_lines(series: ReservationSeries, occurrences: list[Reservation]) -> list[str]:
+    """EXDATE lines (wall time in the room's zone, as Google writes them) for the left-out occurrences
+    (`ReservationSeries.left_out`: the same set the room-mode invitation lists)."""
     zone = series.room.zone
-    moments = sorted({*(datetime.fromisoformat(text) for text in series.exdates or []), *also})
-    return [f"EXDATE;TZID={zone.key}:{moment.astimezone(zone):%Y%m%dT%H%M%S}" for moment in moments]
+    return [f"EXDATE;TZID={zone.key}:{moment.astimezone(zone):%Y%m%dT%H%M%S}"
+            for moment in series.left_out(occurrences)]
 
 
-def series_body(series: ReservationSeries, config: Config, anchor_id: int, also_excluded: list[datetime] = ()) -> dict:
+def series_body(series: ReservationSeries, config: Config, anchor_id: int, occurrences: list[Reservation]) -> dict:
     """The recurring Google event of a series: its rule and exclusions, in the room's zone (Google wants
     `timeZone` on a recurring event's start and end, and expands the rule in that zone's wall time)."""
     room = series.room
@@ -198,7 +198,7 @@ def series_body(series: ReservationSeries, config: Config, anchor_id: int, also_
         "location": room.name,
         "start": {"dateTime": series.start_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
         "end": {"dateTime": series.end_at.astimezone(zone).isoformat(), "timeZone": str(zone)},
-        "recurrence": [series.rule, *exdate_lines(series, list(also_excluded))],
+        "recurrence": [series.rule, *exdate_lines(series, occurrences)],
         "extendedProperties": {"private": own_properties(anchor_id, signing_key())},
     }
     if config.delegated_mode:
@@ -288,12 +288,8 @@ def _write_series(session: Session, config: Config, gateway: CalendarGateway, se
         occurrences = list(session.scalars(sa.select(Reservation).where(Reservation.series_id == series_id)
                                            .order_by(Reservation.id)))
         anchor_id = occurrences[0].id if occurrences else 0
-        live = [r for r in occurrences if r.room_id == series.room_id
-                and (r.status in LIVE_STATUSES or r.status == ReservationStatus.CONFLICT)]
-        # Every other occurrence (cancelled, released, or moved alone to another room, where it is an
-        # event of its own) is left out of the rule, so that no new version of it (the rule's times
-        # moved, or the event made anew) brings its instance back.
-        gone = [r.occurrence_start_at for r in occurrences if r not in live and r.occurrence_start_at is not None]
+        # Every other occurrence is left out of the rule (`ReservationSeries.left_out`).
+        live = [r for r in occurrences if series.keeps(r)]
         version = series.version
     calendar_id = series.room.calendar_id
     send_updates = _send_updates(config)
@@ -323,7 +319,7 @@ def _write_series(session: Session, config: Config, gateway: CalendarGateway, se
     if not live:
         _record_series(session, series_id, version, write_due=False, invitation_due=False)
         return "nothing in Google"
-    body = series_body(series, config, anchor_id, gone)
+    body = series_body(series, config, anchor_id, occurrences)
     event, revision, what = _put(gateway, calendar_id, series_id, series.google_revision, body, send_updates,
                                  existing=series.google_event_id if series.google_calendar_id else None,
                                  tell=tell_people, event_id=series_event_id_for)

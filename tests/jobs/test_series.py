@@ -8,8 +8,10 @@ instance; "this and following" ends the series and starts a new one; room-mode m
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from dateutil.rrule import rrulestr
 from icalendar import Calendar, vRecur
 
 from roombridge import booking, db, invitations
@@ -28,6 +30,7 @@ from tests.jobs.test_reservations import (  # noqa: F401 (fixtures)
 from tests.support import run_jobs
 
 ALICE = "alice@example.com"
+LONDON = ZoneInfo("Europe/London")
 
 
 def calendar_of(message) -> Calendar:
@@ -69,6 +72,13 @@ def edit_as_alice(app, reservation_id, **changes):
     with app.app_context():
         booking.edit(db.session(), app.config["ROOMBRIDGE"], reservation_id, actor_email=ALICE, actor_is_admin=False,
                      **changes)
+    run_jobs(app, queues=("write", "default"))
+
+
+def cancel_as_alice(app, reservation_id, scope="this"):
+    with app.app_context():
+        booking.cancel(db.session(), app.config["ROOMBRIDGE"], reservation_id, actor_email=ALICE,
+                       actor_is_admin=False, scope=scope)
     run_jobs(app, queues=("write", "default"))
 
 
@@ -151,9 +161,7 @@ def test_an_occurrence_edit_is_an_instance_exception_and_its_cancel_a_cancelled_
     assert "RRULE" not in vevent
 
     third = occurrences(app, ids=ids)[2]
-    with app.app_context():
-        booking.cancel(db.session(), app.config["ROOMBRIDGE"], third.id, actor_email=ALICE, actor_is_admin=False)
-    run_jobs(app, queues=("write", "default"))
+    cancel_as_alice(app, third.id)
     listed = {i["id"]: i for i in instances(app, event["id"])}
     assert listed.get(third.google_event_id, {"status": "cancelled"})["status"] == "cancelled"
     assert [e["id"] for e in live_events(emulator, ROOM) if e.get("recurrence")] == [event["id"]]
@@ -368,22 +376,57 @@ def test_all_occurrences_moved_to_another_room_cancel_the_old_series_and_invite_
     ids, _, event = written_series(app, emulator, room_id, 3)
     smtp_server.wait_for(1)
     third = occurrences(app, ids=ids)[2]
-    with app.app_context():
-        booking.cancel(db.session(), app.config["ROOMBRIDGE"], third.id, actor_email=ALICE, actor_is_admin=False)
-    run_jobs(app, queues=("write", "default"))
+    cancel_as_alice(app, third.id)
     edit_as_alice(app, ids[1], room_id=other_room_id, scope="all")
     [moved] = [e for e in live_events(emulator, OTHER_ROOM) if e.get("recurrence")]
     assert [e for e in live_events(emulator, ROOM) if e.get("recurrence")] == []
     assert moved["recurrence"][0] == event["recurrence"][0]
-    [_, gone, cancel, request, gone_again] = smtp_server.invitations(5)
+    [_, gone, cancel, request] = smtp_server.invitations(4)
     assert (gone.method, gone.uid, gone.event.decoded("RECURRENCE-ID")) == (
         "CANCEL", f"{event['id']}@google.com", third.start_at.astimezone(UTC))
     assert (cancel.method, cancel.uid, cancel.organiser) == ("CANCEL", f"{event['id']}@google.com", ROOM)
     assert "RRULE" in cancel.event and "RECURRENCE-ID" not in cancel.event
     assert (request.method, request.uid, request.organiser) == ("REQUEST", f"{moved['id']}@google.com", OTHER_ROOM)
     assert sorted(request.recipients) == [ALICE, "bob@example.com"] and "RRULE" in request.event
-    # The new event's people are told the occurrence cancelled alone is not part of it either.
-    assert (gone_again.method, gone_again.uid, gone_again.event.decoded("RECURRENCE-ID")) == (
-        "CANCEL", f"{moved['id']}@google.com", third.start_at.astimezone(UTC))
+    # The new event leaves out the occurrence cancelled alone, as Google's does: no CANCEL of it needed.
+    assert exdates_of(request.event) == [third.start_at.astimezone(UTC)]
+    assert moved["recurrence"][1:] == [f"EXDATE;TZID=Europe/London:{third.start_at.astimezone(LONDON):%Y%m%dT%H%M%S}"]
     run_jobs(app, queues=("write", "default"))
-    assert len(smtp_server.messages) == 5  # the occurrences' own jobs find nothing more to send
+    assert len(smtp_server.messages) == 4  # the occurrences' own jobs find nothing more to send
+
+
+def exdates_of(vevent) -> list[datetime]:
+    """Every EXDATE of a VEVENT (one property or several), in UTC."""
+    found = vevent.get("EXDATE")
+    found = [] if found is None else found if isinstance(found, list) else [found]
+    return sorted(moment.dt.astimezone(UTC) for prop in found for moment in prop.dts)
+
+
+def test_a_series_update_lists_the_occurrences_left_out_as_google_does(google, emulator, smtp_server):  # noqa: F811
+    """An occurrence cancelled alone gets its RECURRENCE-ID CANCEL; the next REQUEST of the whole series
+    lists it as an EXDATE, the same set as Google's event (`ReservationSeries.left_out`)."""
+    app, (room_id, _) = google
+    ids, start, event = written_series(app, emulator, room_id, 4)
+    smtp_server.wait_for(1)
+    third = occurrences(app, ids=ids)[2]
+    cancel_as_alice(app, third.id)
+    [_, cancel] = smtp_server.invitations(2)
+    assert (cancel.method, cancel.event.decoded("RECURRENCE-ID")) == ("CANCEL", third.start_at.astimezone(UTC))
+    assert "RRULE" not in cancel.event
+
+    edit_as_alice(app, ids[0], start=start + timedelta(minutes=30), end=third.end_at - third.start_at + start
+                  + timedelta(minutes=30), scope="all")
+    [*_, request] = smtp_server.invitations(3)
+    assert (request.method, request.uid) == ("REQUEST", f"{event['id']}@google.com")
+    assert "RRULE" in request.event and "RECURRENCE-ID" not in request.event
+    moved_third = third.start_at + timedelta(minutes=30)
+    assert exdates_of(request.event) == [moved_third.astimezone(UTC)]
+    [patched] = [e for e in live_events(emulator, ROOM) if e.get("recurrence")]
+    assert patched["recurrence"][1:] == [f"EXDATE;TZID=Europe/London:{moved_third.astimezone(LONDON):%Y%m%dT%H%M%S}"]
+    # A calendar that reads the update shows three occurrences, as Google lists three instances.
+    rule = rrulestr(request.event["RRULE"].to_ical().decode(), dtstart=request.start.astimezone(LONDON))
+    shown = [moment for moment in rule if moment.astimezone(UTC) not in exdates_of(request.event)]
+    listed = [i for i in instances(app, event["id"]) if i.get("status") != "cancelled"]
+    assert len(shown) == 3 and shown == sorted(datetime.fromisoformat(i["start"]["dateTime"]) for i in listed)
+    run_jobs(app, queues=("write", "default"))
+    assert len(smtp_server.messages) == 3  # nothing more: no CANCEL of what the update already leaves out
