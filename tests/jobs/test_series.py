@@ -402,6 +402,18 @@ def exdates_of(vevent) -> list[datetime]:
     return sorted(moment.dt.astimezone(UTC) for prop in found for moment in prop.dts)
 
 
+def shown(invitation) -> list[datetime]:
+    """The starts a calendar shows for a series' REQUEST: its rule in the room's wall time, less its EXDATEs."""
+    rule = rrulestr(invitation.event["RRULE"].to_ical().decode(), dtstart=invitation.start.astimezone(LONDON))
+    return [moment for moment in rule if moment.astimezone(UTC) not in exdates_of(invitation.event)]
+
+
+def instance_starts(app, event_id) -> list[datetime]:
+    """The starts of a recurring Google event's instances that stand, soonest first."""
+    return sorted(datetime.fromisoformat(i["start"]["dateTime"]) for i in instances(app, event_id)
+                  if i.get("status") != "cancelled")
+
+
 def test_a_series_update_lists_the_occurrences_left_out_as_google_does(google, emulator, smtp_server):  # noqa: F811
     """An occurrence cancelled alone gets its RECURRENCE-ID CANCEL; the next REQUEST of the whole series
     lists it as an EXDATE, the same set as Google's event (`ReservationSeries.left_out`)."""
@@ -424,9 +436,45 @@ def test_a_series_update_lists_the_occurrences_left_out_as_google_does(google, e
     [patched] = [e for e in live_events(emulator, ROOM) if e.get("recurrence")]
     assert patched["recurrence"][1:] == [f"EXDATE;TZID=Europe/London:{moved_third.astimezone(LONDON):%Y%m%dT%H%M%S}"]
     # A calendar that reads the update shows three occurrences, as Google lists three instances.
-    rule = rrulestr(request.event["RRULE"].to_ical().decode(), dtstart=request.start.astimezone(LONDON))
-    shown = [moment for moment in rule if moment.astimezone(UTC) not in exdates_of(request.event)]
-    listed = [i for i in instances(app, event["id"]) if i.get("status") != "cancelled"]
-    assert len(shown) == 3 and shown == sorted(datetime.fromisoformat(i["start"]["dateTime"]) for i in listed)
+    assert len(shown(request)) == 3 and shown(request) == instance_starts(app, event["id"])
     run_jobs(app, queues=("write", "default"))
     assert len(smtp_server.messages) == 3  # nothing more: no CANCEL of what the update already leaves out
+
+
+
+def test_this_and_following_mails_end_the_old_series_and_invite_to_the_new(google, emulator, smtp_server):  # noqa: F811
+    """Room mode: the old series gets an update whose RRULE ends with UNTIL before the split, the new one a
+    REQUEST under its own UID; each lists the occurrences cancelled alone on its side as EXDATEs, and
+    shows what Google lists."""
+    app, (room_id, _) = google
+    ids, _, first_event = written_series(app, emulator, room_id, 5)
+    found = occurrences(app, ids=ids)
+    cancel_as_alice(app, found[1].id)  # before the split: stays with the old series
+    cancel_as_alice(app, found[3].id)  # after it: goes with the new one
+    assert [m.method for m in smtp_server.invitations(3)] == ["REQUEST", "CANCEL", "CANCEL"]
+    third = found[2]
+    edit_as_alice(app, third.id, start=third.start_at + timedelta(hours=1), end=third.end_at + timedelta(hours=1),
+                  title="Later", scope="following")
+
+    [new_event] = [e for e in live_events(emulator, ROOM) if e.get("recurrence") and e["id"] != first_event["id"]]
+    first, *_, old, new = smtp_server.invitations(5)
+    assert (old.method, old.uid, old.start) == ("REQUEST", first.uid, first.start)
+    assert old.sequence > first.sequence and "RECURRENCE-ID" not in old.event
+    assert old.event["RRULE"]["UNTIL"] == [third.start_at - timedelta(seconds=1)]
+    assert "COUNT" not in old.event["RRULE"]
+    assert exdates_of(old.event) == [found[1].start_at]
+    assert shown(old) == instance_starts(app, first_event["id"]) == [found[0].start_at]
+
+    assert (new.method, new.uid, new.sequence) == ("REQUEST", f"{new_event['id']}@google.com", 0)
+    assert (new.start, new.event["SUMMARY"]) == (third.start_at + timedelta(hours=1), "Later")
+    assert sorted(new.recipients) == [ALICE, "bob@example.com"] and "RECURRENCE-ID" not in new.event
+    assert exdates_of(new.event) == [found[3].start_at + timedelta(hours=1)]
+    assert shown(new) == instance_starts(app, new_event["id"]) == [
+        third.start_at + timedelta(hours=1), found[4].start_at + timedelta(hours=1)]
+
+    run_jobs(app, queues=("write", "default"))
+    for reservation_id in ids:  # every occurrence's mail job again: nothing new to send
+        with app.app_context():
+            assert invitations.mail_invitations(db.session(), app.config["ROOMBRIDGE"], reservation_id) == (
+                "nothing to send")
+    assert len(smtp_server.messages) == 5
