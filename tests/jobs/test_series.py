@@ -415,31 +415,39 @@ def instance_starts(app, event_id) -> list[datetime]:
 
 
 def test_a_series_update_lists_the_occurrences_left_out_as_google_does(google, emulator, smtp_server):  # noqa: F811
-    """An occurrence cancelled alone gets its RECURRENCE-ID CANCEL; the next REQUEST of the whole series
-    lists it as an EXDATE, the same set as Google's event (`ReservationSeries.left_out`)."""
-    app, (room_id, _) = google
+    """An occurrence cancelled alone, or moved alone to another room, gets its RECURRENCE-ID CANCEL; the
+    next REQUEST of the whole series lists both as EXDATEs, the same set as Google's event
+    (`ReservationSeries.left_out`), and no CANCEL of them goes again."""
+    app, (room_id, other_room_id) = google
     ids, start, event = written_series(app, emulator, room_id, 4)
     smtp_server.wait_for(1)
-    third = occurrences(app, ids=ids)[2]
+    _, second, third, _ = occurrences(app, ids=ids)
     cancel_as_alice(app, third.id)
     [_, cancel] = smtp_server.invitations(2)
     assert (cancel.method, cancel.event.decoded("RECURRENCE-ID")) == ("CANCEL", third.start_at.astimezone(UTC))
     assert "RRULE" not in cancel.event
+    edit_as_alice(app, second.id, room_id=other_room_id)
+    moved_alone = {m.method: m for m in smtp_server.invitations(4)[2:]}
+    assert moved_alone["CANCEL"].event.decoded("RECURRENCE-ID") == second.start_at.astimezone(UTC)
+    assert moved_alone["REQUEST"].organiser == OTHER_ROOM and moved_alone["REQUEST"].uid != cancel.uid
 
-    edit_as_alice(app, ids[0], start=start + timedelta(minutes=30), end=third.end_at - third.start_at + start
-                  + timedelta(minutes=30), scope="all")
-    [*_, request] = smtp_server.invitations(3)
-    assert (request.method, request.uid) == ("REQUEST", f"{event['id']}@google.com")
-    assert "RRULE" in request.event and "RECURRENCE-ID" not in request.event
-    moved_third = third.start_at + timedelta(minutes=30)
-    assert exdates_of(request.event) == [moved_third.astimezone(UTC)]
+    later = timedelta(minutes=30)
+    edit_as_alice(app, ids[0], start=start + later, end=start + later + (third.end_at - third.start_at), scope="all")
+    updates = smtp_server.invitations(6)[4:]
+    [request] = [m for m in updates if m.uid == f"{event['id']}@google.com"]
+    assert request.method == "REQUEST" and "RRULE" in request.event and "RECURRENCE-ID" not in request.event
+    left_out = [second.start_at + later, third.start_at + later]
+    assert exdates_of(request.event) == left_out
     [patched] = [e for e in live_events(emulator, ROOM) if e.get("recurrence")]
-    assert patched["recurrence"][1:] == [f"EXDATE;TZID=Europe/London:{moved_third.astimezone(LONDON):%Y%m%dT%H%M%S}"]
-    # A calendar that reads the update shows three occurrences, as Google lists three instances.
-    assert len(shown(request)) == 3 and shown(request) == instance_starts(app, event["id"])
+    assert patched["recurrence"][1:] == [f"EXDATE;TZID=Europe/London:{moment.astimezone(LONDON):%Y%m%dT%H%M%S}"
+                                         for moment in left_out]
+    # A calendar that reads the update shows two occurrences, as Google lists two instances.
+    assert len(shown(request)) == 2 and shown(request) == instance_starts(app, event["id"])
+    # The occurrence in the other room is an event of its own there; its people get its own update.
+    [own] = [m for m in updates if m is not request]
+    assert (own.method, own.uid, own.start) == ("REQUEST", moved_alone["REQUEST"].uid, second.start_at + later)
     run_jobs(app, queues=("write", "default"))
-    assert len(smtp_server.messages) == 3  # nothing more: no CANCEL of what the update already leaves out
-
+    assert len(smtp_server.messages) == 6  # nothing more: no CANCEL of what the update already leaves out
 
 
 def test_this_and_following_mails_end_the_old_series_and_invite_to_the_new(google, emulator, smtp_server):  # noqa: F811
