@@ -110,7 +110,7 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
     series_id = uuid.uuid4().hex if request.recurrence is not None else None
     reservations = [
         Reservation(
-            room_id=room.id,
+            room=room,  # held, so the answer that shows the room after the commit reads no row again
             organiser_email=organiser,
             title=title,
             description=description,
