@@ -24,7 +24,9 @@ as replays, which happens only if one channel's pushes overtake each other on th
 from __future__ import annotations
 
 import http.client
+import os
 import re
+import statistics
 import subprocess
 import threading
 import time
@@ -132,6 +134,8 @@ def paced(port: int, channels: list[dict[str, str]], rate: int, seconds: float, 
 
 def run(quick: bool) -> list[Table]:
     wrk_seconds, paced_seconds, rounds = (3, 3, 1) if quick else (10, 15, 2)
+    # More rounds on a busy machine: the verdicts read the median round, not the luckiest one.
+    rounds = int(os.environ.get("BENCH_WEBHOOK_ROUNDS", rounds))
     with Stack("postgresql") as stack:
         room_ids = stack.add_rooms(CHANNELS)
         ours = stack.start_web()
@@ -179,14 +183,17 @@ def run(quick: bool) -> list[Table]:
     of_floor = [results["roombridge"]["wrk"][n]["rps"] / results["bare + 1 Redis call"]["wrk"][n]["rps"]
                 for n in range(rounds)]
     p99s = [r["p99"] for r in results["roombridge"]["paced"]]
+    bare_p99s = [r["p99"] for r in results["bare + 1 Redis call"]["paced"]]
     table.notes += [
         f"ratio roombridge / bare per round = {', '.join(f'{r:.2f}' for r in ratios)}",
         f"ratio bare + 1 Redis call / bare per round = {', '.join(f'{r:.2f}' for r in floors)} "
         "(the ceiling of any receiver that records the push before answering)",
-        f"ratio roombridge / (bare + 1 Redis call) per round = {', '.join(f'{r:.2f}' for r in of_floor)} "
-        f"[target >= 0.9 (issue #15's yardstick): {verdict(max(of_floor) >= 0.9)}]",
-        f"p99 at {RATE} req/s per round = {', '.join(f'{p:.1f}' for p in p99s)} ms "
-        f"[target < 5 ms: {verdict(min(p99s) < 5)}]",
+        f"ratio roombridge / (bare + 1 Redis call) per round = {', '.join(f'{r:.2f}' for r in of_floor)}, "
+        f"median {statistics.median(of_floor):.2f} "
+        f"[target >= 0.9 (issue #15's yardstick): {verdict(statistics.median(of_floor) >= 0.9)}]",
+        f"p99 at {RATE} req/s per round = {', '.join(f'{p:.1f}' for p in p99s)} ms, median "
+        f"{statistics.median(p99s):.1f} [target < 5 ms: {verdict(statistics.median(p99s) < 5)}]; "
+        f"the bare endpoint + 1 Redis call in the same rounds: {', '.join(f'{p:.1f}' for p in bare_p99s)} ms",
         f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{wrk_seconds}s; paced: {paced_seconds} s open loop with 8 "
         "connections, latency from each request's scheduled send time; rounds alternate the targets",
         f"pushes on {CHANNELS} channels, each channel's message numbers growing: {sent:,} sent to roombridge, "
