@@ -30,6 +30,11 @@ Answers, chosen with Google's rules in mind (2xx and 102 are success; 500, 502, 
 - 200: ``exists`` (any change to the room's events) is counted and a sync of the room is
   requested. Also while the database is down: the push is safe in Redis and the sync it
   requested is retried until the database is back.
+
+A push that is taken (the two 200s just above) is answered without a body: Google reads only
+the status, and under gunicorn a body is a second write to the socket for every push. Every
+other answer says why in a line of text. Each answer is counted by that text
+(`roombridge_webhook_pushes_total`), the taken ones included.
 - 503: Redis is unreachable, so the sync could not be requested; or the channel had to be
   read from the database (no entry in Redis, or a handshake) and the database is
   unreachable. Google retries with backoff, and the retry does the work.
@@ -262,6 +267,9 @@ class PushReceiver:
         return False
 
     def _send(self, start_response: Callable, status: int, text: str, extra=()) -> list[bytes]:
+        if text in TAKEN:  # headers only: one write to the socket
+            start_response(f"{status} {_REASONS[status]}", [("Content-Length", "0"), *self.headers])
+            return []
         body = (text + "\n").encode()
         start_response(f"{status} {_REASONS[status]}",
                        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
