@@ -88,7 +88,13 @@ def job(
                 return fn(*args, **kwargs)
 
         def enqueue(*args: Any, job_id: str | None = None, **options: Any) -> Job:
-            return named_queue(queue).enqueue(run, *args, job_id=job_id, **_options(options))
+            target = named_queue(queue)
+            # One round trip: left alone, RQ registers the queue and saves the job in two (a booking
+            # and a push that asks for a sync each pay for it while their caller waits).
+            with target.connection.pipeline() as pipe:
+                job = target.enqueue(run, *args, job_id=job_id, pipeline=pipe, **_options(options))
+                pipe.execute()
+            return job
 
         def enqueue_at(moment: datetime, *args: Any, job_id: str | None = None, **options: Any) -> Job:
             """Run at `moment` (RQ's scheduler, inside the worker, moves it to the queue then)."""

@@ -50,11 +50,9 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     app.url_map.converters["id"] = IdConverter
 
     from webapp import cli, health, metrics
-    from webhooks import bp as webhooks_bp
 
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
-    app.register_blueprint(webhooks_bp)
     cli.init_app(app)
     from webapp import auth, pages
 
@@ -80,6 +78,10 @@ def create_app(config: Config | None = None, **overrides) -> Flask:
     from webapp import limits
 
     limits.init_app(app)  # after every blueprint: it wraps the views marked @booking_writes
-    auth.init_app(app)  # last: it exempts the webhook and API blueprints from CSRF
+    auth.init_app(app)  # last: it exempts the API blueprints from CSRF
     security.refuse_unstorable_text(app)  # after CSRF's check
+    from webhooks import PushReceiver
+
+    # Outermost: Google's pushes are answered before any app-wide layer or hook above (see webhooks/).
+    app.wsgi_app = PushReceiver(app, app.wsgi_app, security.answer_headers(config), security.MAX_BODY_BYTES)
     return app

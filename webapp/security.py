@@ -12,8 +12,10 @@
 - The headers are set after every request, errors and static files included.
 - Text the database cannot store (NUL characters, lone surrogates: roombridge/text.py) is refused
   before any handler runs, in one place (`refuse_unstorable_text`): the API answers 422 naming
-  each field (JSON body and query string), a page answers 422 naming the form field. The webhook
-  checks its headers itself (400, counted).
+  each field (JSON body and query string), a page answers 422 naming the form field.
+- Google's pushes are answered in front of all this (webhooks/google_calendar.py `PushReceiver`,
+  mounted by create_app): they carry the same headers (`answer_headers`), their size is bounded
+  the same, and the receiver checks their headers' text itself (400, counted).
 """
 
 from __future__ import annotations
@@ -82,6 +84,14 @@ class SizedChunkedBodies:
         return self.app(environ, start_response)
 
 
+def answer_headers(config: Config) -> dict[str, str]:
+    """The headers every answer carries (the push receiver's too, webhooks/google_calendar.py)."""
+    headers = dict(SECURITY_HEADERS)
+    if config.production:
+        headers["Strict-Transport-Security"] = HSTS
+    return headers
+
+
 def init_app(app: Flask, config: Config) -> None:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.wsgi_app = SizedChunkedBodies(app.wsgi_app, MAX_BODY_BYTES)
@@ -90,9 +100,7 @@ def init_app(app: Flask, config: Config) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
     if config.PUBLIC_BASE_URL.startswith("https://"):
         app.config["PREFERRED_URL_SCHEME"] = "https"
-    headers = dict(SECURITY_HEADERS)
-    if config.production:
-        headers["Strict-Transport-Security"] = HSTS
+    headers = answer_headers(config)
 
     @app.after_request
     def _security_headers(response):
@@ -108,8 +116,6 @@ def refuse_unstorable_text(app: Flask) -> None:
     def _refuse_unstorable_text():
         # By path, not blueprint: a request that matched no route (an id out of range, say) has no
         # blueprint, and under /api/v1 its answer must still be JSON.
-        if request.path.startswith("/webhooks/"):
-            return None
         api = request.path.startswith("/api/v1/")
         pairs = list(request.args.items(multi=True))
         if api:

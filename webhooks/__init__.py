@@ -1,7 +1,8 @@
-"""Google Calendar push notifications: verify, record, enqueue, acknowledge."""
+"""Google Calendar push notifications: verify, record, enqueue, acknowledge.
 
-from flask import Blueprint
+Served as plain WSGI in front of the Flask app (`google_calendar.PushReceiver`), not as a blueprint.
+"""
 
-bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+from webhooks.google_calendar import PushReceiver
 
-from webhooks import google_calendar  # noqa: E402,F401  (registers the routes on bp)
+__all__ = ["PushReceiver"]

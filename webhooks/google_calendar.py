@@ -30,9 +30,22 @@ Answers, chosen with Google's rules in mind (2xx and 102 are success; 500, 502, 
 - 200: ``exists`` (any change to the room's events) is counted and a sync of the room is
   requested. Also while the database is down: the push is safe in Redis and the sync it
   requested is retried until the database is back.
+
+A push that is taken (the two 200s just above) is answered without a body: Google reads only
+the status, and under gunicorn a body is a second write to the socket for every push. Every
+other answer says why in a line of text. Each answer is counted by that text
+(`roombridge_webhook_pushes_total`), the taken ones included.
 - 503: Redis is unreachable, so the sync could not be requested; or the channel had to be
   read from the database (no entry in Redis, or a handshake) and the database is
   unreachable. Google retries with backoff, and the retry does the work.
+- 413: a body over the app's MAX_CONTENT_LENGTH (Google's pushes have none); 405: not a POST.
+
+`PushReceiver` serves this one path as plain WSGI in front of the Flask app, so a push skips
+what the app does for people on every request (the rate limiter's hooks, CSRF, the session,
+the text check of forms, ProxyFix, the chunked-body middleware): a push costs one Redis call
+and a few microseconds besides, which is what lets the receiver keep up with a bare endpoint
+(benchmarks/webhook_ingest.py). What a push needs of those is done here: its headers' text is
+checked (400), its body size bounded (413), and its answers carry the app's security headers.
 """
 
 from __future__ import annotations
@@ -40,13 +53,16 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from collections.abc import Callable, Iterable
 
 import sqlalchemy as sa
-from flask import Response, request
+from flask import Flask
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
+from werkzeug.datastructures import EnvironHeaders
 
 from roombridge import notifications
+from roombridge.channels import WEBHOOK_PATH
 from roombridge.db import utcnow
 from roombridge.metrics import WEBHOOK_PUSHES
 from roombridge.models import WatchChannel
@@ -54,7 +70,6 @@ from roombridge.notifications import take_push
 from roombridge.queue import redis
 from roombridge.text import unstorable_fields
 from roombridge.unit_of_work import unit_of_work
-from webhooks import bp
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +84,10 @@ TAKEN = frozenset({"sync requested", "sync already requested", "sync recorded"})
 OUR_CHANNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
 
 
-def _answer(status: int, text: str) -> Response:
+def _answer(status: int, text: str) -> tuple[int, str]:
     # One in-process counter increment (a few microseconds), the texts a small fixed set.
     WEBHOOK_PUSHES.labels("taken" if text in TAKEN else "refused", text).inc()
-    return Response(text + "\n", status=status, mimetype="text/plain")
+    return status, text
 
 
 class BadPush(ValueError):
@@ -122,10 +137,10 @@ def _refusal(channel, token: str, resource_id: str, now) -> tuple[int, str] | No
     return None
 
 
-@bp.post("/google/calendar")
-def google_calendar_push() -> Response:
+def take(headers) -> tuple[int, str]:
+    """Answer one push (status, text), from its headers; inside the app's context."""
     try:
-        channel_id, resource_id, state, token, number = _read_headers(request.headers)
+        channel_id, resource_id, state, token, number = _read_headers(headers)
     except BadPush as problem:
         return _answer(400, str(problem))
     if not OUR_CHANNEL_ID.fullmatch(channel_id):
@@ -163,7 +178,7 @@ def google_calendar_push() -> Response:
     return _answer(503, "try again")
 
 
-def _refuse(channel_id: str, status: int, reason: str) -> Response:
+def _refuse(channel_id: str, status: int, reason: str) -> tuple[int, str]:
     (log.warning if status == 403 else log.info)("push on channel %s: %s", channel_id, reason)
     return _answer(status, reason)
 
@@ -183,7 +198,7 @@ class _Refused(Exception):
     """Raised inside the handshake's unit of work so that it rolls back; carries (status, reason)."""
 
 
-def _record_handshake(channel_id: str, resource_id: str, token: str, now) -> Response:
+def _record_handshake(channel_id: str, resource_id: str, token: str, now) -> tuple[int, str]:
     """The ``sync`` push that follows events.watch: recorded on the row (it may beat the watch answer)."""
     try:
         with unit_of_work() as session:
@@ -204,3 +219,59 @@ def _record_handshake(channel_id: str, resource_id: str, token: str, now) -> Res
             notifications.remember_unknown_channel(redis(), channel_id)
         return _refuse(channel_id, *refused.args)
     return _answer(200, "sync recorded")
+
+
+# --- serving it: plain WSGI in front of the Flask app ----------------------------------------------
+
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Request Entity Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class PushReceiver:
+    """WSGI middleware: answers ``POST WEBHOOK_PATH`` itself and hands every other request to `wsgi_app`.
+
+    `flask_app` lends its context (settings, Redis, the database, the jobs' wiring) to each push;
+    `headers` are added to every answer (the app's security headers). A body is never read: one
+    declared over `max_body` (or a chunked one that runs past it) is refused with 413.
+    """
+
+    def __init__(self, flask_app: Flask, wsgi_app: Callable, headers: dict[str, str], max_body: int):
+        self.flask_app = flask_app
+        self.wsgi_app = wsgi_app
+        self.headers = list(headers.items())
+        self.max_body = max_body
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != WEBHOOK_PATH:
+            return self.wsgi_app(environ, start_response)
+        if environ["REQUEST_METHOD"] != "POST":
+            return self._send(start_response, 405, "method not allowed", [("Allow", "POST")])
+        if self._body_too_large(environ):
+            return self._send(start_response, *_answer(413, "body too large"))
+        try:
+            with self.flask_app.app_context():
+                status, text = take(EnvironHeaders(environ))
+        except Exception:  # what Flask would do: log it and answer 500, which Google retries
+            if self.flask_app.testing:
+                raise
+            log.exception("push on %s failed", environ.get("HTTP_X_GOOG_CHANNEL_ID", "?"))
+            status, text = _answer(500, "internal error")
+        return self._send(start_response, status, text)
+
+    def _body_too_large(self, environ: dict) -> bool:
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            return length.isdigit() and int(length) > self.max_body
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return len(environ["wsgi.input"].read(self.max_body + 1)) > self.max_body
+        return False
+
+    def _send(self, start_response: Callable, status: int, text: str, extra=()) -> list[bytes]:
+        if text in TAKEN:  # headers only: one write to the socket
+            start_response(f"{status} {_REASONS[status]}", [("Content-Length", "0"), *self.headers])
+            return []
+        body = (text + "\n").encode()
+        start_response(f"{status} {_REASONS[status]}",
+                       [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                        *extra, *self.headers])
+        return [body]

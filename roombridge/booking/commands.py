@@ -128,7 +128,7 @@ def _book_once(session: Session, config: Config, request: BookingRequest, now: d
             exdates=[moment.isoformat() for moment in skipped], write_due=True, invitation_due=True))
     reservations = [
         Reservation(
-            room_id=room.id,
+            room=room,  # held, so the answer that shows the room after the commit reads no row again
             organiser_email=organiser,
             title=title,
             description=description,

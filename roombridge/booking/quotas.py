@@ -92,9 +92,12 @@ def check_caps(session: Session, config: Config, organiser: str, room: Room,
     for start, end in spans:
         weeks[_week_of(start, zone)] = weeks.get(_week_of(start, zone), 0.0) + _hours(start, end)
     first, last = min(weeks), max(weeks) + timedelta(days=7)
+    # A reservation counts in the week it starts in, so only those starting inside the weeks matter:
+    # bounding start_at on both sides reads one slice of the (room_id, start_at) index, not the
+    # room's whole past.
     booked = session.execute(sa.select(Reservation.start_at, Reservation.end_at).where(
-        mine, Reservation.room_id == room.id, Reservation.start_at < last.astimezone(UTC),
-        Reservation.end_at > first.astimezone(UTC))).all()
+        mine, Reservation.room_id == room.id, Reservation.start_at >= first.astimezone(UTC),
+        Reservation.start_at < last.astimezone(UTC))).all()
     for start, end in booked:
         week = _week_of(start, zone)
         if week in weeks:

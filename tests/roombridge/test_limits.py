@@ -155,6 +155,17 @@ def test_booked_hours_are_capped_per_room_per_week(limited):
                  actor_is_admin=False, start=at(MONDAY, 16), end=at(MONDAY, 18), now=NOW)  # the same hours, moved
 
 
+def test_hours_count_in_the_week_a_reservation_starts_in(limited):
+    app, room_id, _ = limited(MAX_HOURS_PER_ROOM_PER_WEEK=3)
+    session = db.session()
+    sunday = MONDAY - timedelta(days=1)
+    make_reservation(session, session.get(Room, room_id), start=at(sunday, 22), minutes=180)  # ends Monday 01:00
+    session.commit()
+    book(app, room_id, at(MONDAY, 9), at(MONDAY, 12))  # its 3 hours are the week before's: all 3 left here
+    with pytest.raises(quotas.QuotaExceeded):
+        book(app, room_id, at(sunday - timedelta(days=1), 9), at(sunday - timedelta(days=1), 10))  # that week
+
+
 def test_occurrences_of_a_series_are_capped(limited):
     app, room_id, _ = limited(MAX_OCCURRENCES=5)
     with pytest.raises(booking.InvalidBooking):

@@ -9,6 +9,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
+from flask import request
 
 from roombridge import api_tokens, db, notifications
 from roombridge.db import utcnow
@@ -18,6 +20,7 @@ from roombridge.queue import queue, redis
 from tests.factories import make_room
 from tests.support import Stack, counting_statements, run_jobs, start_worker, stop_worker, wait_until
 from tests.sync_support import ROOM, pushes_counted, reservations, rfc, soon, sync_runs, watched_room
+from webapp import security
 
 URL = "/webhooks/google/calendar"
 CHANNEL = "0f5d2c4e-8a1b-4c3d-9e7f-123456789abc"  # ids are UUIDs, as roombridge/channels.py issues them
@@ -164,7 +167,8 @@ def test_refused_pushes_enqueue_and_record_nothing(app, client, overrides, statu
 
 def test_a_replayed_message_number_is_acknowledged_and_requests_no_sync(app, client):
     channel = _channel(app)
-    assert client.post(URL, headers=headers(**{"X-Goog-Message-Number": "500"})).data == b"sync requested\n"
+    taken = client.post(URL, headers=headers(**{"X-Goog-Message-Number": "500"}))
+    assert (taken.status_code, taken.data) == (200, b"")  # taken: no body
     with app.app_context():
         redis().delete(notifications.sync_key("queued", channel.room_id))  # as the sync job does when it starts
         queue("sync").empty()
@@ -252,6 +256,87 @@ def test_redis_down_answers_503_so_google_retries(make_app, own_redis):
 def test_database_down_answers_503(make_app):
     app = make_app(DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert app.test_client().post(URL, headers=headers()).status_code == 503
+
+
+# --- served in front of the Flask app (webhooks.PushReceiver) --------------------------------------
+
+
+def _count(outcome: str, reason: str) -> float:
+    from roombridge.metrics import WEBHOOK_PUSHES
+
+    return WEBHOOK_PUSHES.labels(outcome, reason)._value.get()
+
+
+def test_every_answer_to_a_push_carries_the_security_headers_and_is_counted_by_reason(app, client):
+    _channel(app)
+    expected_headers = security.answer_headers(app.config["ROOMBRIDGE"])
+    cases = [  # (headers, status, how it is counted)
+        (headers(), 200, ("taken", "sync requested")),
+        (headers(**{"X-Goog-Resource-URI": "https://x\x00"}), 400, ("refused", "a header holds a NUL character")),
+        (headers(**{"X-Goog-Channel-Token": "wrong"}), 403, ("refused", "wrong token")),
+        (headers(**{"X-Goog-Channel-ID": "not-one-of-ours"}), 404, ("refused", "unknown channel")),
+        (headers(state=None), 400, ("refused", "X-Goog-Resource-State missing or unknown")),
+    ]
+    for sent, status, counted_as in cases:
+        before = _count(*counted_as)
+        response = client.post(URL, headers=sent)
+        assert response.status_code == status, response.data
+        # A taken push is answered without a body (Google reads only the status); the others say why.
+        assert response.data == (b"" if status == 200 else counted_as[1].encode() + b"\n")
+        assert response.mimetype == (None if status == 200 else "text/plain")
+        assert {name: response.headers.get(name) for name in expected_headers} == expected_headers
+        assert _count(*counted_as) == before + 1, counted_as
+    assert "Content-Security-Policy" in expected_headers and "Strict-Transport-Security" not in expected_headers
+
+
+def test_a_push_in_production_carries_hsts(make_app):
+    app = make_app(ENV="production", AUTH_MODE="oidc", ALLOWED_DOMAINS="example.com")
+    response = app.test_client().post(URL, headers=headers())
+    assert response.status_code == 404  # no such channel in this app
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_push_with_a_body_over_the_limit_is_refused_413_counted_and_changes_nothing(app, client):
+    _channel(app)
+    before = _count("refused", "body too large")
+    with counting_statements(app) as statements:
+        response = client.post(URL, headers=headers(), data=b"x" * (security.MAX_BODY_BYTES + 1))
+    assert response.status_code == 413 and statements == []
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert _count("refused", "body too large") == before + 1
+    assert queued(app) == [] and counted(app) == 0
+    assert client.post(URL, headers=headers(), data=b"x" * 100).status_code == 200  # a small one is no reason
+
+
+def test_a_chunked_push_body_over_the_limit_is_refused_413(app, live_server_factory):
+    _channel(app)
+    server = live_server_factory(app)
+    body = b"x" * (security.MAX_BODY_BYTES + 50 * 1024)
+    answer = requests.post(server.url + URL, headers=headers(), timeout=30,
+                           data=(body[n:n + 16 * 1024] for n in range(0, len(body), 16 * 1024)))
+    assert answer.request.headers.get("Transfer-Encoding") == "chunked"
+    assert answer.status_code == 413
+    assert queued(app) == [] and counted(app) == 0
+
+
+def test_only_post_is_answered_with_405_otherwise(client):
+    response = client.get(URL)
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_push_skips_the_hooks_the_app_runs_for_people_and_the_rest_still_runs_them(app, client):
+    _channel(app)
+    seen = []
+    app.before_request(lambda: seen.append(request.path))
+    client.set_cookie("session", "whatever-a-browser-had")
+    response = client.post(URL, headers=headers())
+    assert response.status_code == 200 and seen == []
+    assert "Set-Cookie" not in response.headers and "Vary" not in response.headers  # no session opened
+    assert client.post(URL + "/", headers=headers()).status_code == 404  # any other path is the app's
+    assert client.get("/healthz").status_code == 200
+    assert seen == [URL + "/", "/healthz"]
 
 
 # --- end to end: emulator -> live webhook -> Redis -> worker process -> database -> JSON API -----------
