@@ -141,7 +141,7 @@ class Reservation(TimestampMixin, Base):
         sa.CheckConstraint("start_at < end_at", name="ck_reservations_start_before_end"),
         sa.Index("ix_reservations_room_start", "room_id", "start_at"),
         sa.Index("ix_reservations_room_event", "room_id", "google_event_id", unique=True),
-        sa.Index("ix_reservations_organiser", "organiser_email"),
+        sa.Index("ix_reservations_organiser_end", "organiser_email", "end_at"),  # the live-reservations cap
         sa.Index("ix_reservations_start", "start_at"),  # the check-in deadline scan, across rooms
         sa.Index("ix_reservations_updated", "updated_at"),  # the Insights rollup finds the days changed since
     )

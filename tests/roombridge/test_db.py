@@ -169,3 +169,16 @@ def test_read_then_write_units_serialise_instead_of_failing(app):
     assert outcomes.count("stored") == 1 and len(outcomes) == 8
     if app.config["ROOMBRIDGE"].DATABASE_URL.startswith("sqlite"):
         assert outcomes.count("clash seen") == 7
+
+
+def test_the_migrations_build_exactly_the_schema_the_models_declare(app):
+    """Tables, columns, indexes and constraints made by `alembic upgrade head` are what the models say:
+    a model changed without its migration (or the reverse) fails here, not in a deployment."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from roombridge.db import Base
+
+    with db.engine(app).connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
