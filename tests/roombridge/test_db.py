@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from roombridge import db
+from roombridge.db import Base
 from roombridge.models import Reservation, ReservationSource, ReservationStatus
 from roombridge.unit_of_work import unit_of_work
 from tests.factories import make_reservation, make_room
@@ -174,11 +177,6 @@ def test_read_then_write_units_serialise_instead_of_failing(app):
 def test_the_migrations_build_exactly_the_schema_the_models_declare(app):
     """Tables, columns, indexes and constraints made by `alembic upgrade head` are what the models say:
     a model changed without its migration (or the reverse) fails here, not in a deployment."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from roombridge.db import Base
-
     with db.engine(app).connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []

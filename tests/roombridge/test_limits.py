@@ -3,11 +3,13 @@ and text that would break a mail header or a calendar line."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session as OrmSession
 
 from roombridge import booking, db
 from roombridge.booking import quotas
@@ -206,10 +208,6 @@ def test_two_bookings_of_one_person_racing_cannot_pass_a_cap_together(limited):
     """The first booking holds its transaction open after inserting; the second, of the same person, in
     another room, must wait for it and then be refused: before the person's lock, PostgreSQL let both
     through, each reading the count before the other's insert was visible."""
-    import threading
-
-    from sqlalchemy.orm import Session as OrmSession
-
     app, room_id, other_room_id = limited(MAX_LIVE_RESERVATIONS=1)
     first_inserted, second_done = threading.Event(), threading.Event()
     outcomes: dict[str, str] = {}
